@@ -1,0 +1,162 @@
+"""Checkpoint -> bundle: export every component to ONNX, check each against PyTorch, write the manifest.
+
+The bundle is assembled in a temp folder beside the target and renamed into place, so an interrupted
+export leaves the old bundle (or nothing), never a half-written one. The manifest is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch.export import Dim
+
+from harmony_rt import __version__
+from harmony_rt.bundle import MANIFEST, atomic_write_bytes, sha256_file
+from harmony_rt.contract import FORMAT_VERSION, resolve
+from harmony_rt.errors import HarmonyError
+from train.checkpoints import load_checkpoint
+from train.model import HarmonyModel
+
+from .components import component_modules, example_inputs, symbol_sizes
+
+log = logging.getLogger(__name__)
+
+OPSET = 23  # ONNX Attention, RMSNormalization and Gelu(tanh): single ORT kernels
+FP32_TOLERANCE = 1e-3  # max abs error of ORT vs PyTorch for an fp32 graph
+
+
+class ExportError(HarmonyError):
+    """Export failed (a parity check past tolerance, an unreadable checkpoint)."""
+
+
+def export_component(name: str, module, spec, model: HarmonyModel, path: Path) -> None:
+    """Trace one component to ONNX with the contract's names and symbolic dims."""
+    dims: dict[str, Dim] = {}
+    dynamic = []
+    for t in spec.inputs:
+        dynamic.append({i: dims.setdefault(d, Dim(d)) for i, d in enumerate(t.shape) if isinstance(d, str)} or None)
+    args = example_inputs(name, spec, model, symbol_sizes(model, 0), seed=0)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            module, args, dynamo=True, opset_version=OPSET, dynamic_shapes=tuple(dynamic),
+            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+            verbose=False, optimize=True,
+        )
+    prog.save(str(path))
+    _name_dims(path, spec)
+
+
+def _name_dims(path: Path, spec) -> None:
+    """Give every symbolic dim of the graph's inputs / outputs its contract name (the exporter renames)."""
+    m = onnx.load(str(path))
+    for vis, specs in ((m.graph.input, spec.inputs), (m.graph.output, spec.outputs)):
+        for vi, t in zip(vis, specs):
+            for d, want in zip(vi.type.tensor_type.shape.dim, t.shape):
+                if isinstance(want, str):
+                    d.dim_param = want
+    onnx.save(m, str(path))
+
+
+def parity(name: str, module, spec, model: HarmonyModel, path: Path) -> float:
+    """Max abs difference ORT vs PyTorch over two input shapes (the second checks the dynamic dims)."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for variant in (0, 1):
+        args = example_inputs(name, spec, model, symbol_sizes(model, variant), seed=10 + variant)
+        with torch.no_grad():
+            ref = module(*args)
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        got = sess.run(None, {t.name: a.numpy() for t, a in zip(spec.inputs, args)})
+        for r, g in zip(ref, got):
+            if tuple(r.shape) != g.shape:
+                raise ExportError(f"{name}: ORT output shape {g.shape} != PyTorch {tuple(r.shape)}")
+            worst = max(worst, float(np.abs(r.numpy() - g).max()))
+    return worst
+
+
+def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict) -> dict:
+    cfg = model.cfg
+    return {
+        "format_version": FORMAT_VERSION,
+        "producer": f"harmony-rt {__version__} export",
+        "variant": "unison" if cfg.audio_streams == 2 else "harmony",
+        "model_config": cfg.to_dict(),
+        "geometry": cfg.geometry().to_dict(),
+        "sampling": {
+            "time": "t in [0, 1], 1 = noise, z_t = (1 - t) z_0 + t eps, v = eps - z_0",
+            "shift": cfg.shift, "steps": cfg.steps, "scheduler": "euler", "guidance": "sync",
+            "s_v": cfg.s_v, "s_a": cfg.s_a, "cfg_scale": cfg.cfg_scale,
+            "null_audio": "audio_encoder(silence)",
+            "null_video": "video_encoder(first frame repeated; mid-grey without an input image)",
+        },
+        "components": components,
+        "files": files,
+        **extra,
+    }
+
+
+def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, tolerance: float = FP32_TOLERANCE) -> Path:
+    """Write a complete, verified bundle for `checkpoint` at `out` (replacing an existing one atomically)."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    try:
+        model, _, state = load_checkpoint(checkpoint)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise ExportError(f"cannot read checkpoint {checkpoint}: {e}") from None
+    model.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        specs = resolve(model.cfg.geometry().to_dict())
+        components = {}
+        for name, module in component_modules(model).items():
+            t0 = time.time()
+            path = tmp / f"{name}.onnx"
+            export_component(name, module, specs[name], model, path)
+            err = parity(name, module, specs[name], model, path)
+            log.info("exported %s: max abs err %.2e (%.1f s)", name, err, time.time() - t0)
+            if not err <= tolerance:
+                raise ExportError(f"{name}: ONNX Runtime differs from PyTorch by {err:.3g} > tolerance {tolerance}")
+            components[name] = {
+                "file": path.name, "sha256": sha256_file(path), "precision": "fp32",
+                "io": specs[name].to_dict(), "parity_max_abs_err": err, "parity_tolerance": tolerance,
+            }
+        files = {}
+        for key, fname in (("tokenizer_text", "tokenizer_text.json"), ("tokenizer_speech", "tokenizer_speech.json")):
+            src = checkpoint / fname
+            if not src.is_file():
+                raise ExportError(f"{src}: checkpoint has no tokenizer file")
+            shutil.copyfile(src, tmp / fname)
+            files[key] = {"file": fname, "sha256": sha256_file(tmp / fname)}
+        extra = {"training": {k: state.get(k) for k in ("step", "train_seconds", "train_config") if k in state}}
+        manifest = manifest_for(model, components, files, extra)
+        atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("bundle written to %s", out)
+    return out
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move folder `src` to `dst`; an existing `dst` is swapped out and removed only after the move."""
+    if dst.exists() or dst.is_symlink():
+        old = dst.parent / f".{dst.name}.old.{os.getpid()}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)

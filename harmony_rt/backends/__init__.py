@@ -1,0 +1,29 @@
+"""Inference backends. `make_backend` picks one by name: auto | ort | tensorrt."""
+
+from __future__ import annotations
+
+from ..errors import HarmonyError
+from .base import Backend
+
+
+def make_backend(name: str, bundle, **kw) -> Backend:
+    if name in ("auto", "ort"):
+        if name == "auto":
+            try:
+                from .tensorrt import TensorRTBackend, tensorrt_available
+
+                if tensorrt_available(bundle):
+                    return TensorRTBackend(bundle, **kw)
+            except ImportError:
+                pass
+        from .ort import OrtBackend
+
+        return OrtBackend(bundle, **kw)
+    if name == "tensorrt":
+        from .tensorrt import TensorRTBackend
+
+        return TensorRTBackend(bundle, **kw)
+    raise HarmonyError(f"unknown backend {name!r} (expected auto, ort or tensorrt)")
+
+
+__all__ = ["Backend", "make_backend"]

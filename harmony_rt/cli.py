@@ -1,0 +1,160 @@
+"""`harmony-rt` command line: export, build, generate, info, bench.
+
+Errors the user can fix print one line and exit 2; no traceback unless --debug.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import HarmonyError
+
+log = logging.getLogger("harmony_rt")
+
+
+def _fail(msg: str, code: int = 2):
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    """Map HarmonyError to exit 2 and anything unexpected to exit 1, each as one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*a, **kw)
+        except HarmonyError as e:
+            if debug:
+                raise
+            _fail(str(e).replace("\n", " "))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # last resort: still one line, never a traceback
+            if debug:
+                raise
+            _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (rerun with --debug)", 1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="harmony-rt")
+def main(debug: bool, verbose: int):
+    """harmony-rt: joint audio-video generation without PyTorch at inference time."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _check_output(path: Path) -> None:
+    if path.suffix.lower() != ".mp4":
+        raise HarmonyError(f"output must be an .mp4 file, got {path}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise HarmonyError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise HarmonyError(f"cannot write {path}: folder {parent} is not writable")
+    if path.is_dir():
+        raise HarmonyError(f"cannot write {path}: it is a folder")
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=Path("out.mp4"), show_default=True,
+              help="Output .mp4 (a .wav is written beside it).")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: the shipped demo).")
+@click.option("--speech", default="", help="Transcript to speak (English or Chinese).")
+@click.option("--video-caption", default=None, help="Caption for the picture (default: PROMPT).")
+@click.option("--audio-caption", default=None, help="Caption for the sound (default: PROMPT).")
+@click.option("--seconds", type=float, default=None, help="Clip length (default: the bundle's).")
+@click.option("--steps", type=int, default=None, help="ODE steps (default: the bundle's).")
+@click.option("--guidance", default=None, help="sync | cfg | sync+cfg | none (default: the bundle's, sync).")
+@click.option("--s-v", type=float, default=None, help="SyncCFG video scale.")
+@click.option("--s-a", type=float, default=None, help="SyncCFG audio scale.")
+@click.option("--cfg-scale", type=float, default=None, help="Text CFG scale.")
+@click.option("--scheduler", default=None, help="euler | unipc.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-samples", type=int, default=1, show_default=True, help="Variations in one batched run.")
+@click.option("--audio", "audio", type=click.Path(path_type=Path), default=None, help="A2V: driving audio.")
+@click.option("--video", "video", type=click.Path(path_type=Path), default=None, help="V2A: driving video.")
+@click.option("--image", type=click.Path(path_type=Path), default=None, help="I2AV: first frame.")
+@click.option("--ref-audio", type=click.Path(path_type=Path), default=None, help="Voice to clone (1-3 s).")
+@click.option("--stems", type=click.Path(path_type=Path), default=None, help="Folder for speech/sfx/mix stems (Unison).")
+@click.option("--backend", default="auto", show_default=True, help="auto | ort | tensorrt.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle (faster load).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def generate(prompt, output, bundle, stems, backend, no_verify, quiet, num_samples, **kw):
+    """Generate a video with synchronized audio from PROMPT."""
+    from tqdm import tqdm
+
+    from .pipeline import Pipeline
+
+    _check_output(output)
+    pipe = Pipeline.from_bundle(bundle, verify=not no_verify, backend=backend)
+    bar = tqdm(total=kw["steps"] or pipe.bundle.sampling["steps"], disable=quiet, unit="step", file=sys.stderr)
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        results = pipe.generate_batch(prompt, num_samples=num_samples, progress=progress, **kw)
+    finally:
+        bar.close()
+    for i, res in enumerate(results):
+        path = output if len(results) == 1 else output.with_name(f"{output.stem}_{i}{output.suffix}")
+        res.save(path, stems_dir=(stems if len(results) == 1 else (stems / str(i) if stems else None)))
+        for note in res.notes:
+            click.echo(f"note: {note}", err=True)
+        click.echo(f"wrote {path} and {path.with_suffix('.wav')} ({res.seconds:.2f} s, {res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz)")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@handle_errors
+def export(checkpoint, output):
+    """Export a training CHECKPOINT to a bundle (ONNX graphs + manifest), checked against PyTorch."""
+    try:
+        from export.bundle_writer import export_bundle
+    except ImportError as e:
+        raise HarmonyError(f"export needs the training extra ({e.name} missing): pip install 'harmony-rt[train]'") from None
+    if not Path(checkpoint).is_dir():
+        raise HarmonyError(f"checkpoint folder not found: {checkpoint}")
+    logging.getLogger("export").setLevel(logging.INFO)
+    export_bundle(checkpoint, output)
+    click.echo(f"wrote bundle {output}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path), required=False)
+@handle_errors
+def info(bundle):
+    """Show a bundle's model, geometry, components and parity (default: the shipped one)."""
+    from .bundle import Bundle, default_bundle_path
+
+    b = Bundle.load(bundle or default_bundle_path())
+    m = b.manifest
+    click.echo(f"bundle   {b.path}\nvariant  {b.variant}\nformat   {m['format_version']}")
+    click.echo("geometry " + json.dumps(m["geometry"]))
+    click.echo("sampling " + json.dumps({k: v for k, v in m["sampling"].items() if k != "time"}))
+    for name, c in m["components"].items():
+        size = b.component_path(name).stat().st_size
+        click.echo(f"  {name:15s} {c['precision']:5s} {size / 1e6:7.2f} MB  parity {c.get('parity_max_abs_err', float('nan')):.1e}")
+
+
+if __name__ == "__main__":
+    main()

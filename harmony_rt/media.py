@@ -1,0 +1,481 @@
+"""Media I/O with PyAV (mp4/h264/aac, images, any audio) and soundfile (wav); no system ffmpeg needed.
+
+Readers turn every PyAV/soundfile failure into a one-line `MediaError` naming the file. Writers go through
+`atomic_output`: the file appears complete under its final name or not at all.
+
+Conventions: video frames are uint8 RGB [T, H, W, 3]; images uint8 RGB [H, W, 3]; audio float32 in [-1, 1],
+[W] mono or [W, C] interleaved-by-row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import secrets
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+
+from .errors import MediaError
+
+log = logging.getLogger(__name__)
+
+WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
+AAC_FALLBACK_RATE = 48000
+# AAC decoders emit up to one frame of padding past the muxed duration; trim at most this much to it.
+_MAX_CODEC_PADDING = 2048
+# 8-bit image pixel formats read_image converts with swscale (besides gray/rgb24/rgba, done by hand).
+_IMAGE_VIA_SWSCALE = {"ya8", "pal8", "monob", "monow", "yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p",
+                      "yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuva420p", "bgr24", "bgra", "argb", "abgr"}
+_ALPHA_FORMATS = {"rgba", "ya8", "yuva420p", "bgra", "argb", "abgr"}
+# Exceptions PyAV / soundfile / numpy raise on bad files; converted to MediaError at the public boundary.
+_LIB_ERRORS = (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError, TypeError, IndexError, sf.SoundFileError)
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split()) or "unknown error"
+
+
+@contextlib.contextmanager
+def _converting(path: Path, action: str) -> Iterator[None]:
+    """Turn library exceptions into `MediaError("<action> <path>: <problem>")`; MediaError passes through."""
+    try:
+        yield
+    except MediaError:
+        raise
+    except _LIB_ERRORS as e:
+        raise MediaError(_one_line(f"cannot {action} {path}: {type(e).__name__}: {e}")) from e
+
+
+def _check_readable(path: os.PathLike | str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(_one_line(f"cannot read {p}: no such file"))
+    if p.is_dir():
+        raise MediaError(_one_line(f"cannot read {p}: is a directory"))
+    if not os.access(p, os.R_OK):
+        raise MediaError(_one_line(f"cannot read {p}: permission denied"))
+    return p
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) <= 0:
+        raise MediaError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _rate(value: object, name: str) -> Fraction:
+    """A positive finite rate as a Fraction (29.97 -> 2997/100, 30000/1001 float -> 30000/1001)."""
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise MediaError(f"{name} must be a positive number, got {value!r}") from None
+    if not math.isfinite(f) or f <= 0:
+        raise MediaError(f"{name} must be a positive number, got {value!r}")
+    return value if isinstance(value, Fraction) else Fraction(f).limit_denominator(10000)
+
+
+def _fmt_rate(r: Fraction | float) -> str:
+    return f"{float(r):.3f}".rstrip("0").rstrip(".")
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_output(path: os.PathLike | str) -> Iterator[Path]:
+    """Yield a temp path next to `path` (same suffix); on success fsync + `os.replace` it over `path`.
+
+    On any exception (KeyboardInterrupt included) the temp file is removed, `path` is left as it was,
+    and the exception propagates. Raises MediaError up front if the folder is missing or not writable.
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        raise MediaError(_one_line(f"cannot write {path}: folder {parent} does not exist"))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MediaError(_one_line(f"cannot write {path}: folder {parent} is not writable"))
+    if path.is_dir():
+        raise MediaError(_one_line(f"cannot write {path}: is a directory"))
+    # Not mkstemp: the writer creates the file itself, so it gets normal (umask) permissions, not 0600.
+    tmp = parent / f".{path.stem}.{secrets.token_hex(4)}{path.suffix}"
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise MediaError(_one_line(f"cannot write {path}: the writer produced no file"))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise MediaError(_one_line(f"cannot write {path}: {e.strerror or e}")) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _check_audio(audio: object, path: Path, max_channels: int | None = None) -> np.ndarray:
+    """Validate float audio [W] or [W, C]; return float32 [W, C] clipped to [-1, 1]."""
+    if not isinstance(audio, np.ndarray) or audio.dtype.kind != "f":
+        what = audio.dtype if isinstance(audio, np.ndarray) else type(audio).__name__
+        raise MediaError(_one_line(f"cannot write {path}: audio must be a float array, got {what}"))
+    if audio.ndim == 1:
+        audio = audio[:, None]
+    if audio.ndim != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
+        raise MediaError(_one_line(f"cannot write {path}: audio must be [W] or [W, C] with W, C > 0, "
+                                   f"got shape {audio.shape}"))
+    if max_channels is not None and audio.shape[1] > max_channels:
+        raise MediaError(_one_line(f"cannot write {path}: at most {max_channels} audio channels, "
+                                   f"got {audio.shape[1]}"))
+    if not np.isfinite(audio).all():
+        raise MediaError(_one_line(f"cannot write {path}: audio contains NaN or Inf"))
+    return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def write_wav(path: os.PathLike | str, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
+    """Write float audio [W] or [W, C] as WAV, clipped to [-1, 1], atomically.
+
+    `subtype` "PCM_16" (default: plays everywhere; reads back within one 16-bit step), "PCM_24", or
+    "FLOAT" (32-bit float: bit-exact round trip through `read_audio`).
+    """
+    path = Path(path)
+    sample_rate = _positive_int(sample_rate, "sample_rate")
+    if subtype not in WAV_SUBTYPES:
+        raise MediaError(f"cannot write {path}: subtype must be one of {WAV_SUBTYPES}, got {subtype!r}")
+    data = _check_audio(audio, path)  # [W, C]
+    with atomic_output(path) as tmp, _converting(path, "write"):
+        sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
+
+
+def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np.ndarray | None = None,
+              sample_rate: int | None = None, crf: int = 18) -> None:
+    """Write RGB frames [T, H, W, 3] uint8 as H.264 (libx264, yuv420p) mp4, with optional AAC audio, atomically.
+
+    `fps` may be fractional (kept as a Fraction time base); `crf` is x264's quality (lower is better, 0..51).
+    Odd H or W is padded to even by repeating the last row/column. `audio` float [W] or [W, C] (C <= 2) at
+    `sample_rate`, clipped to [-1, 1]; rates AAC lacks are resampled to 48 kHz. Streams are interleaved in
+    time and both encoders are flushed. AAC starts ~2 frames (2048 samples) less accurate than the rest.
+    """
+    path = Path(path)
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 \
+            or frames.shape[-1] != 3 or 0 in frames.shape:
+        what = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
+        raise MediaError(_one_line(f"cannot write {path}: frames must be uint8 [T, H, W, 3] with T, H, W > 0, "
+                                   f"got {what}"))
+    rate = _rate(fps, "fps")
+    if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
+        raise MediaError(f"cannot write {path}: crf must be an integer in 0..51, got {crf!r}")
+    t, h, w, _ = frames.shape
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:
+        log.warning("%s: padding %dx%d frames to %dx%d (yuv420p needs even sizes)", path, w, h, w + pad_w, h + pad_h)
+    data = None
+    sr = sr_out = 0
+    if audio is not None:
+        if sample_rate is None:
+            raise MediaError(f"cannot write {path}: audio given without sample_rate")
+        sr = _positive_int(sample_rate, "sample_rate")
+        data = _check_audio(audio, path, max_channels=2).T.copy()  # [C, W] planar for fltp
+        with _converting(path, "write"):
+            aac_rates = av.codec.Codec("aac", "w").audio_rates
+        sr_out = sr if not aac_rates or sr in aac_rates else AAC_FALLBACK_RATE
+        if sr_out != sr:
+            log.info("%s: AAC has no %d Hz; resampling audio to %d Hz", path, sr, sr_out)
+
+    with atomic_output(path) as tmp, _converting(path, "write"):
+        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+            vs = container.add_stream("libx264", rate=rate, options={"crf": str(int(crf)), "preset": "medium"})
+            vs.width, vs.height, vs.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
+            vs.codec_context.time_base = 1 / rate
+            as_ = None
+            if data is not None:
+                layout = "mono" if data.shape[0] == 1 else "stereo"
+                as_ = container.add_stream("aac", rate=sr_out, layout=layout)
+            a_done = 0  # audio samples sent so far
+
+            def send_audio(upto: int) -> None:
+                nonlocal a_done
+                upto = min(upto, data.shape[1])
+                if upto <= a_done:
+                    return
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, a_done:upto]), format="fltp",
+                                                layout=as_.layout.name)
+                af.sample_rate, af.pts, af.time_base = sr, a_done, Fraction(1, sr)
+                container.mux(as_.encode(af))  # PyAV resamples to the encoder's rate and frame size
+                a_done = upto
+
+            for i in range(t):
+                img = frames[i]
+                if pad_h or pad_w:
+                    img = np.pad(img, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                vf.pts, vf.time_base = i, 1 / rate
+                container.mux(vs.encode(vf))
+                if as_ is not None:
+                    send_audio(round((i + 1) * sr / rate))
+            if as_ is not None:
+                send_audio(data.shape[1])
+                container.mux(as_.encode(None))  # flushes PyAV's internal resampler and the encoder
+            container.mux(vs.encode(None))
+    log.debug("wrote %s: %d frames %dx%d @ %s fps%s", path, t, w, h, _fmt_rate(rate),
+              f", audio {data.shape[1] / sr:.3f} s" if data is not None else "")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    with _converting(path, "read"):
+        return av.open(str(path), mode="r")
+
+
+def _audio_to_float(frame: av.AudioFrame) -> np.ndarray:
+    """Decoded audio frame -> float32 [C, n] without resampling (same scaling as libsndfile/swresample)."""
+    fmt = frame.format
+    arr = frame.to_ndarray()
+    c = frame.layout.nb_channels or 1
+    if not fmt.is_planar:
+        arr = arr.reshape(-1, c).T  # packed [1, n*C] -> [C, n]
+    name = fmt.name.rstrip("p")
+    if name in ("flt", "dbl"):
+        return arr.astype(np.float32, copy=False)
+    if name == "u8":
+        return (arr.astype(np.float32) - 128.0) / 128.0
+    if name in ("s16", "s32", "s64"):
+        return (arr.astype(np.float64) / float(2 ** (8 * fmt.bytes - 1))).astype(np.float32)
+    raise ValueError(f"unsupported audio sample format {fmt.name}")
+
+
+def read_audio(path: os.PathLike | str, sample_rate: int) -> np.ndarray:
+    """Decode the first audio stream of any PyAV-readable file -> float32 [W] mono at `sample_rate`.
+
+    Channels are averaged. At the file's own rate the decoded samples are returned unresampled (bit-exact
+    for float wav, int/32768 for 16-bit PCM). Otherwise PyAV's AudioResampler (fltp) converts, and the
+    length is set to round(W_in * sample_rate / rate_in). Codec padding past the muxed duration (AAC in
+    mp4) is trimmed.
+    """
+    p = _check_readable(path)
+    sample_rate = _positive_int(sample_rate, "sample_rate")
+    container = _open(p)
+    with container, _converting(p, "read audio from"):
+        if not container.streams.audio:
+            raise MediaError(_one_line(f"cannot read audio from {p}: no audio stream"))
+        stream = container.streams.audio[0]
+        src_rate = stream.codec_context.sample_rate or stream.sample_rate
+        chunks: list[np.ndarray] = []
+        for frame in container.decode(stream):
+            if frame.samples:
+                x = _audio_to_float(frame)  # [C, n]
+                chunks.append(x[0] if len(x) == 1 else x.mean(axis=0, dtype=np.float32))
+                src_rate = frame.sample_rate or src_rate
+        mono = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)  # [W_in]
+        if mono.size == 0:
+            raise MediaError(_one_line(f"cannot read audio from {p}: no audio samples (zero-length)"))
+        if not src_rate:
+            raise MediaError(_one_line(f"cannot read audio from {p}: unknown sample rate"))
+        if stream.duration and stream.time_base:
+            muxed = round(stream.duration * stream.time_base * src_rate)
+            if 0 < muxed < mono.size <= muxed + _MAX_CODEC_PADDING:
+                mono = mono[:muxed]
+        if src_rate == sample_rate:
+            return np.ascontiguousarray(mono, dtype=np.float32)
+        out = _resample(mono, src_rate, sample_rate)
+    log.debug("read %s: %d samples @ %d Hz -> %d @ %d Hz", p, mono.size, src_rate, out.size, sample_rate)
+    return out
+
+
+def _resample(mono: np.ndarray, src_rate: int, dst_rate: int, chunk: int = 1 << 16) -> np.ndarray:
+    """float32 [W] at src_rate -> float32 [round(W * dst / src)] at dst_rate with PyAV's AudioResampler."""
+    rs = av.AudioResampler(format="fltp", layout="mono", rate=dst_rate)
+    outs: list[np.ndarray] = []
+    for start in range(0, mono.size, chunk):
+        f = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono[None, start:start + chunk]),
+                                       format="fltp", layout="mono")
+        f.sample_rate, f.pts, f.time_base = src_rate, start, Fraction(1, src_rate)
+        outs.extend(o.to_ndarray()[0] for o in rs.resample(f))
+    outs.extend(o.to_ndarray()[0] for o in rs.resample(None))
+    out = np.concatenate(outs) if outs else np.zeros(0, np.float32)
+    n = round(mono.size * dst_rate / src_rate)
+    if out.size < n:
+        out = np.pad(out, (0, n - out.size))
+    return np.ascontiguousarray(out[:n], dtype=np.float32)
+
+
+def _stream_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
+def _to_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
+    """Decoded frame -> uint8 [height, width, 3]; no resize when the size already matches."""
+    if frame.width == width and frame.height == height:
+        return frame.to_ndarray(format="rgb24")
+    shrink = width <= frame.width and height <= frame.height
+    return frame.reformat(width, height, format="rgb24", interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
+
+
+def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
+               max_frames: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Decode the first video stream -> (uint8 [T, height, width, 3] RGB, notes on what was changed).
+
+    Time resampling picks, for each output time k / fps (from the first frame), the source frame nearest
+    by timestamp; the output covers the source duration. When the source rate equals `fps` every frame is
+    kept as decoded. Frames are resized (stretched, aspect not kept) to (height, width); rotation metadata
+    is ignored. At most `max_frames` frames are returned.
+    """
+    p = _check_readable(path)
+    rate = _rate(fps, "fps")
+    height, width = _positive_int(height, "height"), _positive_int(width, "width")
+    if max_frames is not None:
+        max_frames = _positive_int(max_frames, "max_frames")
+    container = _open(p)
+    notes: list[str] = []
+    with container, _converting(p, "read video from"):
+        if not container.streams.video:
+            raise MediaError(_one_line(f"cannot read video from {p}: no video stream"))
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        src_rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        src_rate = Fraction(src_rate) if src_rate else None
+        passthrough = src_rate is not None and abs(src_rate - rate) <= rate * Fraction(1, 10000)
+        limit = None if max_frames is None else max_frames + 1  # one extra tells us whether we trimmed
+        out: list[np.ndarray] = []
+        src_size = None
+        if passthrough:
+            for frame in container.decode(stream):
+                src_size = src_size or (frame.width, frame.height)
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(_to_rgb(frame, height, width))
+        else:
+            out, src_size = _select_by_time(container.decode(stream), stream, rate, src_rate,
+                                                   height, width, limit)
+        if not out:
+            raise MediaError(_one_line(f"cannot read video from {p}: no decodable frames"))
+        if not passthrough:
+            notes.append(f"resampled {_fmt_rate(src_rate) if src_rate else 'unknown'} fps -> {_fmt_rate(rate)} fps")
+        if src_size != (width, height):
+            notes.append(f"resized {src_size[0]}x{src_size[1]} -> {width}x{height}")
+        if max_frames is not None and len(out) > max_frames:
+            out = out[:max_frames]
+            secs = _stream_seconds(container, stream)
+            total = (stream.frames if passthrough and stream.frames else
+                     round(secs * rate) if secs else None)
+            notes.append(f"trimmed {total} -> {max_frames} frames" if total and total > max_frames
+                         else f"trimmed to {max_frames} frames")
+    for n in notes:
+        log.info("%s: %s", p, n)
+    return np.stack(out), notes
+
+
+def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, rate: Fraction,
+                    src_rate: Fraction | None, height: int, width: int,
+                    limit: int | None) -> tuple[list[np.ndarray], tuple[int, int] | None]:
+    """Nearest-timestamp selection onto the grid k / rate. Streams: holds one decoded frame at a time."""
+    tb = stream.time_base
+    out: list[np.ndarray] = []
+    prev, prev_t, t0 = None, None, None
+    k = 0
+    src_size = None
+
+    def emit_while(cond) -> bool:  # emit `prev` for each target time satisfying cond; False once `limit` hit
+        nonlocal k
+        rgb = None
+        while cond(Fraction(k) / rate):
+            if limit is not None and len(out) >= limit:
+                return False
+            rgb = _to_rgb(prev, height, width) if rgb is None else rgb
+            out.append(rgb)
+            k += 1
+        return True
+
+    for frame in frames:
+        src_size = src_size or (frame.width, frame.height)
+        if frame.pts is not None and tb:
+            t = Fraction(frame.pts) * tb
+        else:
+            t = (prev_t + t0 if prev_t is not None else 0) + (1 / src_rate if src_rate else 1 / rate)
+        if t0 is None:
+            t0 = t
+        t -= t0
+        if prev is not None:
+            if t <= prev_t:
+                continue  # out-of-order or duplicate timestamp: keep the earlier frame
+            mid = (prev_t + t) / 2
+            if not emit_while(lambda tk: tk < mid):
+                return out, src_size
+        prev, prev_t = frame, t
+    if prev is not None:
+        end = prev_t + (1 / src_rate if src_rate else 1 / rate)
+        emit_while(lambda tk: tk < end)
+    return out, src_size
+
+
+def read_image(path: os.PathLike | str, height: int, width: int) -> np.ndarray:
+    """Read a png/jpg/... (first frame) -> uint8 [height, width, 3] RGB.
+
+    Accepted: 8-bit gray, gray+alpha, 1-bit, RGB, RGBA, palette (expanded by swscale), 8-bit YUV (JPEG).
+    Alpha is dropped (colour channels kept as stored, not composited). Anything else (16-bit, CMYK, float)
+    raises MediaError naming the pixel format. Resized (stretched) to (height, width).
+    """
+    p = _check_readable(path)
+    height, width = _positive_int(height, "height"), _positive_int(width, "width")
+    container = _open(p)
+    with container, _converting(p, "read image"):
+        if not container.streams.video:
+            raise MediaError(_one_line(f"cannot read image {p}: no image data"))
+        frame = next(container.decode(video=0), None)
+        if frame is None:
+            raise MediaError(_one_line(f"cannot read image {p}: no decodable image"))
+        fmt = frame.format.name
+        if fmt == "gray":
+            rgb = np.repeat(frame.to_ndarray()[:, :, None], 3, axis=2)  # [h, w, 3]
+        elif fmt in ("rgb24", "rgba"):
+            rgb = frame.to_ndarray()[:, :, :3]
+        elif fmt in _IMAGE_VIA_SWSCALE:
+            rgb = frame.to_ndarray(format="rgb24")
+        else:
+            raise MediaError(_one_line(f"cannot read image {p}: unsupported pixel format {fmt} "
+                                       f"(need 8-bit gray, RGB, RGBA, palette or JPEG)"))
+        if fmt in _ALPHA_FORMATS:
+            log.info("%s: dropping the alpha channel (%s)", p, fmt)
+        h, w = rgb.shape[:2]
+        if (h, w) != (height, width):
+            shrink = width <= w and height <= h
+            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
+                width, height, interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
+            log.info("%s: resized %dx%d -> %dx%d", p, w, h, width, height)
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def probe(path: os.PathLike | str) -> dict:
+    """Describe a media file: {"video": {frames, fps, width, height, duration, codec} | None,
+    "audio": {sample_rate, duration, codec, channels} | None}; durations in seconds (float)."""
+    p = _check_readable(path)
+    container = _open(p)
+    info: dict = {"video": None, "audio": None}
+    with container, _converting(p, "probe"):
+        if container.streams.video:
+            vs = container.streams.video[0]
+            frames = vs.frames
+            if not frames:  # container has no count: count packets (no decoding)
+                frames = sum(1 for pk in container.demux(vs) if pk.size)
+            fps = vs.average_rate or vs.guessed_rate
+            info["video"] = {"frames": int(frames), "fps": float(fps) if fps else None,
+                             "width": vs.codec_context.width, "height": vs.codec_context.height,
+                             "duration": _stream_seconds(container, vs), "codec": vs.codec_context.codec.canonical_name}
+        if container.streams.audio:
+            st = container.streams.audio[0]
+            info["audio"] = {"sample_rate": st.codec_context.sample_rate or st.sample_rate,
+                             "duration": _stream_seconds(container, st), "codec": st.codec_context.codec.canonical_name,
+                             "channels": st.codec_context.channels}
+    return info

@@ -1,0 +1,299 @@
+"""The public API: `Pipeline.from_bundle(path).generate(prompt, ...)` -> frames + audio, torch-free.
+
+    encode captions / transcript / reference once -> ODE loop (scheduler per stream, guidance batch)
+    -> decode video and audio -> GenerationResult (save() writes mp4 + wav atomically)
+
+A pipeline is safe to share between threads: sessions are shared, every call keeps its own state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import media
+from .backends import make_backend
+from .bundle import Bundle, default_bundle_path
+from .errors import Cancelled, HarmonyError
+from .guidance import MODES, GuidanceScales, GuidedDenoiser
+from .schedulers import SCHEDULERS, make_scheduler
+from .text import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], "bool | None"]  # (steps done, total) -> False to cancel
+
+
+@dataclass
+class GenerationResult:
+    """One generated clip. frames uint8 [T, H, W, 3]; audio float32 [W] (the mix); stems by name (Unison)."""
+
+    frames: np.ndarray
+    audio: np.ndarray
+    fps: float
+    sample_rate: int
+    seed: int
+    stems: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return self.frames.shape[0] / self.fps
+
+    def save(self, path: str | Path, wav: bool = True, stems_dir: str | Path | None = None) -> Path:
+        """Write `path` (.mp4, h264 + aac) and, with `wav`, the audio beside it as .wav; atomic writes."""
+        path = Path(path)
+        media.write_mp4(path, self.frames, self.fps, self.audio, self.sample_rate)
+        if wav:
+            media.write_wav(path.with_suffix(".wav"), self.audio, self.sample_rate)
+        if stems_dir is not None and self.stems:
+            Path(stems_dir).mkdir(parents=True, exist_ok=True)
+            for name, x in {**self.stems, "mix": self.audio}.items():
+                media.write_wav(Path(stems_dir) / f"{name}.wav", x, self.sample_rate, subtype="FLOAT")
+        return path
+
+
+def _check_number(name: str, value, lo: float, hi: float, integer: bool = False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if not ok or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise HarmonyError(f"{name} must be {kind} in [{lo:g}, {hi:g}], got {value!r}")
+    return int(value) if integer else float(value)
+
+
+class Pipeline:
+    """Text (+ optional audio / video / image / reference voice) -> synchronized video and audio."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", split: str = "auto", threads: int | None = None):
+        self.bundle = bundle
+        self.geometry = g = bundle.geometry
+        self.backend = make_backend(backend, bundle, threads=threads) if backend != "auto" else make_backend(
+            "auto", bundle, threads=threads
+        )
+        self.text_tok = TextTokenizer(bundle.file_path("tokenizer_text"), g.max_text_tokens, "caption")
+        self.speech_tok = TextTokenizer(bundle.file_path("tokenizer_speech"), g.max_speech_chars, "transcript")
+        self.split = split
+        self._guided: dict[tuple, GuidedDenoiser] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(cls, path: str | Path | None = None, verify: bool = True, **kw) -> "Pipeline":
+        """Load a bundle folder (default: the one shipped with the package). `verify` checks sha256s."""
+        return cls(Bundle.load(path if path is not None else default_bundle_path(), verify=verify), **kw)
+
+    # ------------------------------------------------------------------ encoders
+
+    def _run(self, component: str, **feeds) -> dict[str, np.ndarray]:
+        return self.backend.run(component, feeds)
+
+    def _captions(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.text_tok.encode(texts)
+        return self._run("text_encoder", text_ids=ids, text_mask=mask)["text_emb"], mask
+
+    def _speech(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.speech_tok.encode(texts)
+        return self._run("speech_encoder", speech_ids=ids, speech_mask=mask)["speech_emb"], mask
+
+    def encode_audio(self, wav: np.ndarray) -> np.ndarray:
+        """waveform float32 [W] -> latent [1, W // hop, C_a]."""
+        hop = self.geometry.audio_hop
+        w = wav[: (len(wav) // hop) * hop][None].astype(np.float32)
+        return self._run("audio_encoder", waveform=w)["audio_latent"]
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 [FP, H, W, 3] -> video latent [1, C_v, F, H_lat, W_lat]."""
+        x = frames.astype(np.float32).transpose(3, 0, 1, 2)[None] / 127.5 - 1.0
+        return self._run("video_encoder", frames=x)["video_latent"]
+
+    def _guided_for(self, mode: str, scales: GuidanceScales) -> GuidedDenoiser:
+        key = (mode, scales.s_v, scales.s_a, scales.cfg)
+        with self._lock:
+            if key not in self._guided:
+                call = lambda feeds: self.backend.run("denoiser", feeds)  # noqa: E731
+                self._guided[key] = GuidedDenoiser(call, mode, scales, split=self.split)
+            return self._guided[key]
+
+    # ------------------------------------------------------------------ generate
+
+    def generate(self, prompt: str, **kw) -> GenerationResult:
+        """One clip; see `generate_batch` for the arguments."""
+        return self.generate_batch(prompt, num_samples=1, **kw)[0]
+
+    def generate_batch(
+        self,
+        prompt: str,
+        *,
+        speech: str = "",
+        video_caption: str | None = None,
+        audio_caption: str | None = None,
+        seconds: float | None = None,
+        steps: int | None = None,
+        guidance: str | None = None,
+        s_v: float | None = None,
+        s_a: float | None = None,
+        cfg_scale: float | None = None,
+        scheduler: str | None = None,
+        seed: int = 0,
+        num_samples: int = 1,
+        audio: str | Path | np.ndarray | None = None,
+        video: str | Path | np.ndarray | None = None,
+        image: str | Path | np.ndarray | None = None,
+        ref_audio: str | Path | np.ndarray | None = None,
+        progress: Progress | None = None,
+    ) -> list[GenerationResult]:
+        """Generate `num_samples` clips in one batched run.
+
+        prompt fills both captions unless `video_caption` / `audio_caption` are given; `speech` is the
+        transcript (any script). Tasks: `audio` (A2V: audio held clean, video generated), `video` (V2A),
+        `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 1-3 s). Sample i uses seed
+        (seed, i): outputs do not depend on num_samples. `progress(done, total)` returning False cancels.
+        """
+        g, sp = self.geometry, self.bundle.sampling
+        if not isinstance(prompt, str):
+            raise HarmonyError("prompt must be a string")
+        mode = guidance if guidance is not None else sp.get("guidance", "sync")
+        if mode not in MODES:
+            raise HarmonyError(f"unknown guidance mode {mode!r}; choose one of {', '.join(MODES)}")
+        sched_name = scheduler if scheduler is not None else sp.get("scheduler", "euler")
+        if sched_name not in SCHEDULERS:
+            raise HarmonyError(f"unknown scheduler {sched_name!r}; choose one of {', '.join(SCHEDULERS)}")
+        steps = _check_number("steps", steps if steps is not None else sp["steps"], 1, 1000, integer=True)
+        seed = _check_number("seed", seed, 0, 2**63 - 1, integer=True)
+        B = _check_number("num_samples", num_samples, 1, 64, integer=True)
+        scales = GuidanceScales(
+            s_v=_check_number("s_v", s_v if s_v is not None else sp["s_v"], 0, 100),
+            s_a=_check_number("s_a", s_a if s_a is not None else sp["s_a"], 0, 100),
+            cfg=_check_number("cfg_scale", cfg_scale if cfg_scale is not None else sp["cfg_scale"], 0, 100),
+        )
+        if sum(x is not None for x in (audio, video)) > 1:
+            raise HarmonyError("give at most one of audio (A2V) and video (V2A)")
+        notes: list[str] = []
+
+        # --- durations -------------------------------------------------------------
+        max_s = g.max_latent_frames * g.video_t_stride / g.fps
+        given_audio = given_frames = None
+        if audio is not None:
+            given_audio = audio if isinstance(audio, np.ndarray) else media.read_audio(audio, g.sample_rate)
+            if given_audio.size == 0:
+                raise HarmonyError("the driving audio is empty")
+            seconds = seconds if seconds is not None else min(max_s, len(given_audio) / g.sample_rate)
+        if video is not None:
+            if isinstance(video, np.ndarray):
+                given_frames = video
+            else:
+                given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, g.max_latent_frames * g.video_t_stride)
+                notes += vnotes
+            seconds = seconds if seconds is not None else given_frames.shape[0] / g.fps
+        if seconds is None:
+            seconds = sp.get("seconds", max_s)
+        seconds = _check_number("seconds", seconds, g.video_t_stride / g.fps, max_s)
+        F = max(1, int(round(seconds * g.fps / g.video_t_stride)))
+        T = g.audio_frames_for(F)
+        FP, W = F * g.video_t_stride, T * g.audio_hop
+
+        # --- conditioning, once per generation ----------------------------------------
+        vcap = video_caption if video_caption is not None else prompt
+        acap = audio_caption if audio_caption is not None else prompt
+        caps, cap_mask = self._captions([vcap, acap, ""])
+        sp_emb, sp_mask = self._speech([speech, ""])
+        ref, ref_mask = np.zeros((1, 1, g.C_a), np.float32), np.zeros((1, 1), np.float32)
+        if ref_audio is not None:
+            wav = ref_audio if isinstance(ref_audio, np.ndarray) else media.read_audio(ref_audio, g.sample_rate)
+            dur = len(wav) / g.sample_rate
+            if not 0.5 <= dur <= 10.0:
+                raise HarmonyError(f"reference audio must be 0.5-10 s long (1-3 s works best), got {dur:.2f} s")
+            ref = self.encode_audio(wav[: int(3.0 * g.sample_rate)])
+            ref_mask = np.ones(ref.shape[:2], np.float32)
+
+        def rows(x):  # [1, ...] -> [B, ...]
+            return np.repeat(x, B, axis=0)
+
+        cond = dict(
+            text_emb=rows(caps[0:1]), text_mask=rows(cap_mask[0:1]),
+            audio_text_emb=rows(caps[1:2]), audio_text_mask=rows(cap_mask[1:2]),
+            speech_emb=rows(sp_emb[0:1]), speech_mask=rows(sp_mask[0:1]),
+            ref_latent=rows(ref), ref_mask=rows(ref_mask),
+        )
+        uncond = dict(
+            cond, text_emb=rows(caps[2:3]), text_mask=rows(cap_mask[2:3]), audio_text_emb=rows(caps[2:3]),
+            audio_text_mask=rows(cap_mask[2:3]), speech_emb=rows(sp_emb[1:2]), speech_mask=rows(sp_mask[1:2]),
+        )
+
+        # --- held modalities and anchors ---------------------------------------------------
+        S = g.S
+        null_a = self.encode_audio(np.zeros(W, np.float32))[:, None]  # [1, 1, T, C_a] silence
+        null_a = rows(np.repeat(null_a, S, axis=1))
+        still = np.full((g.height, g.width, 3), 127, np.uint8)  # mid-grey unless a first frame is given
+        z_audio_clean = z_video_clean = z_image = None
+        if given_audio is not None:
+            given_audio = np.pad(given_audio, (0, max(0, W - len(given_audio))))[:W].astype(np.float32)
+            z_audio_clean = rows(np.repeat(self.encode_audio(given_audio)[:, None], S, axis=1) / S)
+        if given_frames is not None:
+            if given_frames.shape[0] < FP:
+                pad = np.repeat(given_frames[-1:], FP - given_frames.shape[0], axis=0)
+                notes.append(f"padded {given_frames.shape[0]} -> {FP} frames by repeating the last one")
+                given_frames = np.concatenate([given_frames, pad])
+            given_frames = given_frames[:FP]
+            z_video_clean = rows(self.encode_frames(given_frames))
+            still = given_frames[0]
+        if image is not None:
+            img = image if isinstance(image, np.ndarray) else media.read_image(image, g.height, g.width)
+            z_image = rows(self.encode_frames(np.repeat(img[None], FP, axis=0)))
+            still = img
+        null_v = rows(self.encode_frames(np.repeat(still[None], FP, axis=0)))
+
+        # --- ODE loop ---------------------------------------------------------------------
+        noise_v = np.stack([np.random.default_rng([seed, i]).standard_normal(null_v.shape[1:], np.float32) for i in range(B)])
+        noise_a = np.stack([np.random.default_rng([seed, i, 1]).standard_normal(null_a.shape[1:], np.float32) for i in range(B)])
+        z_v = z_video_clean if z_video_clean is not None else noise_v
+        z_a = z_audio_clean if z_audio_clean is not None else noise_a
+        sched_v, sched_a = make_scheduler(sched_name, sp["shift"]), make_scheduler(sched_name, sp["shift"])
+        sched_v.set_timesteps(steps)
+        sched_a.set_timesteps(steps)
+        guided = self._guided_for(mode, scales)
+        for i in range(steps):
+            t = float(sched_v.sigmas[i])
+            t_v = np.full(B, 0.0 if z_video_clean is not None else t, np.float32)
+            t_a = np.full(B, 0.0 if z_audio_clean is not None else t, np.float32)
+            if z_image is not None:  # I2AV: the first latent frame sits on the clean image's noising path
+                z_v[:, :, :1] = (1 - t) * z_image[:, :, :1] + t * noise_v[:, :, :1]
+            v_v, v_a = guided(z_v, z_a, t_v, t_a, cond, uncond, null_v, null_a)
+            if z_video_clean is None:
+                z_v = sched_v.step(v_v, sched_v.timesteps[i], z_v)
+            if z_audio_clean is None:
+                z_a = sched_a.step(v_a, sched_a.timesteps[i], z_a)
+            if progress is not None and progress(i + 1, steps) is False:
+                raise Cancelled(f"cancelled after {i + 1} of {steps} steps")
+        if z_image is not None:
+            z_v[:, :, :1] = z_image[:, :, :1]
+
+        # --- decode -----------------------------------------------------------------------
+        results = []
+        frames = self._decode_video(z_v) if given_frames is None else np.repeat(given_frames[None], B, axis=0)
+        wav = self._run("audio_decoder", audio_latent=z_a.reshape(B * S, T, -1))["waveform"].reshape(B, S, -1)
+        n_samples = int(round(seconds * g.sample_rate)) if given_audio is None else W
+        for b in range(B):
+            stems = {}
+            if given_audio is not None:
+                mix = given_audio.copy()
+            else:
+                mix = np.clip(wav[b].sum(0), -1.0, 1.0)
+                if S == 2:
+                    stems = {"speech": wav[b, 0], "sfx": wav[b, 1]}
+            mix = np.pad(mix, (0, max(0, n_samples - len(mix))))[:n_samples]
+            stems = {k: np.pad(v, (0, max(0, n_samples - len(v))))[:n_samples] for k, v in stems.items()}
+            results.append(GenerationResult(frames[b], mix.astype(np.float32), g.fps, g.sample_rate, seed, stems, notes))
+        return results
+
+    def _decode_video(self, z_v: np.ndarray) -> np.ndarray:
+        """[B, C_v, F, H, W] -> uint8 [B, FP, H, W, 3]."""
+        x = self._run("video_decoder", video_latent=z_v.astype(np.float32))["frames"]  # [B, 3, FP, H, W]
+        return np.clip(np.rint((x.transpose(0, 2, 3, 4, 1) + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -1,0 +1,44 @@
+"""Tokenizers at run time: `tokenizers` JSON files from the bundle, padded id / mask arrays."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .errors import BundleError, HarmonyError
+
+log = logging.getLogger(__name__)
+
+
+class TextTokenizer:
+    """Encodes strings to ids int64 [B, L] and mask float32 [B, L] (L = longest, at most `max_len`)."""
+
+    def __init__(self, path: Path, max_len: int, what: str):
+        try:
+            self.tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises plain Exceptions on bad JSON
+            raise BundleError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+        self.max_len, self.what = max_len, what
+        self.unk_id = self.tok.token_to_id("[UNK]")
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encs = self.tok.encode_batch(list(texts))
+        for text, enc in zip(texts, encs):
+            if len(enc.ids) > self.max_len:
+                raise HarmonyError(
+                    f"{self.what} is too long: {len(enc.ids)} tokens, the bundle allows {self.max_len}: {text[:40]!r}"
+                )
+            unknown = sorted({tok for tok, i in zip(enc.tokens, enc.ids) if i == self.unk_id})
+            if unknown:
+                shown = "".join(text[a:b] + " " for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id)
+                log.warning("%s: %d unknown token(s) the model has never seen: %s", self.what, len(unknown), shown.strip())
+        length = max(len(e.ids) for e in encs)
+        ids = np.zeros((len(encs), length), np.int64)
+        mask = np.zeros((len(encs), length), np.float32)
+        for i, e in enumerate(encs):
+            ids[i, : len(e.ids)] = e.ids
+            mask[i, : len(e.ids)] = 1.0
+        return ids, mask

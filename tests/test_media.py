@@ -1,0 +1,334 @@
+"""harmony_rt.media: mp4/wav/image round trips, resampling, notes, one-line MediaErrors, atomic writes."""
+
+import struct
+import zlib
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from harmony_rt import media
+from harmony_rt.errors import HarmonyError, MediaError
+
+SR = 16000
+
+
+def tone(freq=440.0, seconds=2.0, sr=SR, amp=0.5):
+    return (amp * np.sin(2 * np.pi * freq * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
+
+
+def smooth_frames(t=16, h=32, w=32):
+    """Slowly drifting smooth colour ramps: h264/yuv420p should reproduce them closely."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    out = [np.stack([60 + 120 * x + 2 * i, 80 + 100 * y, 100 + 50 * (x + y) - i], -1) for i in range(t)]
+    return np.stack(out).round().astype(np.uint8)
+
+
+def index_frames(t, h=16, w=16):
+    """Frame i is flat gray 8 * i + 20: its index can be read back through lossy coding."""
+    return np.repeat((8 * np.arange(t) + 20).astype(np.uint8), h * w * 3).reshape(t, h, w, 3)
+
+
+def frame_indices(frames):
+    return np.round((frames.reshape(len(frames), -1).mean(1) - 20) / 8).astype(int).tolist()
+
+
+def expect_error(fn, *args, match, **kw):
+    with pytest.raises(MediaError) as ei:
+        fn(*args, **kw)
+    msg = str(ei.value)
+    assert "\n" not in msg and match in msg, msg
+    assert isinstance(ei.value, HarmonyError)
+    return msg
+
+
+def png_bytes(w, h, bitdepth, colortype, rows, extra=b""):
+    """A minimal PNG written by hand (filter 0 on every row)."""
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    raw = b"".join(b"\x00" + r for r in rows)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bitdepth, colortype, 0, 0, 0))
+            + b"".join(chunk(t, d) for t, d in extra) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def write_png_pyav(path, arr, fmt):
+    with av.open(str(path), "w", format="image2") as c:
+        s = c.add_stream("png")
+        s.width, s.height, s.pix_fmt = arr.shape[1], arr.shape[0], fmt
+        c.mux(s.encode(av.VideoFrame.from_ndarray(arr, format=fmt)))
+        c.mux(s.encode(None))
+
+
+# ------------------------------------------------------------------------------------------------ mp4
+
+
+def test_mp4_round_trip(tmp_path):
+    frames, audio = smooth_frames(), tone()
+    out = tmp_path / "clip.mp4"
+    media.write_mp4(out, frames, 8, audio, SR)
+    info = media.probe(out)
+    v, a = info["video"], info["audio"]
+    assert (v["frames"], v["width"], v["height"], v["codec"]) == (16, 32, 32, "h264")
+    assert v["fps"] == pytest.approx(8.0)
+    assert abs(v["duration"] - 2.0) <= 1 / 8
+    assert (a["sample_rate"], a["codec"], a["channels"]) == (SR, "aac", 1)
+    assert abs(a["duration"] - 2.0) <= 0.05
+    with av.open(str(out)) as c:
+        assert (len(c.streams.video), len(c.streams.audio)) == (1, 1)
+
+    got, notes = media.read_video(out, 8, 32, 32)
+    assert got.shape == frames.shape and got.dtype == np.uint8 and notes == []
+    err = np.abs(got.astype(int) - frames.astype(int))
+    assert err.mean() < 3 and np.percentile(err, 99) < 10
+
+    back = media.read_audio(out, SR)
+    assert back.dtype == np.float32 and back.shape == audio.shape  # AAC padding trimmed to the muxed duration
+    assert np.corrcoef(back, audio)[0, 1] > 0.99
+    # aligned (no priming offset); the AAC encoder needs ~2 frames to settle at the very start
+    assert np.abs(back[2048:-2048] - audio[2048:-2048]).max() < 0.01
+
+
+def test_mp4_fractional_fps_odd_size_stereo_and_unusual_rate(tmp_path):
+    out = tmp_path / "odd.mp4"
+    frames = smooth_frames(t=10, h=31, w=29)
+    stereo = np.stack([tone(seconds=0.5, sr=37800), tone(660, seconds=0.5, sr=37800)], 1)  # AAC has no 37800
+    media.write_mp4(out, frames, 30000 / 1001, stereo, 37800)
+    info = media.probe(out)
+    assert (info["video"]["width"], info["video"]["height"], info["video"]["frames"]) == (30, 32, 10)
+    assert info["video"]["fps"] == pytest.approx(30000 / 1001, rel=1e-6)
+    assert info["video"]["duration"] == pytest.approx(10 * 1001 / 30000, abs=1001 / 30000)
+    assert (info["audio"]["sample_rate"], info["audio"]["channels"]) == (48000, 2)
+    assert info["audio"]["duration"] == pytest.approx(0.5, abs=0.01)
+    got, _ = media.read_video(out, Fraction(30000, 1001), 32, 30)
+    assert np.abs(got[:, :31, :29].astype(int) - frames.astype(int)).mean() < 3
+
+
+def test_mp4_video_only_and_audio_only_errors(tmp_path):
+    silent = tmp_path / "silent.mp4"
+    media.write_mp4(silent, index_frames(4), 4)
+    assert media.probe(silent)["audio"] is None
+    expect_error(media.read_audio, silent, SR, match="no audio stream")
+
+    audio_only = tmp_path / "audio_only.mp4"
+    with av.open(str(audio_only), "w") as c:
+        s = c.add_stream("aac", rate=SR, layout="mono")
+        f = av.AudioFrame.from_ndarray(tone(seconds=0.5)[None], format="fltp", layout="mono")
+        f.sample_rate, f.pts, f.time_base = SR, 0, Fraction(1, SR)  # pts: the muxer writes the priming edit list
+        c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    assert media.probe(audio_only)["video"] is None
+    msg = expect_error(media.read_video, audio_only, 8, 16, 16, match="no video stream")
+    assert "audio_only.mp4" in msg
+    assert media.read_audio(audio_only, SR).shape == (SR // 2,)
+
+
+def test_write_mp4_rejects_bad_input_before_touching_disk(tmp_path):
+    out = tmp_path / "bad.mp4"
+    expect_error(media.write_mp4, out, index_frames(2).astype(np.float32), 8, match="uint8")
+    expect_error(media.write_mp4, out, index_frames(2)[..., :2], 8, match="[T, H, W, 3]")
+    expect_error(media.write_mp4, out, index_frames(2), 0, match="fps")
+    expect_error(media.write_mp4, out, index_frames(2), 8, tone(), None, match="sample_rate")
+    expect_error(media.write_mp4, out, index_frames(2), 8, np.full(10, np.nan, np.float32), SR, match="NaN")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ atomic
+
+
+class _ExplodingFrames(np.ndarray):
+    """Frames that raise on the last frame (mid-encode), after recording what the output folder held."""
+
+    def __getitem__(self, i):
+        if i == len(self) - 1:
+            self.seen = sorted(p.name for p in self.folder.iterdir())
+            raise self.exc("boom")
+        return np.asarray(self)[i]
+
+
+@pytest.mark.parametrize("exc", [ZeroDivisionError, KeyboardInterrupt])
+def test_failed_write_leaves_no_file_and_keeps_old_output(tmp_path, exc):
+    frames = index_frames(64).view(_ExplodingFrames)  # long enough for x264's lookahead to emit packets
+    frames.folder, frames.exc = tmp_path, exc
+    audio = tone(seconds=64 / 8)
+    with pytest.raises(exc):
+        media.write_mp4(tmp_path / "new.mp4", frames, 8, audio, SR)
+    assert len(frames.seen) == 1 and frames.seen[0].startswith(".new.") and frames.seen[0].endswith(".mp4")
+    assert list(tmp_path.iterdir()) == []
+
+    old = tmp_path / "old.mp4"
+    old.write_bytes(b"previous")
+    with pytest.raises(exc):
+        media.write_mp4(old, frames, 8)
+    assert [p.name for p in tmp_path.iterdir()] == ["old.mp4"] and old.read_bytes() == b"previous"
+
+
+def test_atomic_output_replaces_on_success_and_cleans_on_error(tmp_path):
+    target = tmp_path / "x.bin"
+    target.write_text("old")
+    with media.atomic_output(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".bin" and tmp != target
+        tmp.write_text("new")
+        assert target.read_text() == "old"
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+    with pytest.raises(KeyboardInterrupt), media.atomic_output(target) as tmp:
+        tmp.write_text("partial")
+        raise KeyboardInterrupt
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_unwritable_destination(tmp_path):
+    missing = tmp_path / "nope" / "out.mp4"
+    expect_error(media.write_mp4, missing, index_frames(2), 8, match="cannot write")
+    expect_error(media.write_wav, tmp_path / "nope" / "a.wav", tone(), SR, match="does not exist")
+    with pytest.raises(MediaError), media.atomic_output(missing):
+        pass
+    assert not (tmp_path / "nope").exists()
+
+
+# ------------------------------------------------------------------------------------------------ wav / audio
+
+
+def test_wav_round_trip_pcm16_and_float(tmp_path):
+    rng = np.random.default_rng(0)
+    audio = rng.uniform(-1.2, 1.2, 4000).astype(np.float32)  # out-of-range values get clipped
+    media.write_wav(tmp_path / "a.wav", audio, SR)
+    info = sf.info(str(tmp_path / "a.wav"))
+    assert (info.subtype, info.samplerate, info.frames, info.channels) == ("PCM_16", SR, 4000, 1)
+    back = media.read_audio(tmp_path / "a.wav", SR)
+    assert np.abs(back - np.clip(audio, -1, 1)).max() <= 1.5 / 32768
+    assert back.min() >= -1 and back.max() <= 1
+
+    media.write_wav(tmp_path / "f.wav", audio, SR, subtype="FLOAT")
+    assert np.array_equal(media.read_audio(tmp_path / "f.wav", SR), np.clip(audio, -1, 1))
+
+    stereo = np.stack([tone(seconds=0.1), -0.5 * tone(seconds=0.1)], 1)
+    media.write_wav(tmp_path / "s.wav", stereo, SR, subtype="FLOAT")
+    assert sf.info(str(tmp_path / "s.wav")).channels == 2
+    np.testing.assert_allclose(media.read_audio(tmp_path / "s.wav", SR), stereo.mean(1), atol=1e-7)
+    expect_error(media.write_wav, tmp_path / "x.wav", audio, SR, subtype="ULAW", match="subtype")
+
+
+def test_read_audio_same_rate_is_bit_exact(tmp_path):
+    rng = np.random.default_rng(1)
+    audio = (rng.standard_normal(SR) * 0.3).astype(np.float32)
+    sf.write(str(tmp_path / "f.wav"), audio, SR, subtype="FLOAT")  # written by soundfile, not by us
+    got = media.read_audio(tmp_path / "f.wav", SR)
+    assert got.dtype == np.float32 and np.array_equal(got, audio)
+
+
+def test_read_audio_resamples_and_keeps_pitch(tmp_path):
+    src = tone(1000.0, seconds=1.5, sr=22050)
+    sf.write(str(tmp_path / "t.wav"), src, 22050, subtype="PCM_16")
+    got = media.read_audio(tmp_path / "t.wav", SR)
+    assert got.shape == (round(len(src) * SR / 22050),)
+    spec = np.abs(np.fft.rfft(got * np.hanning(len(got))))
+    peak_hz = np.argmax(spec) * SR / len(got)
+    assert abs(peak_hz - 1000.0) < 2
+    assert np.abs(got[2000:-2000]).max() == pytest.approx(0.5, abs=0.02)  # level kept
+    up = media.read_audio(tmp_path / "t.wav", 48000)
+    assert up.shape == (round(len(src) * 48000 / 22050),)
+
+
+def test_read_audio_errors(tmp_path):
+    expect_error(media.read_audio, tmp_path / "missing.wav", SR, match="no such file")
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 20)
+    assert "notes.wav" in expect_error(media.read_audio, text, SR, match="cannot read")
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros(0, np.float32), SR)
+    assert empty.stat().st_size > 0
+    expect_error(media.read_audio, empty, SR, match="zero-length")
+    expect_error(media.read_audio, tmp_path, SR, match="is a directory")
+    expect_error(media.read_audio, text, 0, match="sample_rate")
+
+
+# ------------------------------------------------------------------------------------------------ video
+
+
+def test_read_video_passthrough_is_exactly_as_decoded(tmp_path):
+    out = tmp_path / "v.mp4"
+    media.write_mp4(out, smooth_frames(t=12), 12)
+    with av.open(str(out)) as c:
+        ref = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    got, notes = media.read_video(out, 12, 32, 32)
+    assert notes == [] and np.array_equal(got, ref)
+
+
+def test_read_video_time_resampling_picks_nearest_frame(tmp_path):
+    out = tmp_path / "idx.mp4"
+    media.write_mp4(out, index_frames(24), 24)  # 1 s at 24 fps
+    got, notes = media.read_video(out, 8, 16, 16)
+    assert notes == ["resampled 24 fps -> 8 fps"]
+    assert frame_indices(got) == list(range(0, 24, 3))
+    got, _ = media.read_video(out, 10, 16, 16)  # non-integer ratio (no ties): source index round(2.4 k)
+    assert frame_indices(got) == [0, 2, 5, 7, 10, 12, 14, 17, 19, 22]
+    got, _ = media.read_video(out, 60, 16, 16)  # upsampling repeats frames, covers the same 1 s
+    assert frame_indices(got) == [min(23, int(np.floor(0.4 * k + 0.5))) for k in range(60)]
+
+
+def test_read_video_trim_resize_notes(tmp_path):
+    out = tmp_path / "long.mp4"
+    media.write_mp4(out, index_frames(30, h=24, w=40), 10)
+    got, notes = media.read_video(out, 10, 12, 20, max_frames=8)
+    assert got.shape == (8, 12, 20, 3)
+    assert notes == ["resized 40x24 -> 20x12", "trimmed 30 -> 8 frames"]
+    assert frame_indices(got) == list(range(8))
+    got, notes = media.read_video(out, 5, 24, 40, max_frames=4)
+    assert notes == ["resampled 10 fps -> 5 fps", "trimmed 15 -> 4 frames"]
+    assert frame_indices(got) == [0, 2, 4, 6]
+    got, notes = media.read_video(out, 10, 24, 40, max_frames=30)  # exactly fits: not trimmed
+    assert len(got) == 30 and notes == []
+
+
+def test_read_video_errors(tmp_path):
+    expect_error(media.read_video, tmp_path / "nope.mp4", 8, 16, 16, match="no such file")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x01garbage" * 100)
+    expect_error(media.read_video, bad, 8, 16, 16, match="bad.mp4")
+    wav = tmp_path / "a.wav"
+    media.write_wav(wav, tone(seconds=0.2), SR)
+    expect_error(media.read_video, wav, 8, 16, 16, match="no video stream")
+    expect_error(media.probe, bad, match="bad.mp4")
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def test_read_image_modes(tmp_path):
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    write_png_pyav(tmp_path / "rgb.png", rgb, "rgb24")
+    assert np.array_equal(media.read_image(tmp_path / "rgb.png", 6, 8), rgb)
+
+    rgba = rng.integers(0, 256, (6, 8, 4), dtype=np.uint8)
+    write_png_pyav(tmp_path / "rgba.png", rgba, "rgba")
+    assert np.array_equal(media.read_image(tmp_path / "rgba.png", 6, 8), rgba[..., :3])
+
+    gray = rng.integers(0, 256, (6, 8), dtype=np.uint8)
+    write_png_pyav(tmp_path / "gray.png", gray, "gray")
+    assert np.array_equal(media.read_image(tmp_path / "gray.png", 6, 8), np.repeat(gray[..., None], 3, 2))
+
+    palette = rng.integers(0, 256, (4, 3), dtype=np.uint8)
+    idx = rng.integers(0, 4, (5, 7), dtype=np.uint8)
+    (tmp_path / "pal.png").write_bytes(png_bytes(7, 5, 8, 3, [r.tobytes() for r in idx],
+                                                 extra=[(b"PLTE", palette.tobytes())]))
+    assert np.array_equal(media.read_image(tmp_path / "pal.png", 5, 7), palette[idx])
+
+    small = media.read_image(tmp_path / "rgb.png", 3, 4)
+    assert small.shape == (3, 4, 3) and small.dtype == np.uint8
+    assert abs(small.astype(float).mean() - rgb.astype(float).mean()) < 3  # area resize keeps the mean
+
+
+def test_read_image_refuses_16_bit_and_garbage(tmp_path):
+    g16 = np.arange(35, dtype=np.uint16).reshape(5, 7).astype(">u2") * 1000
+    (tmp_path / "g16.png").write_bytes(png_bytes(7, 5, 16, 0, [r.tobytes() for r in g16]))
+    expect_error(media.read_image, tmp_path / "g16.png", 5, 7, match="gray16be")
+    write_png_pyav(tmp_path / "rgb48.png", np.zeros((4, 4, 3), np.uint16), "rgb48be")
+    msg = expect_error(media.read_image, tmp_path / "rgb48.png", 4, 4, match="rgb48be")
+    assert "rgb48.png" in msg
+    junk = tmp_path / "junk.png"
+    junk.write_text("hello")
+    expect_error(media.read_image, junk, 4, 4, match="junk.png")
+    expect_error(media.read_image, tmp_path / "none.png", 4, 4, match="no such file")

@@ -1,0 +1,88 @@
+"""Checkpoints: a folder with model.safetensors, optimizer.safetensors, config.json, state.json and the
+tokenizers. Written to a temp folder and renamed, so a kill leaves the old checkpoint or the new one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .configs import HarmonyConfig
+from .model import HarmonyModel
+
+log = logging.getLogger(__name__)
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
+    state: dict = {}
+    for key, v in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: HarmonyModel, optimizer: torch.optim.Optimizer | None = None,
+    state: dict | None = None, tokenizers: dict[str, str] | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically. `tokenizers` maps file name -> tokenizer JSON text."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
+        (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
+        if optimizer is not None:
+            tensors, meta = _flatten_optimizer(optimizer)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            (tmp / "optimizer.json").write_text(json.dumps(meta))
+        for name, text in (tokenizers or {}).items():
+            (tmp / name).write_text(text)
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / "ckpt")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None = None):
+    """-> (model, optimizer state dict or None, training state). No pickle: safetensors + JSON only."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a harmony-rt checkpoint (model.safetensors + config.json)")
+    cfg = HarmonyConfig.from_dict(json.loads((path / "config.json").read_text()))
+    model = HarmonyModel(cfg)
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    state = json.loads((path / "state.json").read_text()) if (path / "state.json").exists() else {}
+    opt_sd = None
+    if (path / "optimizer.safetensors").exists():
+        opt_sd = _unflatten_optimizer(
+            load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text())
+        )
+    return model, opt_sd, state

@@ -1,0 +1,126 @@
+"""Size registry of Harmony models (DiT-style): one dataclass, named sizes, from_dict / to_dict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from harmony_rt.contract import Geometry
+
+
+@dataclass
+class HarmonyConfig:
+    # --- media / latent geometry -------------------------------------------------
+    fps: float = 8.0
+    height: int = 32
+    width: int = 32
+    sample_rate: int = 16000
+    video_t_stride: int = 2  # pixel frames per latent frame
+    video_s_stride: int = 4  # pixels per latent cell
+    audio_hop: int = 256  # waveform samples per audio latent frame
+    C_v: int = 4
+    C_a: int = 8
+    audio_streams: int = 1  # 1 = Harmony (mix), 2 = Unison (speech, sfx)
+    max_latent_frames: int = 8
+    # --- video DiT (Wan2.2-style) -------------------------------------------------
+    video_dim: int = 64
+    video_heads: int = 2
+    video_ffn: int = 128
+    patch: tuple = (1, 2, 2)
+    # --- audio DiT (MM-DiT-style) -------------------------------------------------
+    audio_dim: int = 64
+    audio_heads: int = 2
+    audio_ffn: int = 128
+    layers: int = 2  # joint layers; each has a video block, an audio block and GLDI
+    # --- GLDI ------------------------------------------------------------------
+    gldi_window: float = 1.0  # +- video latent frames an audio/video token may attend across
+    gldi_every: int = 1  # GLDI in every k-th layer
+    rope_theta: float = 10000.0
+    # --- conditioning encoders ----------------------------------------------------
+    text_vocab: int = 512
+    text_dim: int = 64
+    text_layers: int = 1
+    max_text_tokens: int = 32
+    speech_vocab: int = 512
+    speech_dim: int = 64
+    speech_layers: int = 1
+    max_speech_chars: int = 64
+    # --- autoencoders -------------------------------------------------------------
+    vae_video_ch: int = 32
+    vae_audio_ch: int = 64
+    # --- flow matching / sampling defaults ----------------------------------------------
+    shift: float = 5.0
+    steps: int = 40
+    s_v: float = 3.0
+    s_a: float = 2.0
+    cfg_scale: float = 5.0
+    lambda_v: float = 0.1  # CTS weight of the audio-driven (video loss) task
+    lambda_a: float = 0.3  # CTS weight of the video-driven (audio loss) task
+
+    @property
+    def video_latent_hw(self) -> tuple[int, int]:
+        return self.height // self.video_s_stride, self.width // self.video_s_stride
+
+    def geometry(self) -> Geometry:
+        return Geometry(
+            fps=self.fps, height=self.height, width=self.width, sample_rate=self.sample_rate,
+            C_v=self.C_v, C_a=self.C_a, S=self.audio_streams, video_t_stride=self.video_t_stride,
+            video_s_stride=self.video_s_stride, audio_hop=self.audio_hop, text_dim=self.text_dim,
+            speech_dim=self.speech_dim, max_text_tokens=self.max_text_tokens,
+            max_speech_chars=self.max_speech_chars, max_latent_frames=self.max_latent_frames,
+            patch=tuple(self.patch),
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["patch"] = list(self.patch)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HarmonyConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        kw = dict(d)
+        if "patch" in kw:
+            kw["patch"] = tuple(kw["patch"])
+        return cls(**kw)
+
+
+SIZES: dict[str, HarmonyConfig] = {
+    # Seconds on a CPU: for tests.
+    "tiny": HarmonyConfig(),
+    # The shipped demo model: minutes on a 2-core CPU.
+    "demo": HarmonyConfig(
+        height=64, width=64, video_dim=128, video_heads=4, video_ffn=256, audio_dim=128, audio_heads=4,
+        audio_ffn=256, layers=4, text_dim=96, speech_dim=96, C_v=8, C_a=16, max_latent_frames=12,
+        text_layers=2, speech_layers=2,
+    ),
+    # ~1 s per denoiser step on a 2-core CPU (benchmarks).
+    "bench-large": HarmonyConfig(
+        height=64, width=64, video_dim=512, video_heads=8, video_ffn=2048, audio_dim=512, audio_heads=8,
+        audio_ffn=2048, layers=2, C_v=8, C_a=16, text_dim=256, speech_dim=256, max_latent_frames=16,
+    ),
+    # The paper's geometry (Wan2.2-TI2V-5B video tower + MMAudio-style audio VAE): config only.
+    "harmony-5b": HarmonyConfig(
+        fps=24.0, height=704, width=1280, sample_rate=16000, video_t_stride=4, video_s_stride=16,
+        audio_hop=512, C_v=48, C_a=20, video_dim=3072, video_heads=24, video_ffn=14336, audio_dim=1536,
+        audio_heads=12, audio_ffn=6144, layers=30, text_dim=4096, text_vocab=256384, text_layers=24,
+        max_text_tokens=512, speech_vocab=8192, speech_dim=512, speech_layers=4, max_speech_chars=1024,
+        max_latent_frames=31, vae_video_ch=256, vae_audio_ch=512,
+    ),
+}
+
+
+def get_config(name: str, **overrides) -> HarmonyConfig:
+    if name not in SIZES:
+        raise KeyError(f"unknown model size {name!r}; known: {sorted(SIZES)}")
+    return replace(SIZES[name], **overrides)
+
+
+def unison(cfg: HarmonyConfig) -> HarmonyConfig:
+    """The Unison variant of a size: two audio streams (speech, sfx)."""
+    return replace(cfg, audio_streams=2)
+
+
+__all__ = ["HarmonyConfig", "SIZES", "get_config", "unison"]

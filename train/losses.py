@@ -1,0 +1,78 @@
+"""Flow-matching losses: timestep sampling with shift, the CTS three-task loss (METHOD.md 1.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .configs import HarmonyConfig
+
+
+def shift_t(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """sigma' = shift * sigma / (1 + (shift - 1) * sigma)."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def sample_t(n: int, shift: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training timesteps [n] in (0, 1): uniform, then shifted towards noise like the sampler."""
+    u = torch.rand(n, generator=generator).clamp(1e-4, 1 - 1e-4)
+    return shift_t(u, shift)
+
+
+def noise_to(z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z_t = (1 - t) z_0 + t eps, t [N] broadcast over the rest."""
+    tt = t.reshape(-1, *([1] * (z0.dim() - 1)))
+    return (1 - tt) * z0 + tt * eps
+
+
+@dataclass
+class CTSBatch:
+    """Clean latents and conditioning of B clips (conditioning already encoded)."""
+
+    z_v: torch.Tensor  # [B, C_v, F, H, W]
+    z_a: torch.Tensor  # [B, S, T, C_a]
+    cond: dict  # text_emb, text_mask, audio_text_emb, audio_text_mask, speech_emb, speech_mask, ref_latent, ref_mask
+    null_v: torch.Tensor | None = None  # static-video latent per clip (first frame repeated), like z_v
+    null_a: torch.Tensor | None = None  # silence latent, like z_a
+
+
+def cts_loss(
+    denoiser, batch: CTSBatch, cfg: HarmonyConfig, use_cts: bool = True, p_null: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict]:
+    """L = L_joint + lambda_v L_audio-driven + lambda_a L_video-driven, in ONE denoiser call on 3B rows.
+
+    joint: both noisy; audio-driven: clean audio (t_a = 0), loss on video; video-driven: clean video
+    (t_v = 0), loss on audio. With probability `p_null` a driven task's clean partner is replaced by its
+    null (silence / static video): these are the SyncCFG anchors, trained in distribution.
+    With use_cts=False only the joint task is trained (the ablation "w/o CTS").
+    """
+    z_v, z_a, B = batch.z_v, batch.z_a, batch.z_v.shape[0]
+    k = 3 if use_cts else 1
+    eps_v = torch.randn(z_v.shape, generator=generator).repeat(k, 1, 1, 1, 1)
+    eps_a = torch.randn(z_a.shape, generator=generator).repeat(k, 1, 1, 1)
+    t_v = sample_t(k * B, cfg.shift, generator)
+    t_a = sample_t(k * B, cfg.shift, generator)
+    zv0, za0 = z_v.repeat(k, 1, 1, 1, 1), z_a.repeat(k, 1, 1, 1)
+    if use_cts:
+        t_a[B : 2 * B] = 0.0  # audio-driven
+        t_v[2 * B :] = 0.0  # video-driven
+        if batch.null_a is not None and p_null > 0:
+            m = (torch.rand(B, generator=generator) < p_null).reshape(B, 1, 1, 1)
+            za0[B : 2 * B] = torch.where(m, batch.null_a, z_a)
+        if batch.null_v is not None and p_null > 0:
+            m = (torch.rand(B, generator=generator) < p_null).reshape(B, 1, 1, 1, 1)
+            zv0[2 * B :] = torch.where(m, batch.null_v, z_v)
+    zt_v, zt_a = noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a)
+    cond = {name: x.repeat(k, *([1] * (x.dim() - 1))) for name, x in batch.cond.items()}
+    pv, pa = denoiser(zt_v, zt_a, t_v, t_a, **cond)
+    err_v = ((pv - (eps_v - zv0)) ** 2).flatten(1).mean(1)  # [kB]
+    err_a = ((pa - (eps_a - za0)) ** 2).flatten(1).mean(1)
+    l_joint = err_v[:B].mean() + err_a[:B].mean()
+    logs = {"joint": float(l_joint)}
+    if not use_cts:
+        return l_joint, logs
+    l_ad, l_vd = err_v[B : 2 * B].mean(), err_a[2 * B :].mean()
+    logs.update(audio_driven=float(l_ad), video_driven=float(l_vd))
+    return l_joint + cfg.lambda_v * l_ad + cfg.lambda_a * l_vd, logs

@@ -1,0 +1,332 @@
+"""Training: autoencoders first, then the joint denoiser in the paper's three stages, in miniature.
+
+    python -m train.train --size tiny --clips 16 --ae-steps 20 --steps 20 -o runs/tiny
+
+Stages (fractions of --steps): (1) audio pre-training with a reference cut from the same clip,
+(2) timbre disentanglement with a reference from another clip of the same speaker, (3) cross-task joint
+audio-video training with CTS. Runs under torchrun (DDP, gloo on CPU) when WORLD_SIZE > 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import load_checkpoint, save_checkpoint
+from .configs import HarmonyConfig, get_config
+from .losses import CTSBatch, cts_loss, noise_to, sample_t
+from .model import HarmonyModel
+from .model.autoencoders import fit_latent_norm
+from .tokenizers import caption_tokenizer, speech_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    size: str = "tiny"
+    clips: int = 32
+    seconds: float = 2.0
+    kinds: tuple = ("ambient",)
+    ae_steps: int = 200
+    steps: int = 200
+    batch: int = 4
+    lr: float = 1e-3
+    ae_lr: float = 2e-3
+    stage_fractions: tuple = (0.15, 0.15, 0.7)  # audio, timbre, joint
+    use_cts: bool = True
+    p_drop_cond: float = 0.1  # each caption / transcript dropped (for text CFG)
+    p_no_ref: float = 0.3
+    ref_seconds: tuple = (1.0, 2.0)
+    seed: int = 0
+    ckpt_every: int = 0  # 0: only at the end
+    overrides: dict = field(default_factory=dict)  # HarmonyConfig fields
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class ClipLatents:
+    """One training clip in latent space, with its text."""
+
+    z_v: torch.Tensor  # [C_v, F, H, W]
+    z_a: torch.Tensor  # [S, T, C_a]
+    null_v: torch.Tensor  # [C_v, F, H, W] static video (first frame repeated)
+    video_caption: str
+    audio_caption: str
+    transcript: str
+    speaker: str | None
+
+
+def make_clips(tc: TrainConfig, cfg: HarmonyConfig):
+    """Procedural clips at the model's geometry (train.data.synth)."""
+    from .data.synth import SynthConfig, make_dataset
+
+    sc = SynthConfig(height=cfg.height, width=cfg.width, fps=cfg.fps, sample_rate=cfg.sample_rate, seconds=tc.seconds)
+    return make_dataset(tc.clips, tc.seed, sc, kinds=tuple(tc.kinds))
+
+
+def build_tokenizers(cfg: HarmonyConfig):
+    from .data.synth import caption_vocabulary, transcript_charset
+
+    cap = caption_tokenizer(caption_vocabulary() + list(",.;:!?'-"))
+    sp = speech_tokenizer(transcript_charset() + " ,.!?'-")
+    if cap.get_vocab_size() > cfg.text_vocab or sp.get_vocab_size() > cfg.speech_vocab:
+        raise ValueError(
+            f"tokenizer vocab ({cap.get_vocab_size()}, {sp.get_vocab_size()}) exceeds the model's "
+            f"({cfg.text_vocab}, {cfg.speech_vocab})"
+        )
+    return cap, sp
+
+
+def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [3, T, H, W] in [-1, 1]."""
+    return torch.from_numpy(frames).float().permute(3, 0, 1, 2) / 127.5 - 1.0
+
+
+def _clip_arrays(clip, cfg: HarmonyConfig):
+    """Frames [3, FP, H, W] and waveforms [S, W] cropped to whole latent frames."""
+    fp = (clip.frames.shape[0] // cfg.video_t_stride) * cfg.video_t_stride
+    f = fp // cfg.video_t_stride
+    w = cfg.geometry().audio_frames_for(f) * cfg.audio_hop
+    streams = [clip.audio] if cfg.audio_streams == 1 else [clip.speech, clip.sfx]
+    wav = np.stack([np.pad(s, (0, max(0, w - len(s))))[:w] for s in streams]).astype(np.float32)
+    return _frames_tensor(clip.frames[:fp]), torch.from_numpy(wav)
+
+
+# ----------------------------------------------------------------------------- autoencoders
+
+
+def stft_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution log-magnitude STFT distance of waveforms [B, W]."""
+    loss = 0.0
+    for n_fft in (256, 512, 1024):
+        win = torch.hann_window(n_fft)
+        X = torch.stft(x, n_fft, n_fft // 4, window=win, return_complex=True).abs()
+        Y = torch.stft(y, n_fft, n_fft // 4, window=win, return_complex=True).abs()
+        loss = loss + (torch.log(X + 1e-5) - torch.log(Y + 1e-5)).abs().mean() + (X - Y).abs().mean()
+    return loss
+
+
+def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.Generator) -> dict:
+    cfg = model.cfg
+    arrays = [_clip_arrays(c, cfg) for c in clips]
+    frames = torch.stack([a[0] for a in arrays])  # [C, 3, FP, H, W]
+    wavs = torch.cat([a[1] for a in arrays])  # [C*S, W]
+    params = list(model.video_ae.parameters()) + list(model.audio_ae.parameters())
+    opt = torch.optim.AdamW(params, lr=tc.ae_lr)
+    seg = cfg.audio_hop * 32
+    logs = {}
+    for step in range(tc.ae_steps):
+        idx = torch.randint(len(frames), (min(tc.batch, len(frames)),), generator=gen)
+        fr = frames[idx]
+        rec_v = model.video_ae.decoder(model.video_ae.encoder(fr))
+        lv = F.mse_loss(torch.tanh(rec_v), fr)
+        widx = torch.randint(len(wavs), (min(2 * tc.batch, len(wavs)),), generator=gen)
+        off = int(torch.randint(max(1, wavs.shape[1] - seg) // cfg.audio_hop, (1,), generator=gen)) * cfg.audio_hop
+        w = wavs[widx, off : off + seg]
+        rec_a = torch.tanh(model.audio_ae.decoder(model.audio_ae.encoder(w[:, None]))[:, 0])
+        la = (rec_a - w).abs().mean() + 0.1 * stft_loss(rec_a, w)
+        opt.zero_grad()
+        (lv + la).backward()
+        opt.step()
+        logs = {"ae_video": lv.item(), "ae_audio": la.item()}
+        if step % 50 == 0 or step == tc.ae_steps - 1:
+            log.info("ae step %d %s", step, logs)
+    with torch.no_grad():
+        fit_latent_norm(model.video_ae, model.video_ae.encoder(frames), channel_dim=1)
+        fit_latent_norm(model.audio_ae, model.audio_ae.encoder(wavs[:, None]).transpose(1, 2), channel_dim=2)
+    return logs
+
+
+@torch.no_grad()
+def encode_clips(model: HarmonyModel, clips) -> list[ClipLatents]:
+    cfg = model.cfg
+    out = []
+    for c in clips:
+        fr, wav = _clip_arrays(c, cfg)
+        z_v = model.video_ae.encode(fr[None])[0]
+        static = fr[:, :1].expand_as(fr)
+        null_v = model.video_ae.encode(static[None])[0]
+        z_a = model.audio_ae.encode(wav)  # [S, T, C_a]
+        out.append(ClipLatents(z_v, z_a, null_v, c.video_caption, c.audio_caption, c.transcript, c.speaker))
+    return out
+
+
+# ----------------------------------------------------------------------------- denoiser
+
+
+def _tokens(tok, texts, max_len):
+    encs = tok.encode_batch(texts)
+    L = min(max_len, max(len(e.ids) for e in encs))
+    ids = torch.zeros(len(texts), L, dtype=torch.long)
+    mask = torch.zeros(len(texts), L)
+    for i, e in enumerate(encs):
+        n = min(L, len(e.ids))
+        ids[i, :n] = torch.tensor(e.ids[:n])
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage: str, gen) -> CTSBatch:
+    """Stack clips, tokenize and encode their texts (encoders train with the denoiser), pick references."""
+    cfg = model.cfg
+    cap, sp = toks
+    items = [lat[i] for i in idx]
+    drop = lambda s: "" if torch.rand(1, generator=gen).item() < tc.p_drop_cond else s  # noqa: E731
+    vcap = [drop(it.video_caption) for it in items]
+    acap = [drop(it.audio_caption) for it in items]
+    trans = [drop(it.transcript) for it in items]
+    t_ids, t_mask = _tokens(cap, vcap, cfg.max_text_tokens)
+    a_ids, a_mask = _tokens(cap, acap, cfg.max_text_tokens)
+    s_ids, s_mask = _tokens(sp, trans, cfg.max_speech_chars)
+    # reference: a 1-2 s crop of the mix (stage 1, 3: same clip; stage 2: another clip of the same speaker)
+    lat_per_s = cfg.sample_rate / cfg.audio_hop
+    R = int(lat_per_s * (tc.ref_seconds[0] + (tc.ref_seconds[1] - tc.ref_seconds[0]) * torch.rand(1, generator=gen).item()))
+    refs, rmask = [], []
+    for it in items:
+        src = it
+        if stage == "timbre" and it.speaker is not None:
+            same = [o for o in lat if o.speaker == it.speaker and o is not it]
+            if same:
+                src = same[int(torch.randint(len(same), (1,), generator=gen))]
+        za = src.z_a.sum(0)  # [T, C_a] (stems summed: the reference is a voice sample of the mix)
+        r = min(R, za.shape[0])
+        off = int(torch.randint(za.shape[0] - r + 1, (1,), generator=gen))
+        refs.append(F.pad(za[off : off + r], (0, 0, 0, R - r)))
+        keep = torch.rand(1, generator=gen).item() >= tc.p_no_ref
+        rmask.append(torch.cat([torch.full((r,), float(keep)), torch.zeros(R - r)]))
+    cond = dict(
+        text_emb=model.text_encoder(t_ids, t_mask), text_mask=t_mask,
+        audio_text_emb=model.text_encoder(a_ids, a_mask), audio_text_mask=a_mask,
+        speech_emb=model.speech_encoder(s_ids, s_mask), speech_mask=s_mask,
+        ref_latent=torch.stack(refs), ref_mask=torch.stack(rmask),
+    )
+    z_a = torch.stack([it.z_a for it in items])
+    null_a = model.audio_ae.encode(torch.zeros(1, z_a.shape[2] * cfg.audio_hop))[None].expand_as(z_a)
+    return CTSBatch(torch.stack([it.z_v for it in items]), z_a, cond, torch.stack([it.null_v for it in items]), null_a)
+
+
+def audio_only_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, gen) -> tuple[torch.Tensor, dict]:
+    """Stages 1-2: audio flow matching with the video fed as pure noise (t_v = 1): no video signal."""
+    B = batch.z_a.shape[0]
+    t_a = sample_t(B, cfg.shift, gen)
+    eps_a = torch.randn(batch.z_a.shape, generator=gen)
+    zt_v = torch.randn(batch.z_v.shape, generator=gen)
+    pv, pa = denoiser(zt_v, noise_to(batch.z_a, t_a, eps_a), torch.ones(B), t_a, **batch.cond)
+    loss = ((pa - (eps_a - batch.z_a)) ** 2).mean()
+    return loss, {"audio": float(loss)}
+
+
+def stage_of(step: int, tc: TrainConfig) -> str:
+    a, b, _ = tc.stage_fractions
+    x = step / max(1, tc.steps)
+    return "audio" if x < a else "timbre" if x < a + b else "joint"
+
+
+def _dist():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    if torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, clips=None) -> Path:
+    """Train (or resume) and write a checkpoint folder to `out`; returns its path."""
+    rank, world = _dist()
+    torch.manual_seed(tc.seed + rank)
+    gen = torch.Generator().manual_seed(tc.seed + 1000 * rank)
+    state = {"ae_done": False, "step": 0, "train_config": asdict(tc)}
+    if resume:
+        model, opt_sd, state = load_checkpoint(resume)
+        log.info("resumed from %s at step %d", resume, state["step"])
+    else:
+        model = HarmonyModel(get_config(tc.size, **tc.overrides))
+        opt_sd = None
+    cfg = model.cfg
+    toks = build_tokenizers(cfg)
+    tok_files = {"tokenizer_text.json": toks[0].to_str(), "tokenizer_speech.json": toks[1].to_str()}
+    clips = clips if clips is not None else make_clips(tc, cfg)
+    clips = clips[rank::world]
+    t0 = time.time()
+    if not state.get("ae_done"):
+        model.train()
+        state["ae_logs"] = train_autoencoders(model, clips, tc, gen)
+        state["ae_done"] = True
+        log.info("autoencoders trained in %.0f s", time.time() - t0)
+    for p in list(model.video_ae.parameters()) + list(model.audio_ae.parameters()):
+        p.requires_grad_(False)
+    lat = encode_clips(model, clips)
+    trainable = [p for n, p in model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=0.0)
+    if opt_sd is not None and state.get("phase") == "denoiser":
+        opt.load_state_dict(opt_sd)
+    denoiser = model.denoiser
+    if world > 1:
+        denoiser = torch.nn.parallel.DistributedDataParallel(denoiser, find_unused_parameters=True)
+    state["phase"] = "denoiser"
+    model.train()
+    for step in range(state["step"], tc.steps):
+        stage = stage_of(step, tc)
+        idx = torch.randint(len(lat), (min(tc.batch, len(lat)),), generator=gen).tolist()
+        batch = make_batch(model, lat, idx, toks, tc, stage, gen)
+        if stage == "joint":
+            loss, logs = cts_loss(denoiser, batch, cfg, use_cts=tc.use_cts, generator=gen)
+        else:
+            loss, logs = audio_only_loss(denoiser, batch, cfg, gen)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        state["step"] = step + 1
+        if step % 25 == 0 or step == tc.steps - 1:
+            log.info("step %d [%s] loss %.4f %s (%.0f s)", step, stage, float(loss), logs, time.time() - t0)
+        if rank == 0 and tc.ckpt_every and (step + 1) % tc.ckpt_every == 0 and step + 1 < tc.steps:
+            save_checkpoint(out, model, opt, state, tok_files)
+    state["train_seconds"] = state.get("train_seconds", 0) + time.time() - t0
+    if rank == 0:
+        save_checkpoint(out, model, opt, state, tok_files)
+    return Path(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--clips", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--kinds", default="ambient", help="comma list of ambient,speech,complex")
+    ap.add_argument("--ae-steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--no-cts", action="store_true", help="ablation: train the joint task only")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ckpt-every", type=int, default=0)
+    ap.add_argument("--resume", default=None)
+    ap.add_argument("--set", action="append", default=[], help="config override KEY=JSON, e.g. --set layers=4")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    tc = TrainConfig(
+        size=a.size, clips=a.clips, seconds=a.seconds, kinds=tuple(a.kinds.split(",")), ae_steps=a.ae_steps,
+        steps=a.steps, batch=a.batch, lr=a.lr, use_cts=not a.no_cts, seed=a.seed, ckpt_every=a.ckpt_every,
+        overrides=overrides,
+    )
+    train(tc, a.out, resume=a.resume)
+
+
+if __name__ == "__main__":
+    main()
