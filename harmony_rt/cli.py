@@ -104,16 +104,19 @@ def generate(prompt, output, bundle, stems, backend, no_verify, quiet, num_sampl
 
     _check_output(output)
     pipe = Pipeline.from_bundle(bundle, verify=not no_verify, backend=backend)
-    bar = tqdm(total=kw["steps"] or pipe.bundle.sampling["steps"], disable=quiet, unit="step", file=sys.stderr)
+    bar = None
 
-    def progress(done, total):
-        bar.total = total
+    def progress(done, total):  # the bar starts with the first step, after the inputs were validated
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, disable=quiet, unit="step", file=sys.stderr, leave=False)
         bar.update(done - bar.n)
 
     try:
         results = pipe.generate_batch(prompt, num_samples=num_samples, progress=progress, **kw)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     for i, res in enumerate(results):
         path = output if len(results) == 1 else output.with_name(f"{output.stem}_{i}{output.suffix}")
         res.save(path, stems_dir=(stems if len(results) == 1 else (stems / str(i) if stems else None)))

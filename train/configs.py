@@ -92,8 +92,8 @@ SIZES: dict[str, HarmonyConfig] = {
     "tiny": HarmonyConfig(),
     # The shipped demo model: minutes on a 2-core CPU.
     "demo": HarmonyConfig(
-        height=64, width=64, video_dim=128, video_heads=4, video_ffn=256, audio_dim=128, audio_heads=4,
-        audio_ffn=256, layers=4, text_dim=96, speech_dim=96, C_v=8, C_a=16, max_latent_frames=12,
+        height=64, width=64, video_s_stride=8, C_v=8, C_a=16, video_dim=96, video_heads=2, video_ffn=192,
+        audio_dim=96, audio_heads=2, audio_ffn=192, layers=3, text_dim=64, speech_dim=64, max_latent_frames=12,
         text_layers=2, speech_layers=2,
     ),
     # ~1 s per denoiser step on a 2-core CPU (benchmarks).

@@ -70,9 +70,9 @@ def cts_loss(
     err_v = ((pv - (eps_v - zv0)) ** 2).flatten(1).mean(1)  # [kB]
     err_a = ((pa - (eps_a - za0)) ** 2).flatten(1).mean(1)
     l_joint = err_v[:B].mean() + err_a[:B].mean()
-    logs = {"joint": float(l_joint)}
+    logs = {"joint": l_joint.item()}
     if not use_cts:
         return l_joint, logs
     l_ad, l_vd = err_v[B : 2 * B].mean(), err_a[2 * B :].mean()
-    logs.update(audio_driven=float(l_ad), video_driven=float(l_vd))
+    logs.update(audio_driven=l_ad.item(), video_driven=l_vd.item())
     return l_joint + cfg.lambda_v * l_ad + cfg.lambda_a * l_vd, logs

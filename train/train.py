@@ -178,6 +178,18 @@ def _tokens(tok, texts, max_len):
     return ids, mask
 
 
+_SILENCE: dict = {}
+
+
+@torch.no_grad()
+def _silence_latent(model, frames: int) -> torch.Tensor:
+    """audio_encoder(silence) [1, T, C_a]: the null audio of the SyncCFG anchor (cached per length)."""
+    key = (id(model.audio_ae), frames)
+    if key not in _SILENCE:
+        _SILENCE[key] = model.audio_ae.encode(torch.zeros(1, frames * model.cfg.audio_hop))
+    return _SILENCE[key]
+
+
 def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage: str, gen) -> CTSBatch:
     """Stack clips, tokenize and encode their texts (encoders train with the denoiser), pick references."""
     cfg = model.cfg
@@ -213,7 +225,7 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
         ref_latent=torch.stack(refs), ref_mask=torch.stack(rmask),
     )
     z_a = torch.stack([it.z_a for it in items])
-    null_a = model.audio_ae.encode(torch.zeros(1, z_a.shape[2] * cfg.audio_hop))[None].expand_as(z_a)
+    null_a = _silence_latent(model, z_a.shape[2])[None].expand_as(z_a)
     return CTSBatch(torch.stack([it.z_v for it in items]), z_a, cond, torch.stack([it.null_v for it in items]), null_a)
 
 
@@ -225,7 +237,7 @@ def audio_only_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, gen) -> tuple
     zt_v = torch.randn(batch.z_v.shape, generator=gen)
     pv, pa = denoiser(zt_v, noise_to(batch.z_a, t_a, eps_a), torch.ones(B), t_a, **batch.cond)
     loss = ((pa - (eps_a - batch.z_a)) ** 2).mean()
-    return loss, {"audio": float(loss)}
+    return loss, {"audio": loss.item()}
 
 
 def stage_of(step: int, tc: TrainConfig) -> str:
@@ -291,7 +303,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         opt.step()
         state["step"] = step + 1
         if step % 25 == 0 or step == tc.steps - 1:
-            log.info("step %d [%s] loss %.4f %s (%.0f s)", step, stage, float(loss), logs, time.time() - t0)
+            log.info("step %d [%s] loss %.4f %s (%.0f s)", step, stage, loss.item(), logs, time.time() - t0)
         if rank == 0 and tc.ckpt_every and (step + 1) % tc.ckpt_every == 0 and step + 1 < tc.steps:
             save_checkpoint(out, model, opt, state, tok_files)
     state["train_seconds"] = state.get("train_seconds", 0) + time.time() - t0

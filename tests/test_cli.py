@@ -1,0 +1,92 @@
+"""The CLI as a user meets it: output files, one-line errors with exit code 2, no partial files,
+and no torch in the process."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from harmony_rt.media import probe
+
+PY = sys.executable
+
+
+def cli(*args, **kw):
+    return subprocess.run([PY, "-m", "harmony_rt.cli", *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_generate_writes_mp4_and_never_imports_torch(tiny_bundle, tmp_path):
+    out = tmp_path / "o.mp4"
+    code = (
+        "import sys; from harmony_rt.cli import main\n"
+        f"try:\n    main(['generate', 'a red ball bounces twice', '--bundle', {str(tiny_bundle)!r}, '--steps', '3', '-o', {str(out)!r}, '--quiet'])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+        "assert not bad, bad\nprint('NO_TORCH')\n"
+    )
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "NO_TORCH" in r.stdout
+    man = json.loads((tiny_bundle / "manifest.json").read_text())
+    g = man["geometry"]
+    seconds = g["max_latent_frames"] * g["video_t_stride"] / g["fps"]
+    info = probe(out)
+    assert info["video"] and info["audio"]
+    assert abs(info["video"]["duration"] - seconds) < 1e-6
+    assert abs(info["audio"]["duration"] - seconds) < 0.07
+    assert out.with_suffix(".wav").is_file()
+
+
+def _assert_clean_error(r, tmp_path, needle):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*mp4"))
+
+
+def test_missing_bundle(tmp_path):
+    r = cli("generate", "x", "--bundle", tmp_path / "nope", "-o", tmp_path / "o.mp4")
+    _assert_clean_error(r, tmp_path, "bundle folder not found")
+
+
+def test_corrupted_file(tiny_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    with open(b / "denoiser.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02\x03")
+    r = cli("generate", "x", "--bundle", b, "-o", tmp_path / "o.mp4")
+    _assert_clean_error(r, tmp_path, "sha256 mismatch")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--guidance", "loud"], "unknown guidance mode"),
+        (["--steps", "0"], "steps must be"),
+        (["--steps", "-2"], "steps must be"),
+        (["--seconds", "1000"], "seconds must be"),
+    ],
+)
+def test_bad_arguments(tiny_bundle, tmp_path, args, needle):
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "o.mp4", *args)
+    _assert_clean_error(r, tmp_path, needle)
+
+
+def test_unwritable_output(tiny_bundle, tmp_path):
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "missing_dir" / "o.mp4")
+    _assert_clean_error(r, tmp_path, "does not exist")
+
+
+def test_usage_error_exit_2(tmp_path):
+    r = cli("generate")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_info_on_bundle(tiny_bundle):
+    r = cli("info", tiny_bundle)
+    assert r.returncode == 0 and "denoiser" in r.stdout
