@@ -88,6 +88,9 @@ def parity(name: str, module, spec, model: HarmonyModel, path: Path) -> float:
 
 def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict) -> dict:
     cfg = model.cfg
+    trained = extra.get("training", {}).get("train_config") or {}
+    ref_max = trained.get("ref_seconds", [1.0, 3.0])[1]
+    max_seconds = cfg.max_latent_frames * cfg.video_t_stride / cfg.fps
     return {
         "format_version": FORMAT_VERSION,
         "producer": f"harmony-rt {__version__} export",
@@ -98,6 +101,8 @@ def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict
             "time": "t in [0, 1], 1 = noise, z_t = (1 - t) z_0 + t eps, v = eps - z_0",
             "shift": cfg.shift, "steps": cfg.steps, "scheduler": "euler", "guidance": "sync",
             "s_v": cfg.s_v, "s_a": cfg.s_a, "cfg_scale": cfg.cfg_scale,
+            "max_ref_seconds": ref_max,  # longest reference the model saw in training; longer ones are cut
+            "seconds": min(max_seconds, trained.get("seconds", max_seconds)),  # default clip length: as trained
             "null_audio": "audio_encoder(silence)",
             "null_video": "video_encoder(first frame repeated; mid-grey without an input image)",
         },

@@ -81,11 +81,22 @@ class Bundle:
         """Time convention and guidance defaults (shift, steps, mode, s_v, s_a, cfg_scale)."""
         return self.manifest["sampling"]
 
-    def component_path(self, name: str) -> Path:
+    def precisions(self, name: str) -> list[str]:
+        """Precisions a component is available in: its main graph's, then its `variants`."""
+        comp = self.manifest["components"].get(name) or {}
+        return [comp.get("precision", "fp32"), *comp.get("variants", {})]
+
+    def component_path(self, name: str, precision: str | None = None) -> Path:
+        """The graph of component `name` (its main graph, or the variant of `precision`)."""
         comp = self.manifest["components"].get(name)
         if comp is None:
             raise BundleError(f"{self.path}: bundle has no component {name!r}")
-        return safe_path(self.path, comp["file"], f"component {name}")
+        if precision is None or precision == comp.get("precision", "fp32"):
+            return safe_path(self.path, comp["file"], f"component {name}")
+        variant = comp.get("variants", {}).get(precision)
+        if variant is None:
+            raise BundleError(f"{self.path}: component {name} has no {precision} graph (has {', '.join(self.precisions(name))})")
+        return safe_path(self.path, variant["file"], f"component {name} ({precision})")
 
     def file_path(self, key: str) -> Path:
         """A non-graph file listed in manifest['files'] (tokenizers, ...)."""
@@ -134,6 +145,8 @@ class Bundle:
             if name not in COMPONENTS:
                 raise BundleError(f"{mpath}: unknown component {name!r}")
             bundle._check_entry(f"component {name}", comp, verify)
+            for prec, variant in (comp.get("variants") or {}).items():
+                bundle._check_entry(f"component {name} ({prec})", variant, verify)
             declared = comp.get("io")
             if declared is not None and declared != specs[name].to_dict():
                 raise BundleError(f"{mpath}: component {name}: declared I/O disagrees with the contract")

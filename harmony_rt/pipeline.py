@@ -210,7 +210,7 @@ class Pipeline:
             dur = len(wav) / g.sample_rate
             if not 0.5 <= dur <= 10.0:
                 raise HarmonyError(f"reference audio must be 0.5-10 s long (1-3 s works best), got {dur:.2f} s")
-            ref = self.encode_audio(wav[: int(3.0 * g.sample_rate)])
+            ref = self.encode_audio(wav[: int(sp.get("max_ref_seconds", 3.0) * g.sample_rate)])
             ref_mask = np.ones(ref.shape[:2], np.float32)
 
         def rows(x):  # [1, ...] -> [B, ...]

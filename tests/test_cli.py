@@ -31,7 +31,7 @@ def test_generate_writes_mp4_and_never_imports_torch(tiny_bundle, tmp_path):
     assert "NO_TORCH" in r.stdout
     man = json.loads((tiny_bundle / "manifest.json").read_text())
     g = man["geometry"]
-    seconds = g["max_latent_frames"] * g["video_t_stride"] / g["fps"]
+    seconds = man["sampling"]["seconds"]
     info = probe(out)
     assert info["video"] and info["audio"]
     assert abs(info["video"]["duration"] - seconds) < 1e-6

@@ -46,7 +46,7 @@ class TrainConfig:
     use_cts: bool = True
     p_drop_cond: float = 0.1  # each caption / transcript dropped (for text CFG)
     p_no_ref: float = 0.3
-    ref_seconds: tuple = (1.0, 2.0)
+    ref_seconds: tuple = (0.5, 1.0)
     seed: int = 0
     ckpt_every: int = 0  # 0: only at the end
     overrides: dict = field(default_factory=dict)  # HarmonyConfig fields
@@ -125,14 +125,14 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
     wavs = torch.cat([a[1] for a in arrays])  # [C*S, W]
     params = list(model.video_ae.parameters()) + list(model.audio_ae.parameters())
     opt = torch.optim.AdamW(params, lr=tc.ae_lr)
-    seg = cfg.audio_hop * 32
+    seg = cfg.audio_hop * 16
     logs = {}
     for step in range(tc.ae_steps):
         idx = torch.randint(len(frames), (min(tc.batch, len(frames)),), generator=gen)
         fr = frames[idx]
         rec_v = model.video_ae.decoder(model.video_ae.encoder(fr))
         lv = F.mse_loss(torch.tanh(rec_v), fr)
-        widx = torch.randint(len(wavs), (min(2 * tc.batch, len(wavs)),), generator=gen)
+        widx = torch.randint(len(wavs), (min(tc.batch, len(wavs)),), generator=gen)
         off = int(torch.randint(max(1, wavs.shape[1] - seg) // cfg.audio_hop, (1,), generator=gen)) * cfg.audio_hop
         w = wavs[widx, off : off + seg]
         rec_a = torch.tanh(model.audio_ae.decoder(model.audio_ae.encoder(w[:, None]))[:, 0])
@@ -267,6 +267,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         model = HarmonyModel(get_config(tc.size, **tc.overrides))
         opt_sd = None
     cfg = model.cfg
+    state["train_config"] = asdict(tc)
     toks = build_tokenizers(cfg)
     tok_files = {"tokenizer_text.json": toks[0].to_str(), "tokenizer_speech.json": toks[1].to_str()}
     clips = clips if clips is not None else make_clips(tc, cfg)
@@ -330,7 +331,7 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], help="config override KEY=JSON, e.g. --set layers=4")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
     tc = TrainConfig(
         size=a.size, clips=a.clips, seconds=a.seconds, kinds=tuple(a.kinds.split(",")), ae_steps=a.ae_steps,
