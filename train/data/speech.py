@@ -64,11 +64,16 @@ EN_SENTENCES: tuple[str, ...] = (
     "this is fun", "open the door", "the sky is blue", "what time is it", "i am hungry", "good night",
     "that was loud", "look at this", "we did it", "play it again", "be careful", "i can hear you",
     "the bird can sing", "stop right there", "listen to me", "yes of course", "no thank you", "see you tomorrow",
+    # longer: these fit only clips of about three seconds and more
+    "the little dog runs in the park", "please close the window before you go", "my brother plays the drums",
+    "we will meet again next summer", "the train leaves at seven", "can you help me carry this box",
 )
 ZH_SENTENCES: tuple[str, ...] = (
     "你好", "谢谢", "再见", "早上好", "晚安", "我们走吧", "你好吗", "太好了", "没问题", "请进", "好久不见", "我饿了",
     "下雨了", "开门", "小心", "听我说", "真好玩", "明天见", "对不起", "不客气", "我知道", "你看", "很好", "加油",
     "天气很好", "我喜欢茶", "快来", "生日快乐", "你是谁", "我们赢了",
+    # longer: these fit only clips of about three seconds and more
+    "今天天气很好", "我们一起去公园吧", "这个苹果很好吃", "请把窗户关上", "火车七点出发", "我明天去上班",
 )
 SENTENCES = {"en": EN_SENTENCES, "zh": ZH_SENTENCES}
 

@@ -108,8 +108,8 @@ class _Obj:
     frames: list[int] = field(default_factory=list)  # event frames
 
     def caption(self) -> str:
-        words = ["a", SIZE_WORDS[self.size], self.colour, self.shape, self.action, COUNT_WORDS[self.count]]
-        return " ".join(w for w in words if w)
+        words = [SIZE_WORDS[self.size], self.colour, self.shape, self.action, COUNT_WORDS[self.count]]
+        return _a(" ".join(w for w in words if w))
 
     def timbre(self, floor: str) -> Timbre:
         return {"bounces": MATERIALS[floor], "flashes": BEEP, "pulses": THUMP}[self.action]
@@ -119,6 +119,11 @@ class _Obj:
         noun = tb.noun + ("s" if self.count > 1 else "")
         words = [AUDIO_COUNT_WORDS[self.count], SIZE_PITCH_WORD[self.size], tb.adjective, noun]
         return " ".join(w for w in words if w)
+
+
+def _a(phrase: str) -> str:
+    """The phrase with its indefinite article: "a red ball", "an orange box"."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 @dataclass
@@ -421,7 +426,7 @@ def _mouth_curve(speech: np.ndarray, cfg: SynthConfig) -> np.ndarray:
     peak = float(env.max())
     if peak <= 0:
         return np.zeros_like(env)
-    return np.roll(np.clip((env / peak - 0.05) / 0.95, 0.0, 1.0), 1)
+    return np.clip((env / peak - 0.05) / 0.95, 0.0, 1.0)
 
 
 def _mix(speech: np.ndarray, sfx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -489,8 +494,8 @@ def _speech_clip(rng: np.random.Generator, cfg: SynthConfig, kind: str, speaker:
             _render_cmd(img, oc[k], o.action == "bounces")
         frames[k] = draw.to_uint8(img)
 
-    video = f"a {GENDER_NOUN[spk.gender]} with a {face.colour} face {verb}"
-    audio = " ".join(["a", *spk.adjectives, spk.gender, "voice", "speaking", LANGUAGE_WORD[lang]])
+    video = f"a {GENDER_NOUN[spk.gender]} with {_a(face.colour)} face {verb}"
+    audio = _a(" ".join([*spk.adjectives, spk.gender, "voice", "speaking", LANGUAGE_WORD[lang]]))
     events: list[float] = []
     if kind == "complex":
         ov, oa = _captions(scene)
@@ -586,7 +591,7 @@ def cached_dataset(cache_dir: str | Path, n: int, seed: int, cfg: SynthConfig | 
 
 def caption_vocabulary() -> list[str]:
     """Every word the caption generators can emit (video and audio captions), sorted."""
-    words = {"a", "and", "while", "on", "floor", "with", "face", "voice", "speaking", "male", "female"}
+    words = {"a", "an", "and", "while", "on", "floor", "with", "face", "voice", "speaking", "male", "female"}
     words |= set(GENDER_NOUN.values()) | set(COLOURS) | set(SHAPES) | set(ACTIONS) | set(FLOORS)
     for phrase in (*FACE_VERBS, *COUNT_WORDS.values(), *AUDIO_COUNT_WORDS.values(), *SIZE_WORDS.values(),
                    *SIZE_PITCH_WORD.values(), *LANGUAGE_WORD.values()):

@@ -1,0 +1,98 @@
+"""Which ONNX graph an engine is built from, and the plugin attributes TensorRT's ONNX parser needs.
+
+TensorRT 11 networks are strongly typed: precision lives in the graph. A manifest component is one graph
+(`file`, `sha256`, `precision`) and may list others under `variants` ({"fp8": {"file", "sha256", ...}}).
+`select_graph` takes the exact precision when present; an fp8 build falls back to the fp16 graph for
+components without an fp8 variant (decoders, encoders stay high precision), else to the main graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from harmony_rt.bundle import safe_path, sha256_file
+from harmony_rt.errors import BundleError
+
+from .plugin import OP_DOMAIN, OP_NAME, TRT_PLUGIN_ID
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAMESPACE = TRT_PLUGIN_ID.split("::")[0]
+FALLBACK = {"fp8": ("fp8", "fp16"), "fp16": ("fp16",)}
+
+
+@dataclass(frozen=True)
+class GraphChoice:
+    path: Path
+    digest: str  # sha256 of the graph (and of its external data, when any)
+    precision: str  # what the graph itself declares
+
+
+def _digest(entry: dict) -> str:
+    ext = [e.get("sha256") for e in entry.get("external_data", [])]
+    if not ext:
+        return entry["sha256"]
+    return hashlib.sha256(json.dumps([entry["sha256"], *ext]).encode()).hexdigest()
+
+
+def select_graph(bundle, component: str, precision: str, verify_variants: bool = True) -> GraphChoice:
+    """The graph to build `component` at `precision` from (see module doc)."""
+    comp = bundle.manifest["components"].get(component)
+    if comp is None:
+        raise BundleError(f"{bundle.path}: bundle has no component {component!r}")
+    candidates = {**{k: v for k, v in comp.get("variants", {}).items() if isinstance(v, dict)}}
+    candidates.setdefault(comp.get("precision", "fp32"), comp)
+    for want in FALLBACK.get(precision, (precision,)):
+        entry = candidates.get(want)
+        if entry is not None:
+            break
+    else:
+        want, entry = comp.get("precision", "fp32"), comp
+        log.warning("%s: no %s graph; building from the %s graph", component, precision, want)
+    path = safe_path(bundle.path, entry["file"], f"component {component} ({want})")
+    if not path.is_file():
+        raise BundleError(f"{path}: graph of component {component} ({want}) is missing")
+    if entry is not comp and verify_variants:  # Bundle.load verified the main graph, not the variants
+        files = [(path, entry.get("sha256"))]
+        for ext in entry.get("external_data", []):
+            xp = safe_path(bundle.path, ext["file"], f"component {component} external data")
+            files.append((xp, ext.get("sha256")))
+        for p, digest in files:
+            if not p.is_file() or sha256_file(p) != digest:
+                raise BundleError(f"{p}: missing or sha256 mismatch (component {component}, {want} variant)")
+    return GraphChoice(path, _digest(entry), want)
+
+
+def plugin_nodes(model) -> list:
+    """RoPEAlignedAttention nodes of an onnx.ModelProto, in the main graph and in local functions."""
+    nodes = list(model.graph.node)
+    for f in model.functions:
+        nodes.extend(f.node)
+    return [n for n in nodes if n.op_type == OP_NAME and n.domain == OP_DOMAIN]
+
+
+def mark_plugin_nodes(model, aot: bool = True) -> int:
+    """Add `plugin_namespace` (and `aot` = 1 for the Triton AOT plugin) to every RoPEAlignedAttention node,
+    in place: what TensorRT's ONNX parser needs to map the node to `harmony_rt::RoPEAlignedAttention`."""
+    from onnx import helper
+
+    nodes = plugin_nodes(model)
+    for n in nodes:
+        keep = [a for a in n.attribute if a.name not in ("plugin_namespace", "aot")]
+        del n.attribute[:]
+        n.attribute.extend(keep)
+        n.attribute.append(helper.make_attribute("plugin_namespace", PLUGIN_NAMESPACE))
+        if aot:
+            n.attribute.append(helper.make_attribute("aot", 1))
+    return len(nodes)
+
+
+def load_graph(path: Path):
+    """The graph proto without its external weights (TensorRT reads those itself, beside `path`)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)

@@ -1,0 +1,302 @@
+"""Engine building logic that runs without TensorRT: profiles from the contract, naming, rebuild decisions,
+graph choice, plugin node marking; and the TensorRT backend / builder refusing cleanly without TensorRT."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from engines import build, graphs, profiles, records
+from harmony_rt.backends import tensorrt as trt_backend
+from harmony_rt.bundle import Bundle
+from harmony_rt.contract import Geometry, resolve
+from harmony_rt.errors import BundleError, HarmonyError
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _geometry(**kw) -> Geometry:
+    g = dict(fps=8.0, height=32, width=32, sample_rate=16000, C_v=4, C_a=8, S=1, video_t_stride=2,
+             video_s_stride=4, audio_hop=256, text_dim=64, speech_dim=64, max_text_tokens=32,
+             max_speech_chars=64, max_latent_frames=8)
+    g.update(kw)
+    return Geometry(**g)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """A fake bundle: manifest fields the engine code reads, placeholder graph files."""
+    g = _geometry()
+    comps = {}
+    for name in ("text_encoder", "denoiser", "audio_decoder"):
+        data = f"graph {name}".encode()
+        (tmp_path / f"{name}.onnx").write_bytes(data)
+        comps[name] = {"file": f"{name}.onnx", "sha256": _sha(data), "precision": "fp16"}
+    fp8 = b"graph denoiser fp8"
+    (tmp_path / "denoiser.fp8.onnx").write_bytes(fp8)
+    comps["denoiser"]["variants"] = {"fp8": {"file": "denoiser.fp8.onnx", "sha256": _sha(fp8)}}
+    manifest = {"format_version": 1, "geometry": g.to_dict(), "components": comps, "sampling": {"shift": 5.0}}
+    return Bundle(tmp_path, manifest, g, resolve(g.to_dict()))
+
+
+# --- profiles ----------------------------------------------------------------------------------------------
+
+def test_limits_from_arguments_manifest_and_defaults():
+    g = _geometry()
+    assert profiles.resolve_limits({}, g) == profiles.Limits(max_batch=profiles.DEFAULT_MAX_BATCH, max_frames=8)
+    assert profiles.resolve_limits({"engines": {"max_batch": 6}}, g).max_batch == 6
+    assert profiles.resolve_limits({"sampling": {"max_batch": 2}}, g, max_frames=4) == profiles.Limits(2, 4)
+    assert profiles.resolve_limits({"engines": {"max_batch": 6}}, g, max_batch=1).max_batch == 1
+    for bad in ({"max_frames": 9}, {"max_frames": 0}, {"max_batch": 0}):
+        with pytest.raises(HarmonyError):
+            profiles.resolve_limits({}, g, **bad)
+
+
+def test_dim_ranges_follow_geometry():
+    g = _geometry()
+    r = profiles.dim_ranges(g, profiles.Limits(max_batch=4, max_frames=8))
+    T = g.audio_frames_for(8)
+    assert T == 125  # 8 latent frames x 2 / 8 fps = 2 s; 2 s x 16 kHz / 256 hop
+    assert r["N"] == (1, 3, 4) and r["F"] == (1, 8, 8) and r["T"] == (1, T, T)
+    assert r["L"] == (1, 32, 32) and r["LA"] == (1, 32, 32) and r["P"] == (1, 64, 64) and r["R"] == (1, T, T)
+    assert r["FP"] == (1, 16, 17) and r["W"] == (1, T * 256, (T + 1) * 256)
+    small = profiles.dim_ranges(g, profiles.Limits(max_batch=1, max_frames=2), {"max_ref_frames": 40})
+    assert small["N"] == (1, 1, 1) and small["T"][2] == g.audio_frames_for(2) and small["R"] == (1, 40, 40)
+
+
+def test_component_profile_covers_every_input_of_every_component():
+    g = _geometry(S=2)
+    specs = resolve(g.to_dict())
+    ranges = profiles.dim_ranges(g, profiles.Limits(max_batch=4, max_frames=8))
+    for name, spec in specs.items():
+        prof = profiles.component_profile(spec, ranges)
+        assert list(prof) == [t.name for t in spec.inputs], name
+        for t in spec.inputs:
+            lo, opt, hi = prof[t.name]
+            assert len(lo) == len(t.shape) and all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True))
+    den = profiles.component_profile(specs["denoiser"], ranges)
+    assert den["video_latent"] == ((1, 4, 1, 8, 8), (3, 4, 8, 8, 8), (4, 4, 8, 8, 8))
+    assert den["audio_latent"] == ((1, 2, 1, 8), (3, 2, 125, 8), (4, 2, 125, 8))  # S = 2 fixed (Unison)
+    assert den["t_video"] == ((1,), (3,), (4,))
+
+
+def test_component_profile_rejects_unknown_symbol():
+    from harmony_rt.contract import ComponentSpec, TensorSpec
+
+    spec = ComponentSpec(inputs=(TensorSpec("x", "float32", ("N", "Q")),), outputs=())
+    with pytest.raises(HarmonyError, match="'Q'"):
+        profiles.component_profile(spec, {"N": (1, 1, 1)})
+
+
+def test_fit_to_network_pins_fixed_axes_and_checks_them():
+    prof = {"x": ((1, 4, 1), (3, 4, 8), (4, 4, 8))}
+    assert profiles.fit_to_network(prof, {"x": (-1, 4, -1)}) == prof
+    assert profiles.fit_to_network(prof, {"x": (-1, 4, 8)}) == {"x": ((1, 4, 8), (3, 4, 8), (4, 4, 8))}
+    with pytest.raises(HarmonyError, match="outside"):
+        profiles.fit_to_network(prof, {"x": (-1, 5, -1)})
+    with pytest.raises(HarmonyError, match="rank"):
+        profiles.fit_to_network(prof, {"x": (-1, 4)})
+    with pytest.raises(HarmonyError, match="differ"):
+        profiles.fit_to_network(prof, {"y": (-1, 4, -1)})
+
+
+# --- naming ------------------------------------------------------------------------------------------------
+
+def test_engine_naming_round_trip(tmp_path):
+    name = trt_backend.engine_filename("denoiser", "fp16", 90, "11.4.0.106")
+    assert name == "denoiser.fp16.sm90.trt11.4.engine"
+    assert trt_backend.parse_engine_filename(name) == {"component": "denoiser", "precision": "fp16", "sm": 90,
+                                                       "trt": "11.4"}
+    vd = trt_backend.engine_filename("video_decoder", "fp8", "89", "10.13")
+    assert vd == "video_decoder.fp8.sm89.trt10.13.engine"
+    expected = tmp_path / "engines" / "denoiser.fp8.sm80.trt11.0.engine"
+    assert build.engine_path(tmp_path, "denoiser", "fp8", 80, "11.0.1") == expected
+    assert trt_backend.parse_engine_filename("denoiser.onnx") is None
+    for bad in (("denoiser", "int8", 90, "11.4"), ("../x", "fp16", 90, "11.4"), ("d", "fp16", 90, "eleven")):
+        with pytest.raises(ValueError):
+            trt_backend.engine_filename(*bad)
+
+
+def test_find_engines_filters_by_sm_trt_and_precision(tmp_path):
+    folder = tmp_path / "engines"
+    folder.mkdir()
+    for n in ("denoiser.fp16.sm90.trt11.4.engine", "denoiser.fp8.sm90.trt11.4.engine",
+              "text_encoder.fp16.sm89.trt11.4.engine", "audio_decoder.fp16.sm90.trt10.13.engine", "junk.engine"):
+        (folder / n).write_bytes(b"x")
+    assert set(trt_backend.find_engines(tmp_path)) == {"denoiser", "text_encoder", "audio_decoder"}
+    assert set(trt_backend.find_engines(tmp_path, sm=90, trt="11.4.0")) == {"denoiser"}
+    fp8 = trt_backend.find_engines(tmp_path, sm=90, trt="11.4", precision="fp8")
+    assert fp8["denoiser"].name == "denoiser.fp8.sm90.trt11.4.engine"
+    assert trt_backend.find_engines(tmp_path / "nowhere") == {}
+
+
+# --- rebuild decision --------------------------------------------------------------------------------------
+
+def test_rebuild_decision(tmp_path):
+    eng = tmp_path / "engines" / "denoiser.fp16.sm90.trt11.4.engine"
+    settings = {"precision": "fp16", "profile": {"x": [[1], [2], [3]]}}
+    index = records.load_index(tmp_path)
+    assert index == {"version": records.INDEX_VERSION, "engines": {}}
+    assert records.needs_rebuild(index, eng, "abc", settings) == "engine file missing"
+    eng.parent.mkdir()
+    eng.write_bytes(b"engine")
+    assert records.needs_rebuild(index, eng, "abc", settings) == "no build record"
+    records.record(index, eng, "denoiser", "abc", settings)
+    records.save_index(tmp_path, index)
+    index = records.load_index(tmp_path)  # survives the round trip through engines.json
+    assert records.needs_rebuild(index, eng, "abc", settings) is None
+    assert records.needs_rebuild(index, eng, "abc", json.loads(json.dumps(settings))) is None
+    assert records.needs_rebuild(index, eng, "abd", settings) == "ONNX graph changed"
+    assert records.needs_rebuild(index, eng, "abc", {**settings, "precision": "fp8"}) == "build settings changed"
+    assert records.needs_rebuild(index, eng, "abc", settings, force=True) == "forced"
+    assert not list(eng.parent.glob("*.tmp"))  # atomic write left no temp file
+
+
+def test_corrupt_index_means_rebuild(tmp_path):
+    (tmp_path / "engines").mkdir()
+    records.index_path(tmp_path).write_text("{not json")
+    assert records.load_index(tmp_path)["engines"] == {}
+    records.index_path(tmp_path).write_text(json.dumps({"version": 99, "engines": {}}))
+    assert records.load_index(tmp_path)["engines"] == {}
+
+
+def test_settings_hash_tracks_limits_and_plugin(bundle):
+    g = graphs.select_graph(bundle, "denoiser", "fp16")
+    lim = profiles.Limits(4, 8)
+    prof = profiles.component_profile(bundle.specs["denoiser"], profiles.dim_ranges(bundle.geometry, lim))
+    plug = build.plugin_fingerprint("triton")
+    base = build.build_settings("denoiser", "fp16", g, prof, lim, plug, "11.4.0", 90, 3)
+    h = records.settings_hash(base)
+    assert records.settings_hash(build.build_settings("denoiser", "fp16", g, prof, lim, plug, "11.4.1", 90, 3)) == h
+    assert records.settings_hash(build.build_settings("denoiser", "fp16", g, prof, profiles.Limits(2, 8), plug,
+                                                      "11.4.0", 90, 3)) != h
+    assert records.settings_hash(build.build_settings("denoiser", "fp16", g, prof, lim, None, "11.4.0", 90, 3)) != h
+    assert records.settings_hash(build.build_settings("denoiser", "fp16", g, prof, lim, plug, "11.4.0", 89, 3)) != h
+    json.dumps(base)  # JSON-able, as engines.json stores it
+
+
+def test_plugin_fingerprint(tmp_path):
+    a = build.plugin_fingerprint("triton")
+    assert a == build.plugin_fingerprint("triton") and a["kind"] == "triton" and len(a["sha256"]) == 64
+    lib = tmp_path / "libharmony_rope_attn_trt.so"
+    lib.write_bytes(b"\x7fELF")
+    assert build.plugin_fingerprint("native", lib)["sha256"] == _sha(b"\x7fELF")
+    with pytest.raises(HarmonyError, match="plugin_library"):
+        build.plugin_fingerprint("native", tmp_path / "missing.so")
+    with pytest.raises(HarmonyError):
+        build.plugin_fingerprint("cuda")
+
+
+# --- graph choice ------------------------------------------------------------------------------------------
+
+def test_select_graph_precision_and_fallback(bundle):
+    d16 = graphs.select_graph(bundle, "denoiser", "fp16")
+    d8 = graphs.select_graph(bundle, "denoiser", "fp8")
+    assert d16.path.name == "denoiser.onnx" and d16.precision == "fp16"
+    assert d8.path.name == "denoiser.fp8.onnx" and d8.precision == "fp8" and d8.digest != d16.digest
+    dec = graphs.select_graph(bundle, "audio_decoder", "fp8")  # no fp8 variant: stays fp16
+    assert dec.path.name == "audio_decoder.onnx" and dec.precision == "fp16"
+    with pytest.raises(BundleError):
+        graphs.select_graph(bundle, "video_encoder", "fp16")
+
+
+def test_select_graph_verifies_variants_and_sandbox(bundle):
+    (bundle.path / "denoiser.fp8.onnx").write_bytes(b"tampered")
+    with pytest.raises(BundleError, match="sha256"):
+        graphs.select_graph(bundle, "denoiser", "fp8")
+    bundle.manifest["components"]["denoiser"]["variants"]["fp8"]["file"] = "../outside.onnx"
+    with pytest.raises(BundleError, match="leaves"):
+        graphs.select_graph(bundle, "denoiser", "fp8")
+
+
+def test_external_data_changes_the_digest(bundle):
+    comp = bundle.manifest["components"]["text_encoder"]
+    before = graphs.select_graph(bundle, "text_encoder", "fp16").digest
+    comp["external_data"] = [{"file": "w.bin", "sha256": "0" * 64}]
+    assert graphs.select_graph(bundle, "text_encoder", "fp16").digest != before
+
+
+def _model_with_plugin_nodes():
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from engines.plugin import OP_DOMAIN, OP_NAME
+
+    ins = ["q", "k", "v", "cq", "sq", "ck", "sk", "tq", "tk"]
+    node = helper.make_node(OP_NAME, ins, ["o"], domain=OP_DOMAIN, window=1.0)
+    fnode = helper.make_node(OP_NAME, ins, ["o"], domain=OP_DOMAIN, window=-1.0)
+    func = helper.make_function("local", "Attn", ins, ["o"], [fnode],
+                                [helper.make_opsetid("", 18), helper.make_opsetid(OP_DOMAIN, 1)])
+    graph = helper.make_graph([node, helper.make_node("Identity", ["o"], ["y"])], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ins],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, functions=[func], opset_imports=[helper.make_opsetid("", 18),
+                                                                   helper.make_opsetid(OP_DOMAIN, 1),
+                                                                   helper.make_opsetid("local", 1)]), onnx
+
+
+def test_mark_plugin_nodes_for_tensorrt_parser():
+    model, onnx = _model_with_plugin_nodes()
+    assert len(graphs.plugin_nodes(model)) == 2  # main graph + local function
+    for _ in range(2):  # idempotent: no duplicate attributes
+        assert graphs.mark_plugin_nodes(model, aot=True) == 2
+    for n in graphs.plugin_nodes(model):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["plugin_namespace"] == b"harmony_rt" and attrs["aot"] == 1 and "window" in attrs
+        assert [a.name for a in n.attribute].count("plugin_namespace") == 1
+    graphs.mark_plugin_nodes(model, aot=False)  # native IPluginV3: no AOT flag
+    assert all("aot" not in [a.name for a in n.attribute] for n in graphs.plugin_nodes(model))
+
+
+def test_load_graph_keeps_external_data_external(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [w])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path), save_as_external_data=True, location="m.bin", size_threshold=0)
+    m = graphs.load_graph(path)
+    assert m.graph.initializer[0].data_location == onnx.TensorProto.EXTERNAL  # weights not pulled into memory
+
+
+# --- without TensorRT ----------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed here")
+def test_build_engines_without_tensorrt_is_a_harmony_error(bundle):
+    with pytest.raises(HarmonyError) as e:
+        build.build_engines(bundle.path, "fp16")
+    assert str(e.value) == "TensorRT is not installed: pip install tensorrt-cu13 (needs an NVIDIA GPU and driver)"
+
+
+def test_build_engines_rejects_unknown_precision(bundle):
+    with pytest.raises(HarmonyError, match="fp16 or fp8"):
+        build.build_engines(bundle.path, "int8")
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed here")
+def test_tensorrt_backend_unavailable_here(bundle):
+    assert trt_backend.tensorrt_available(bundle) is False
+    with pytest.raises(HarmonyError) as e:
+        trt_backend.TensorRTBackend(bundle)
+    msg = str(e.value)
+    assert "TensorRT backend unavailable" in msg and "tensorrt" in msg and "pip install tensorrt-cu13" in msg
+
+
+def test_tensorrt_available_never_raises(bundle, monkeypatch):
+    def boom(_):
+        raise RuntimeError("probe exploded")
+
+    monkeypatch.setattr(trt_backend, "missing_requirements", boom)
+    assert trt_backend.tensorrt_available(bundle) is False
+

@@ -1,0 +1,319 @@
+"""RoPEAlignedAttention: numpy reference, native CPU core (ctypes), CUDA build, Triton kernel, TRT plugin glue.
+
+GPU / TensorRT parts skip with the hardware or software they need.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.plugin import native
+from engines.plugin import reference as ref
+
+ARGS = ("q", "k", "v", "cos_q", "sin_q", "cos_k", "sin_k", "t_q", "t_k")
+ARCHS = (80, 89, 90)
+# (N, H, Lq, Lk, D, window): no window, window, Lq != Lk both ways, window 0 (rows with no key), D = 2
+CASES = [
+    (1, 2, 5, 7, 8, -1.0),
+    (2, 2, 5, 7, 8, 1.0),
+    (1, 3, 20, 33, 16, 0.5),
+    (2, 1, 9, 4, 6, 1.5),
+    (1, 2, 4, 6, 8, 0.0),
+    (1, 1, 3, 5, 2, 2.0),
+]
+
+
+def _case(seed, N, H, Lq, Lk, D):
+    return ref.random_case(np.random.default_rng(seed), N=N, H=H, Lq=Lq, Lk=Lk, D=D)
+
+
+def _loop_oracle(c, window):
+    """Independent, loop-by-loop float64 evaluation of the op definition (checks the reference itself)."""
+    q, k, v = (np.float64(c[n]) for n in ("q", "k", "v"))
+    N, H, Lq, D = q.shape
+    Lk, h = k.shape[2], D // 2
+    out = np.zeros_like(q)
+
+    def rot(x, cos, sin):
+        return np.array([x[d] * cos[d] - x[d + h] * sin[d] for d in range(h)]
+                        + [x[d + h] * cos[d] + x[d] * sin[d] for d in range(h)])
+
+    for n in range(N):
+        for hh in range(H):
+            for i in range(Lq):
+                qi = rot(q[n, hh, i], c["cos_q"][i], c["sin_q"][i])
+                gap = np.abs(np.float64(c["t_q"][i]) - np.float64(c["t_k"]))
+                js = [j for j in range(Lk) if window < 0 or gap[j] <= window + 1e-6]
+                if not js:
+                    continue
+                s = np.array([qi @ rot(k[n, hh, j], c["cos_k"][j], c["sin_k"][j]) / math.sqrt(D) for j in js])
+                p = np.exp(s - s.max())
+                out[n, hh, i] = (p / p.sum()) @ v[n, hh, js]
+    return out
+
+
+# --- numpy reference -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("N,H,Lq,Lk,D,window", CASES)
+def test_reference_matches_loop_oracle(N, H, Lq, Lk, D, window):
+    c = _case(0, N, H, Lq, Lk, D)
+    np.testing.assert_allclose(ref.rope_aligned_attention(**c, window=window), _loop_oracle(c, window), atol=1e-6)
+
+
+def test_reference_fully_masked_rows_are_zero_not_nan():
+    c = _case(1, 1, 2, 4, 6, 8)  # t_q = 0,1,2,3; t_k = 0,.67,1.33,2,2.67,3.33
+    out = ref.rope_aligned_attention(**c, window=0.0)
+    assert np.isfinite(out).all()
+    assert np.all(out[:, :, 1] == 0) and np.all(out[:, :, 3] == 0)  # t_q = 1, 3 have no key at distance 0
+    assert np.any(out[:, :, 0] != 0)
+
+
+def test_reference_rotation_is_relative():
+    """With 1D rotary tables, rot(q_i).rot(k_j) depends only on the position difference."""
+    rng = np.random.default_rng(2)
+    q, k = rng.standard_normal((2, 8))
+    cq, sq = ref.rope_tables(np.array([3.0, 5.0]), 8)
+    ck, sk = ref.rope_tables(np.array([1.0, 3.0]), 8)
+    a = ref.rotate_half(q, cq[0], sq[0]) @ ref.rotate_half(k, ck[0], sk[0])
+    b = ref.rotate_half(q, cq[1], sq[1]) @ ref.rotate_half(k, ck[1], sk[1])
+    assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_reference_rejects_odd_head_dim():
+    c = _case(0, 1, 1, 2, 2, 4)
+    c["q"] = c["q"][..., :3]
+    with pytest.raises(ValueError):
+        ref.rope_aligned_attention(**c)
+
+
+# --- native build (CPU core, CUDA kernel) ----------------------------------------------------------------
+
+def _have_cxx() -> bool:
+    return any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++"))
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    if shutil.which("cmake") is None:
+        pytest.skip("needs cmake to build the native RoPEAlignedAttention libraries")
+    if not _have_cxx():
+        pytest.skip("needs a C++ compiler (g++ or clang++) to build the native libraries")
+    return native.build_native(tmp_path_factory.mktemp("native_build"))
+
+
+@pytest.fixture(scope="module")
+def cuda_lib(build):
+    if build.cuda_lib is None:
+        pytest.skip("needs nvcc (CUDA toolkit) to build the CUDA kernel library")
+    return native.load(build.cuda_lib)
+
+
+def test_build_log_says_what_was_left_out(build):
+    if build.trt_lib is not None:
+        pytest.skip("TensorRT headers present: the IPluginV3 library was built")
+    if build.cuda_lib is None:
+        assert "nvcc not found: building the CPU reference library only" in build.log
+    else:
+        assert "TensorRT headers not found: building the CUDA kernel and CPU reference only" in build.log
+
+
+@pytest.mark.parametrize("N,H,Lq,Lk,D,window", CASES)
+def test_native_cpu_matches_reference(build, N, H, Lq, Lk, D, window):
+    lib = native.load(build.cpu_lib)
+    c = _case(3, N, H, Lq, Lk, D)
+    out = native.run_native(lib.harmony_rope_attn_cpu, *(c[n] for n in ARGS), window=window)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref.rope_aligned_attention(**c, window=window), atol=1e-5, rtol=0)
+
+
+def test_native_cpu_rejects_bad_head_dim(build):
+    lib = native.load(build.cpu_lib)
+    assert lib.harmony_rope_attn_max_head_dim() == 256
+    c = _case(0, 1, 1, 2, 3, 4)
+    c["q"], c["k"], c["v"] = (np.zeros((1, 1, n, 3), np.float32) for n in (2, 3, 3))
+    with pytest.raises(RuntimeError, match="head dim"):
+        native.run_native(lib.harmony_rope_attn_cpu, *(c[n] for n in ARGS))
+
+
+def test_cuda_library_also_exports_cpu_core(cuda_lib):
+    c = _case(4, 1, 2, 5, 7, 8)
+    out = native.run_native(cuda_lib.harmony_rope_attn_cpu, *(c[n] for n in ARGS), window=1.0)
+    np.testing.assert_allclose(out, ref.rope_aligned_attention(**c, window=1.0), atol=1e-5, rtol=0)
+
+
+def test_cuda_kernel_compiled_for_sm80_89_90(build, cuda_lib):
+    found = native.fatbin_archs(build.cuda_lib)
+    assert {sm for kind, sm in found if kind == "elf"} == set(ARCHS), found  # SASS for each target
+    assert 90 in {sm for kind, sm in found if kind == "ptx"}  # PTX for JIT on newer GPUs
+    nvcc_lines = [line for line in build.log.splitlines() if "nvcc" in line and "harmony_rope_attn.dir/" in line]
+    assert len(nvcc_lines) == 1 and all(f"sm_{a}" in nvcc_lines[0] for a in ARCHS), nvcc_lines  # one pass, 3 archs
+    cuobjdump = shutil.which("cuobjdump")
+    if cuobjdump:  # cross-check with NVIDIA's tool where installed
+        listing = subprocess.run([cuobjdump, "--list-elf", str(build.cuda_lib)], capture_output=True, text=True,
+                                 check=False).stdout
+        assert all(f"sm_{a}" in listing for a in ARCHS), listing
+
+
+def test_cuda_device_count_does_not_crash(cuda_lib):
+    n = cuda_lib.harmony_cuda_device_count()
+    assert isinstance(n, int) and n >= -1
+
+
+def test_cuda_kernel_matches_reference_on_gpu(cuda_lib):
+    if cuda_lib.harmony_cuda_device_count() <= 0:
+        pytest.skip("needs an NVIDIA GPU (cudaGetDeviceCount found none)")
+    for i, (N, H, Lq, Lk, D, window) in enumerate(CASES + [(2, 4, 130, 257, 128, 1.0)]):
+        c = _case(10 + i, N, H, Lq, Lk, D)
+        out = native.run_native(cuda_lib.harmony_rope_attn_cuda_host, *(c[n] for n in ARGS), window=window)
+        np.testing.assert_allclose(out, ref.rope_aligned_attention(**c, window=window), atol=1e-5, rtol=0)
+
+
+# --- Triton kernel (each mode in its own process: interpreted and compiled Triton do not mix) -------------
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="needs triton (pip install triton) for the Triton kernel")
+REPO = Path(__file__).resolve().parents[1]
+TRITON_CASES = CASES + [(1, 2, 40, 70, 32, 1.0)]
+
+
+def _triton_check(*args: str, interpret: bool, timeout: float = 300):
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"  # must be set before triton is imported
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    p = subprocess.run([sys.executable, "-m", "engines.plugin.triton_check", *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=timeout, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+@pytest.fixture(scope="module")
+def interp_results():
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("needs torch (CPU) for the Triton interpreter")
+    # 16-wide tiles so several q and k blocks (and partly masked tail blocks) are exercised
+    fp32 = _triton_check("run", "--cases", json.dumps(TRITON_CASES), "--block", "16", interpret=True)
+    fp16 = _triton_check("run", "--cases", json.dumps(TRITON_CASES[:3]), "--dtype", "fp16", interpret=True)
+    return fp32, fp16
+
+
+@needs_triton
+@pytest.mark.parametrize("i", range(len(TRITON_CASES)), ids=[str(c) for c in TRITON_CASES])
+def test_triton_interpreter_matches_reference(interp_results, i):
+    r = interp_results[0][i]
+    assert r["case"] == list(TRITON_CASES[i]) and r["finite"]
+    assert r["max_err"] < 1e-4, r
+
+
+@needs_triton
+def test_triton_interpreter_fp16(interp_results):
+    for r in interp_results[1]:
+        assert r["dtype"] == "torch.float16" and r["finite"] and r["max_err"] < 1e-2, r
+
+
+@needs_triton
+def test_triton_kernel_on_gpu():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU and a CUDA build of torch to run the compiled Triton kernel")
+    for r in _triton_check("run", "--cases", json.dumps(TRITON_CASES), "--device", "cuda", "--block", "64",
+                           interpret=False):
+        assert r["finite"] and r["max_err"] < 1e-4, r
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype,head_dim", [("fp16", 64), ("fp16", 128), ("fp32", 64)])
+def test_triton_aot_compiles_to_ptx_for_each_arch(dtype, head_dim):
+    """The aot_impl half of the TensorRT plugin: PTX with the AOT launch ABI; compiling needs no GPU."""
+    from engines.plugin import trt_plugin
+
+    arch_args = [a for arch in ARCHS for a in ("--arch", str(arch))]
+    infos = _triton_check("aot", "--head-dim", str(head_dim), "--dtype", dtype, *arch_args, interpret=False)
+    for arch, info in zip(ARCHS, infos, strict=True):
+        assert info["target"].startswith(f"sm_{arch}"), info
+        # 9 input pointers, 3 int32 scalars, 1 output pointer, then Triton's 2 hidden scratch pointers
+        assert info["params"] == ["u64"] * 9 + ["u32"] * 3 + ["u64"] * 3, info
+        assert info["shared"] <= trt_plugin.SHARED_MEM_LIMIT
+
+
+def test_trt_plugin_module_imports_without_tensorrt():
+    from engines.plugin import trt_plugin
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here: availability is not False by construction")
+    assert trt_plugin.available() is False
+    assert trt_plugin.kernel_signature("fp16")["Q"] == "*fp16"
+    assert list(trt_plugin.kernel_signature("fp32"))[-1] == "O"
+    with pytest.raises(ImportError):
+        trt_plugin.register()
+
+
+def _plugin_graph(c, window):
+    """A one-node ONNX graph: the custom op, marked for TensorRT's parser as engines/build.py does."""
+    from onnx import TensorProto, helper
+
+    from engines import graphs
+    from engines.plugin import OP_DOMAIN, OP_NAME
+
+    node = helper.make_node(OP_NAME, list(ARGS), ["out"], domain=OP_DOMAIN, window=float(window))
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, c[n].shape) for n in ARGS]
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, c["q"].shape)
+    model = helper.make_model(helper.make_graph([node], "g", ins, [out]),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(OP_DOMAIN, 1)])
+    graphs.mark_plugin_nodes(model, aot=True)
+    return model
+
+
+def test_trt_plugin_engine_matches_reference():
+    """Parse -> build (AOT Triton inside the engine) -> run, against the reference. Needs the full GPU stack."""
+    from engines.plugin import trt_plugin
+    from harmony_rt.backends import tensorrt as rt
+
+    if not trt_plugin.available():
+        pytest.skip("needs TensorRT >= 10.8 (tensorrt.plugin) and triton: pip install tensorrt-cu13 triton")
+    if rt.gpu_sm() is None:
+        pytest.skip("needs an NVIDIA GPU and cuda-python (pip install cuda-python)")
+    import tensorrt as trt
+
+    trt_plugin.register()
+    trt_plugin.register()  # idempotent
+    cudart = rt._cudart()
+    c, window = _case(20, 2, 2, 37, 61, 64), 1.0
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse(_plugin_graph(c, window).SerializeToString())
+    assert ok, [str(parser.get_error(i)) for i in range(parser.num_errors)]
+    plan = builder.build_serialized_network(network, builder.create_builder_config())
+    assert plan is not None
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan)
+    ctx = engine.create_execution_context()
+    out = np.empty_like(c["q"])
+    ptrs = []
+    try:
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        for name, arr in [*((n, np.ascontiguousarray(c[n])) for n in ARGS), ("out", out)]:
+            ptr = rt._ok(cudart.cudaMalloc(arr.nbytes))
+            ptrs.append(ptr)
+            ctx.set_tensor_address(name, int(ptr))
+            if name != "out":
+                rt._ok(cudart.cudaMemcpy(ptr, arr.ctypes.data, arr.nbytes, h2d))
+        assert ctx.execute_async_v3(0)
+        rt._ok(cudart.cudaDeviceSynchronize())
+        rt._ok(cudart.cudaMemcpy(out.ctypes.data, ptrs[-1], out.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost))
+    finally:
+        for ptr in ptrs:
+            cudart.cudaFree(ptr)
+    np.testing.assert_allclose(out, ref.rope_aligned_attention(**c, window=window), atol=1e-4, rtol=0)
