@@ -1,0 +1,141 @@
+"""Harmony's tasks through the runtime: A2V, V2A, I2AV, voice reference, EN / ZH transcripts, bad media."""
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from harmony_rt import media
+from harmony_rt.errors import HarmonyError
+from harmony_rt.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_bundle):
+    return Pipeline.from_bundle(tiny_bundle, backend="ort", split="batched")
+
+
+def _tone(seconds, sr, f=440.0):
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * f * t) * (t % 0.5 < 0.1)).astype(np.float32)
+
+
+def test_a2v_returns_the_given_audio_and_generates_video(pipe, tmp_path):
+    g = pipe.geometry
+    path = tmp_path / "speech.wav"
+    sf.write(path, _tone(1.0, 22050), 22050)  # another rate: the runtime resamples
+    given = media.read_audio(path, g.sample_rate)
+    r = pipe.generate("a face speaks", audio=path, steps=2)
+    assert np.array_equal(r.audio[: len(given)], given)
+    assert r.frames.shape[0] == round(1.0 * g.fps) and r.frames.std() > 0
+    plain = pipe.generate("a face speaks", steps=2, seconds=1.0)
+    assert not np.array_equal(plain.audio[: len(given)], given)
+
+
+def test_v2a_returns_the_given_frames_and_generates_audio(pipe, tmp_path):
+    g = pipe.geometry
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (int(g.fps), g.height, g.width, 3), dtype=np.uint8)
+    path = tmp_path / "clip.mp4"
+    media.write_mp4(path, frames, g.fps)
+    given, notes = media.read_video(path, g.fps, g.height, g.width)
+    r = pipe.generate("a red ball bounces", video=path, steps=2)
+    assert np.array_equal(r.frames, given[: r.frames.shape[0]])
+    assert np.abs(r.audio).max() > 0
+
+
+def test_v2a_resizes_and_says_so(pipe, tmp_path):
+    g = pipe.geometry
+    frames = np.full((int(g.fps), 2 * g.height, 2 * g.width, 3), 90, np.uint8)
+    path = tmp_path / "big.mp4"
+    media.write_mp4(path, frames, g.fps)
+    r = pipe.generate("x", video=path, steps=1)
+    assert r.frames.shape[1:3] == (g.height, g.width)
+    assert any("resized" in n for n in r.notes)
+
+
+def test_i2av_keeps_the_first_frame_close_to_the_image(pipe, tmp_path):
+    g = pipe.geometry
+    img = np.zeros((g.height, g.width, 3), np.uint8)
+    img[: g.height // 2] = (200, 30, 30)
+    path = tmp_path / "first.png"
+    media.write_mp4  # noqa: B018  (images are written with PyAV below)
+    import av
+
+    with av.open(str(path), "w", format="image2") as c:
+        s = c.add_stream("png", rate=1)
+        s.width, s.height, s.pix_fmt = g.width, g.height, "rgb24"
+        for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with_img = pipe.generate("x", image=path, steps=2, seconds=1.0)
+    without = pipe.generate("x", steps=2, seconds=1.0)
+    # the first latent frame is the image's latent: the decoded first frame is the autoencoder's copy of it
+    recon = pipe._decode_video(pipe.encode_frames(np.repeat(img[None], g.video_t_stride, 0)))[0, 0]
+    err_img = np.abs(with_img.frames[0].astype(int) - recon.astype(int)).mean()
+    err_plain = np.abs(without.frames[0].astype(int) - recon.astype(int)).mean()
+    assert err_img < err_plain
+
+
+def test_reference_audio_changes_output_and_is_reproducible(pipe, tmp_path):
+    path = tmp_path / "voice.wav"
+    sf.write(path, _tone(1.5, 16000, 220.0), 16000)
+    base = pipe.generate("someone speaks", speech="hello there", steps=2, seed=4, seconds=1.0)
+    cloned = pipe.generate("someone speaks", speech="hello there", ref_audio=path, steps=2, seed=4, seconds=1.0)
+    again = pipe.generate("someone speaks", speech="hello there", steps=2, seed=4, seconds=1.0)
+    assert not np.array_equal(base.audio, cloned.audio)
+    assert np.array_equal(base.audio, again.audio) and np.array_equal(base.frames, again.frames)
+
+
+def test_english_and_chinese_transcripts_and_unknown_characters(pipe, caplog):
+    pipe.generate("a man speaks", speech="hello", steps=1, seconds=1.0)
+    pipe.generate("a man speaks", speech="我们走吧", steps=1, seconds=1.0)
+    with caplog.at_level(logging.WARNING):
+        r = pipe.generate("a man speaks", speech="hello \u2603 world", steps=1, seconds=1.0)
+    assert np.isfinite(r.audio).all()
+    assert any("unknown" in rec.message and "\u2603" in rec.message for rec in caplog.records)
+
+
+def test_separate_captions(pipe):
+    a = pipe.generate("x", video_caption="a red ball bounces twice", audio_caption="two wooden knocks", steps=2, seconds=1.0)
+    b = pipe.generate("x", video_caption="a red ball bounces twice", audio_caption="a single metallic clang", steps=2, seconds=1.0)
+    assert not np.array_equal(a.audio, b.audio)
+
+
+def _write_png16(path, h=8, w=8):
+    import struct
+    import zlib
+
+    raw = b"".join(b"\x00" + b"\x12\x34" * w for _ in range(h))
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(png)
+
+
+@pytest.mark.parametrize("flag,make,needle", [
+    ("--audio", lambda p: p.write_text("not audio"), "audio"),
+    ("--audio", lambda p: sf.write(p, np.zeros(0, np.float32), 16000), "audio"),
+    ("--video", lambda p: sf.write(p, _tone(0.5, 16000), 16000), "video"),
+    ("--image", _write_png16, "image"),
+    ("--ref-audio", lambda p: p.write_bytes(b"\x00" * 10), "audio"),
+])
+def test_bad_media_is_a_clean_exit_2(tiny_bundle, tmp_path, flag, make, needle):
+    src = tmp_path / ("in.png" if flag == "--image" else "in.wav")
+    make(src)
+    out = tmp_path / "o.mp4"
+    r = subprocess.run([sys.executable, "-m", "harmony_rt.cli", "generate", "a red ball", "--bundle", str(tiny_bundle),
+                        flag, str(src), "--steps", "1", "-o", str(out)], capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_a2v_and_v2a_together_refused(pipe):
+    with pytest.raises(HarmonyError):
+        pipe.generate("x", audio=np.zeros(16000, np.float32), video=np.zeros((8, 32, 32, 3), np.uint8))
