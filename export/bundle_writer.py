@@ -2,10 +2,15 @@
 
 The bundle is assembled in a temp folder beside the target and renamed into place, so an interrupted
 export leaves the old bundle (or nothing), never a half-written one. The manifest is written last.
+
+Precision variants (`add_variants`) sit beside each fp32 main graph as `<component>.<precision>.onnx`,
+listed under the component's `variants` with their error vs fp32 measured on a held-out real sampler run;
+the plugin graph (`--custom-op`) is the denoiser's `fp32-plugin` variant (export/custom_op.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -28,6 +33,7 @@ from harmony_rt.errors import HarmonyError
 from train.checkpoints import load_checkpoint
 from train.model import HarmonyModel
 
+from . import calibration, custom_op, precision
 from .components import component_modules, example_inputs, symbol_sizes
 
 log = logging.getLogger(__name__)
@@ -69,9 +75,9 @@ def _name_dims(path: Path, spec) -> None:
     onnx.save(m, str(path))
 
 
-def parity(name: str, module, spec, model: HarmonyModel, path: Path) -> float:
+def parity(name: str, module, spec, model: HarmonyModel, path: Path, sess=None) -> float:
     """Max abs difference ORT vs PyTorch over two input shapes (the second checks the dynamic dims)."""
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = sess or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for variant in (0, 1):
         args = example_inputs(name, spec, model, symbol_sizes(model, variant), seed=10 + variant)
@@ -112,9 +118,20 @@ def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict
     }
 
 
-def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, tolerance: float = FP32_TOLERANCE) -> Path:
-    """Write a complete, verified bundle for `checkpoint` at `out` (replacing an existing one atomically)."""
+def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, tolerance: float = FP32_TOLERANCE,
+                  precisions="fp32", custom_op: bool = False) -> Path:
+    """Write a complete, verified bundle for `checkpoint` at `out` (replacing an existing one atomically).
+
+    precisions: 'fp32,fp16,int8,fp8' (or a list); each extra one becomes a variant (see `add_variants`).
+    custom_op: also write the denoiser with RoPEAlignedAttention nodes (variant `fp32-plugin`).
+    """
     checkpoint, out = Path(checkpoint), Path(out)
+    try:
+        extra = precision.parse_precisions(precisions)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    if custom_op and importlib.util.find_spec("onnxruntime_extensions") is None:
+        raise ExportError("--custom-op checks the plugin graph with onnxruntime-extensions: pip install onnxruntime-extensions")
     try:
         model, _, state = load_checkpoint(checkpoint)
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -145,9 +162,13 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
                 raise ExportError(f"{src}: checkpoint has no tokenizer file")
             shutil.copyfile(src, tmp / fname)
             files[key] = {"file": fname, "sha256": sha256_file(tmp / fname)}
-        extra = {"training": {k: state.get(k) for k in ("step", "train_seconds", "train_config") if k in state}}
-        manifest = manifest_for(model, components, files, extra)
+        training = {"training": {k: state.get(k) for k in ("step", "train_seconds", "train_config") if k in state}}
+        manifest = manifest_for(model, components, files, training)
         atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
+        if custom_op:
+            add_plugin_graph(tmp, model)
+        if extra:
+            add_variants(tmp, extra)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -165,3 +186,100 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+# ------------------------------------------------------------------------------------------------ variants
+
+EVAL_CALLS = 12  # denoiser calls of the held-out run the errors are measured on
+CALIB_CALLS = 64  # denoiser calls (spread over the noise levels) ranges are calibrated on
+
+
+def _cpu_session(path: Path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _load_manifest(bundle_dir: Path) -> dict:
+    return json.loads((bundle_dir / MANIFEST).read_text("utf-8"))
+
+
+def add_variants(bundle_dir: str | os.PathLike, precisions, prompts=calibration.CALIBRATION_PROMPTS,
+                 eval_prompt=calibration.EVAL_PROMPT, steps: int | None = None) -> dict:
+    """Write the variants `precisions` ('fp16,int8,fp8' or a list) of every component they suit
+    (`precision.PLAN`) into an fp32 bundle folder and update its manifest in place (atomically).
+
+    Calibration (int8 static, fp8): denoiser feeds recorded from fp32 generations of `prompts`.
+    Errors: every variant vs its fp32 graph on the feeds of one held-out generation (`eval_prompt`).
+    steps: ODE steps of those generations (default: the bundle's)."""
+    bundle_dir = Path(bundle_dir)
+    extra = precision.parse_precisions(precisions)
+    manifest = _load_manifest(bundle_dir)
+    comps = manifest["components"]
+    if not extra:
+        return manifest
+    t0 = time.time()
+    calib = calibration.record_feeds(bundle_dir, prompts, steps) if any(p in ("int8", "fp8") for p in extra) else {}
+    held_out = calibration.record_feeds(bundle_dir, [eval_prompt], steps)
+    log.info("recorded real feeds in %.1f s", time.time() - t0)
+    for prec in extra:
+        targets = precision.PLAN[prec] or tuple(comps)
+        for name in (c for c in comps if c in targets):
+            t0 = time.time()
+            src = bundle_dir / comps[name]["file"]
+            dst = bundle_dir / f"{name}.{prec}.onnx"
+            cal = calibration.subsample(calib.get(name, []), CALIB_CALLS)
+            info = precision.build_variant(prec, name, src, dst, cal)
+            if info is None:
+                continue
+            feeds = calibration.subsample(held_out.get(name, []), EVAL_CALLS)
+            abs_err, rel_err = precision.graph_error(_cpu_session(src), _cpu_session(dst), feeds)
+            if not np.isfinite(abs_err):
+                raise ExportError(f"{name} ({prec}): the variant produces non-finite outputs")
+            comps[name].setdefault("variants", {})[prec] = {
+                "file": dst.name, "sha256": sha256_file(dst), **info,
+                "max_abs_err": abs_err, "max_rel_err": rel_err,
+                "error_inputs": f"{len(feeds)} held-out real {name} call(s)",
+            }
+            log.info("%s %s: max abs err %.2e, rel %.2e vs fp32 (%.1f s)", name, prec, abs_err, rel_err, time.time() - t0)
+    manifest["precision_export"] = {
+        "calibration_prompts": [vars(p) for p in prompts], "held_out_prompt": vars(eval_prompt), "steps": steps,
+        "max_rel_err": "max |variant - fp32| / max |fp32| per output, worst over outputs and calls",
+    }
+    atomic_write_bytes(bundle_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def add_plugin_graph(bundle_dir: str | os.PathLike, model: HarmonyModel, tolerance: float = FP32_TOLERANCE) -> dict:
+    """Export the denoiser with RoPEAlignedAttention nodes as variant `fp32-plugin`, checked against PyTorch
+    and against the decomposed main graph (custom node run by the numpy reference through
+    onnxruntime-extensions); update the manifest in place."""
+    bundle_dir = Path(bundle_dir)
+    manifest = _load_manifest(bundle_dir)
+    comp = manifest["components"]["denoiser"]
+    spec = resolve(manifest["geometry"])["denoiser"]
+    dst = bundle_dir / f"denoiser.{custom_op.PLUGIN_VARIANT}.onnx"
+    t0 = time.time()
+    with custom_op.emit_custom_op():
+        export_component("denoiser", model.denoiser, spec, model, dst)
+    graph = onnx.load(str(dst))
+    n_nodes = len(custom_op.custom_nodes(graph))
+    if n_nodes == 0:
+        raise ExportError("denoiser: the plugin graph has no RoPEAlignedAttention node")
+    sess = custom_op.plugin_session(graph)
+    err = parity("denoiser", model.denoiser, spec, model, dst, sess=sess)
+    if not err <= tolerance:
+        raise ExportError(f"denoiser plugin graph differs from PyTorch by {err:.3g} > tolerance {tolerance}")
+    args = example_inputs("denoiser", spec, model, symbol_sizes(model, 1), seed=21)
+    feeds = [{t.name: a.numpy() for t, a in zip(spec.inputs, args)}]
+    abs_err, rel_err = precision.graph_error(_cpu_session(bundle_dir / comp["file"]), sess, feeds)
+    comp.setdefault("variants", {})[custom_op.PLUGIN_VARIANT] = {
+        "file": dst.name, "sha256": sha256_file(dst), "precision": "fp32",
+        "plugin": {"op": f"{custom_op.OP_DOMAIN}::{custom_op.OP_NAME}", "nodes": n_nodes},
+        "parity_max_abs_err": err, "parity_tolerance": tolerance,
+        "max_abs_err": abs_err, "max_rel_err": rel_err, "error_inputs": "decomposed fp32 graph, example inputs",
+    }
+    log.info("denoiser plugin graph: %d RoPEAlignedAttention nodes, max abs err %.2e vs PyTorch, %.2e vs the "
+             "decomposed graph (%.1f s)", n_nodes, err, abs_err, time.time() - t0)
+    atomic_write_bytes(bundle_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+    return manifest

@@ -1,7 +1,14 @@
 """Bundles: a folder with `manifest.json`, ONNX graphs and tokenizers. Loading verifies and sandboxes it.
 
-A bundle is untrusted input: every path it names must resolve inside the folder, every file's sha256 must
-match the manifest, and the graphs' I/O must match the contract in `harmony_rt.contract`.
+A bundle is untrusted input. `Bundle.load` refuses, with one BundleError naming the file:
+  - a manifest that is too large, not a JSON object, of a newer format, or with a field of the wrong type
+    or out of range (`_check_manifest`);
+  - any path (manifest entries and the external-data locations inside every graph) that is absolute, holds
+    `..`, or resolves (symlinks included) outside the bundle folder;
+  - a file whose sha256 differs from the manifest (skipped with `verify=False`), or external data the
+    manifest does not list (its bytes could not be verified);
+  - a graph whose inputs / outputs disagree with the contract in `harmony_rt.contract`.
+Graphs are read with a minimal protobuf walker (`scan_onnx`), not the `onnx` package, and never unpickled.
 """
 
 from __future__ import annotations
@@ -9,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import mmap
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -39,7 +48,10 @@ def safe_path(root: Path, rel: str, what: str) -> Path:
     if p.is_absolute() or ".." in p.parts:
         raise BundleError(f"{what}: path {rel!r} leaves the bundle folder")
     root_r = root.resolve()
-    full = (root / p).resolve()
+    try:
+        full = (root / p).resolve()
+    except (OSError, RuntimeError) as e:  # symlink loops
+        raise BundleError(f"{what}: path {rel!r} cannot be resolved ({e})") from None
     if root_r != full and root_r not in full.parents:
         raise BundleError(f"{what}: path {rel!r} resolves outside the bundle folder")
     return full
@@ -61,6 +73,310 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ---------------------------------------------------------------------------------------------- ONNX scan
+
+# ONNX element types (onnx.TensorProto.DataType) the contract uses.
+_ELEM = {1: "float32", 7: "int64", 10: "float16"}
+_MAX_DEPTH = 32  # nested subgraphs (If / Loop bodies) deeper than this are refused
+
+
+class _Malformed(Exception):
+    pass
+
+
+@dataclass
+class OnnxInfo:
+    """What the runtime checks in a graph file: its I/O ((name, dtype, dims) each) and external-data locations."""
+
+    inputs: list[tuple[str, str, tuple]] = field(default_factory=list)
+    outputs: list[tuple[str, str, tuple]] = field(default_factory=list)
+    external: set[str] = field(default_factory=set)
+
+
+def _varint(buf, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise _Malformed
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf, start: int, end: int):
+    """(field number, varint value or (start, end) of a length-delimited payload) of one message."""
+    i = start
+    while i < end:
+        key, i = _varint(buf, i, end)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i, end)
+            yield num, value
+        elif wire == 2:
+            n, i = _varint(buf, i, end)
+            if i + n > end:
+                raise _Malformed
+            yield num, (i, i + n)
+            i += n
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:  # groups (3, 4) are not used by ONNX
+            raise _Malformed
+    if i != end:
+        raise _Malformed
+
+
+def _str(buf, span) -> str:
+    if not isinstance(span, tuple):
+        raise _Malformed
+    return bytes(buf[span[0] : span[1]]).decode("utf-8", "replace")
+
+
+def _sub(span) -> tuple[int, int]:
+    if not isinstance(span, tuple):
+        raise _Malformed
+    return span
+
+
+def _tensor(buf, span, info: OnnxInfo) -> None:  # TensorProto: external_data = 13 (key 1, value 2)
+    for num, v in _fields(buf, *_sub(span)):
+        if num == 13:
+            entry = {k: _str(buf, s) for k, s in _fields(buf, *_sub(v)) if k in (1, 2)}
+            if entry.get(1) == "location":
+                info.external.add(entry.get(2, ""))
+
+
+def _graph(buf, span, info: OnnxInfo, depth: int, top: bool = False) -> None:
+    if depth > _MAX_DEPTH:
+        raise _Malformed
+    for num, v in _fields(buf, *_sub(span)):
+        if num == 1:  # node
+            _node(buf, v, info, depth)
+        elif num == 5:  # initializer
+            _tensor(buf, v, info)
+        elif num == 15:  # sparse_initializer: values 1, indices 2
+            for k, t in _fields(buf, *_sub(v)):
+                if k in (1, 2):
+                    _tensor(buf, t, info)
+        elif top and num in (11, 12):
+            (info.inputs if num == 11 else info.outputs).append(_value_info(buf, v))
+
+
+def _node(buf, span, info: OnnxInfo, depth: int) -> None:
+    for num, v in _fields(buf, *_sub(span)):
+        if num != 5:  # attribute: t 5, g 6, tensors 10, graphs 11, sparse_tensor 22, sparse_tensors 23
+            continue
+        for k, a in _fields(buf, *_sub(v)):
+            if k in (5, 10):
+                _tensor(buf, a, info)
+            elif k in (6, 11):
+                _graph(buf, a, info, depth + 1)
+            elif k in (22, 23):
+                for kk, t in _fields(buf, *_sub(a)):
+                    if kk in (1, 2):
+                        _tensor(buf, t, info)
+
+
+def _value_info(buf, span) -> tuple[str, str, tuple]:
+    """ValueInfoProto -> (name, dtype, dims); a dim is an int, a str (symbolic) or None (unknown)."""
+    name, dtype, dims = "", "other", ()
+    for num, v in _fields(buf, *_sub(span)):
+        if num == 1:
+            name = _str(buf, v)
+        elif num == 2:  # TypeProto.tensor_type = 1: elem_type 1, shape 2
+            for k, tt in _fields(buf, *_sub(v)):
+                if k != 1:
+                    continue
+                for kk, x in _fields(buf, *_sub(tt)):
+                    if kk == 1:
+                        dtype = _ELEM.get(x, f"onnx type {x}") if isinstance(x, int) else "other"
+                    elif kk == 2:
+                        dims = tuple(_dim(buf, d) for k3, d in _fields(buf, *_sub(x)) if k3 == 1)
+    return name, dtype, dims
+
+
+def _dim(buf, span):
+    for num, v in _fields(buf, *_sub(span)):
+        if num == 1 and isinstance(v, int):
+            return v
+        if num == 2:
+            return _str(buf, v)
+    return None
+
+
+def scan_onnx(path: Path) -> OnnxInfo:
+    """Read a graph's I/O and external-data locations without the `onnx` package (mmap: big weights are not read)."""
+    info = OnnxInfo()
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise _Malformed
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                graphs = 0
+                for num, v in _fields(buf, 0, len(buf)):
+                    if num == 7:  # ModelProto.graph
+                        _graph(buf, v, info, 0, top=True)
+                        graphs += 1
+                    elif num == 25:  # ModelProto.functions: FunctionProto.node = 7
+                        for k, n in _fields(buf, *_sub(v)):
+                            if k == 7:
+                                _node(buf, n, info, 1)
+                if graphs != 1:
+                    raise _Malformed
+    except _Malformed:
+        raise BundleError(f"{path}: not a valid ONNX file (truncated or corrupt)") from None
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read graph ({e.strerror or e})") from None
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+_NUM = "number"
+# geometry field -> (kind, lo, hi). Bounds keep a hand-edited manifest from asking for absurd allocations.
+_GEOMETRY = {
+    "fps": (_NUM, 1e-3, 1000.0), "height": (int, 1, 16384), "width": (int, 1, 16384),
+    "sample_rate": (int, 1000, 768000), "C_v": (int, 1, 4096), "C_a": (int, 1, 4096), "S": (int, 1, 2),
+    "video_t_stride": (int, 1, 64), "video_s_stride": (int, 1, 1024), "audio_hop": (int, 1, 1 << 16),
+    "text_dim": (int, 1, 1 << 16), "speech_dim": (int, 1, 1 << 16), "max_text_tokens": (int, 1, 1 << 20),
+    "max_speech_chars": (int, 1, 1 << 20), "max_latent_frames": (int, 1, 1 << 20),
+}
+# sampling field -> (kind, lo, hi, required)
+_SAMPLING = {
+    "shift": (_NUM, 1e-6, 1e6, True), "steps": (int, 1, 1000, True), "s_v": (_NUM, 0, 100, True),
+    "s_a": (_NUM, 0, 100, True), "cfg_scale": (_NUM, 0, 100, True), "seconds": (_NUM, 1e-6, 1e9, False),
+    "max_ref_seconds": (_NUM, 1e-3, 1e3, False), "guidance": (str, None, None, False),
+    "scheduler": (str, None, None, False),
+}
+
+
+def _bad(mpath: Path, msg: str) -> BundleError:
+    return BundleError(f"{mpath}: {msg}")
+
+
+def _value(mpath: Path, where: str, value, kind, lo=None, hi=None):
+    """Check one manifest value's type (int excludes bool; "number" = finite int or float) and range."""
+    if kind is str:
+        if not isinstance(value, str):
+            raise _bad(mpath, f"{where} must be a string, got {value!r:.60}")
+        return value
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (lo is not None and not lo <= value <= hi):
+        what = "an integer" if kind is int else "a number"
+        rng = f" in [{lo:g}, {hi:g}]" if lo is not None else ""
+        raise _bad(mpath, f"{where} must be {what}{rng}, got {value!r:.60}")
+    return value
+
+
+def _object(mpath: Path, where: str, value) -> dict:
+    if not isinstance(value, dict):
+        raise _bad(mpath, f"{where} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _check_geometry(mpath: Path, raw) -> Geometry:
+    raw = _object(mpath, "'geometry'", raw)
+    for key, (kind, lo, hi) in _GEOMETRY.items():
+        if key not in raw:
+            raise _bad(mpath, f"geometry has no {key!r}")
+        _value(mpath, f"geometry.{key}", raw[key], kind, lo, hi)
+    patch = raw.get("patch", [1, 2, 2])
+    if not isinstance(patch, list) or len(patch) != 3:
+        raise _bad(mpath, f"geometry.patch must be a list of 3 integers, got {patch!r:.60}")
+    for p in patch:
+        _value(mpath, "geometry.patch", p, int, 1, 64)
+    for side in ("height", "width"):
+        if raw[side] % raw["video_s_stride"]:
+            stride = raw["video_s_stride"]
+            raise _bad(mpath, f"geometry.{side} {raw[side]} is not a multiple of video_s_stride {stride}")
+    return Geometry.from_dict(raw)
+
+
+def _check_sampling(mpath: Path, raw, geometry: Geometry) -> None:
+    from .guidance import MODES  # numpy-only modules; imported here to keep bundle.py's imports light
+    from .schedulers import SCHEDULERS
+
+    raw = _object(mpath, "'sampling'", raw)
+    for key, (kind, lo, hi, required) in _SAMPLING.items():
+        if key in raw:
+            _value(mpath, f"sampling.{key}", raw[key], kind, lo, hi)
+        elif required:
+            raise _bad(mpath, f"sampling has no {key!r}")
+    if raw.get("guidance", "sync") not in MODES:
+        raise _bad(mpath, f"sampling.guidance {raw['guidance']!r:.40} is not one of {', '.join(MODES)}")
+    if raw.get("scheduler", "euler") not in SCHEDULERS:
+        raise _bad(mpath, f"sampling.scheduler {raw['scheduler']!r:.40} is not one of {', '.join(SCHEDULERS)}")
+    max_s = geometry.max_latent_frames * geometry.video_t_stride / geometry.fps
+    if "seconds" in raw and raw["seconds"] > max_s + 1e-9:
+        raise _bad(mpath, f"sampling.seconds {raw['seconds']} is longer than the model's {max_s:g} s")
+
+
+def _check_entry_fields(mpath: Path, what: str, entry, graph: bool, main: bool = False) -> dict:
+    entry = _object(mpath, what, entry)
+    if "file" not in entry:
+        raise _bad(mpath, f"{what} has no 'file'")
+    _value(mpath, f"{what} file", entry["file"], str)
+    if "sha256" in entry:
+        _value(mpath, f"{what} sha256", entry["sha256"], str)
+    ext = entry.get("external_data", [])
+    if not isinstance(ext, list) or not all(isinstance(x, dict) and isinstance(x.get("file"), str) for x in ext):
+        raise _bad(mpath, f"{what} external_data must be a list of objects with a 'file'")
+    if main:
+        _value(mpath, f"{what} precision", entry.setdefault("precision", "fp32"), str)
+        for key in ("parity_max_abs_err", "parity_tolerance"):
+            if key in entry:
+                _value(mpath, f"{what} {key}", entry[key], _NUM)
+    return entry
+
+
+def _check_manifest(mpath: Path, manifest) -> tuple[Geometry, dict]:
+    """Types, ranges and required fields of a parsed manifest; -> (geometry, resolved contract)."""
+    if not isinstance(manifest, dict):
+        raise _bad(mpath, "manifest is not a JSON object")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _bad(mpath, "missing or invalid format_version")
+    if version > FORMAT_VERSION:
+        raise _bad(mpath, f"format_version {version} is newer than this harmony-rt supports ({FORMAT_VERSION}); "
+                          "upgrade harmony-rt")
+    if "variant" in manifest:
+        _value(mpath, "'variant'", manifest["variant"], str)
+    geometry = _check_geometry(mpath, manifest.get("geometry"))
+    _check_sampling(mpath, manifest.get("sampling"), geometry)
+    comps = _object(mpath, "'components'", manifest.get("components"))
+    for name, comp in comps.items():
+        if name not in COMPONENTS:
+            raise _bad(mpath, f"unknown component {name!r:.60}")
+        comp = _check_entry_fields(mpath, f"component {name}", comp, graph=True, main=True)
+        for prec, variant in _object(mpath, f"component {name} variants", comp.get("variants", {})).items():
+            _check_entry_fields(mpath, f"component {name} ({prec})", variant, graph=True)
+    for key, entry in _object(mpath, "'files'", manifest.get("files", {})).items():
+        _check_entry_fields(mpath, f"file {key}", entry, graph=False)
+    return geometry, resolve(geometry.to_dict())
+
+
+def _check_graph_io(path: Path, info: OnnxInfo, spec: ComponentSpec, precision: str) -> None:
+    """The graph's I/O against the contract: names, element types, ranks and fixed dims (as OrtBackend.check_io)."""
+    for kind, got, want in (("input", info.inputs, spec.inputs), ("output", info.outputs, spec.outputs)):
+        if [g[0] for g in got] != [w.name for w in want]:
+            raise BundleError(f"{path}: graph {kind}s {[g[0] for g in got]} != contract {[w.name for w in want]}")
+        for (name, dtype, dims), w in zip(got, want):
+            ok_types = {w.dtype} | ({"float16"} if w.dtype == "float32" and precision != "fp32" else set())
+            if dtype not in ok_types or len(dims) != len(w.shape):
+                raise BundleError(
+                    f"{path}: {kind} {name} is {dtype}{list(dims)}, contract says {w.dtype}{list(w.shape)}"
+                )
+            for gd, wd in zip(dims, w.shape):
+                if isinstance(wd, int) and isinstance(gd, int) and gd != wd:
+                    raise BundleError(f"{path}: {kind} {name} has shape {list(dims)}, contract says {list(w.shape)}")
 
 
 @dataclass
@@ -95,7 +411,8 @@ class Bundle:
             return safe_path(self.path, comp["file"], f"component {name}")
         variant = comp.get("variants", {}).get(precision)
         if variant is None:
-            raise BundleError(f"{self.path}: component {name} has no {precision} graph (has {', '.join(self.precisions(name))})")
+            have = ", ".join(self.precisions(name))
+            raise BundleError(f"{self.path}: component {name} has no {precision} graph (has {have})")
         return safe_path(self.path, variant["file"], f"component {name} ({precision})")
 
     def file_path(self, key: str) -> Path:
@@ -107,46 +424,33 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
-        """Read and check a bundle. `verify=False` skips the sha256 pass (paths are always sandboxed)."""
+        """Read and check a bundle. `verify=False` skips the sha256 pass (paths and graph I/O are always checked)."""
         root = Path(path)
         if not root.is_dir():
             raise BundleError(f"bundle folder not found: {root}")
         mpath = root / MANIFEST
-        if not mpath.is_file():
-            raise BundleError(f"{mpath}: missing manifest.json (not a bundle, or an interrupted export)")
         if mpath.is_symlink():
             raise BundleError(f"{mpath}: manifest must not be a symlink")
+        if not mpath.is_file():
+            raise BundleError(f"{mpath}: missing manifest.json (not a bundle, or an interrupted export)")
         if mpath.stat().st_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{mpath}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
         try:
-            manifest = json.loads(mpath.read_text("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{mpath}: not valid JSON ({e})") from None
-        if not isinstance(manifest, dict):
-            raise BundleError(f"{mpath}: manifest is not a JSON object")
-        version = manifest.get("format_version")
-        if not isinstance(version, int) or version < 1:
-            raise BundleError(f"{mpath}: missing or invalid format_version")
-        if version > FORMAT_VERSION:
-            raise BundleError(
-                f"{mpath}: format_version {version} is newer than this harmony-rt supports ({FORMAT_VERSION}); upgrade harmony-rt"
-            )
-        try:
-            geometry = Geometry.from_dict(manifest["geometry"])
-            specs = resolve(geometry.to_dict())
-            comps = manifest["components"]
-            manifest["sampling"]["shift"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"{mpath}: manifest is missing or has a bad field ({e})") from None
-        if not isinstance(comps, dict):
-            raise BundleError(f"{mpath}: 'components' must be an object")
+            with open(mpath, "rb") as f:
+                data = f.read(MAX_MANIFEST_BYTES + 1)
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise BundleError(f"{mpath}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+            manifest = json.loads(data.decode("utf-8"))
+        except OSError as e:
+            raise BundleError(f"{mpath}: cannot read manifest ({e.strerror or e})") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, huge integers
+            raise BundleError(f"{mpath}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
+        geometry, specs = _check_manifest(mpath, manifest)
         bundle = cls(root, manifest, geometry, specs)
-        for name, comp in comps.items():
-            if name not in COMPONENTS:
-                raise BundleError(f"{mpath}: unknown component {name!r}")
-            bundle._check_entry(f"component {name}", comp, verify)
-            for prec, variant in (comp.get("variants") or {}).items():
-                bundle._check_entry(f"component {name} ({prec})", variant, verify)
+        for name, comp in manifest["components"].items():
+            bundle._check_entry(f"component {name}", comp, verify, specs[name], comp["precision"])
+            for prec, variant in comp.get("variants", {}).items():
+                bundle._check_entry(f"component {name} ({prec})", variant, verify, specs[name], prec)
             declared = comp.get("io")
             if declared is not None and declared != specs[name].to_dict():
                 raise BundleError(f"{mpath}: component {name}: declared I/O disagrees with the contract")
@@ -154,9 +458,8 @@ class Bundle:
             bundle._check_entry(f"file {key}", entry, verify)
         return bundle
 
-    def _check_entry(self, what: str, entry: dict, verify: bool) -> None:
-        if not isinstance(entry, dict) or "file" not in entry:
-            raise BundleError(f"{self.path / MANIFEST}: {what} has no 'file'")
+    def _check_entry(self, what: str, entry: dict, verify: bool, spec: ComponentSpec | None = None,
+                     precision: str = "fp32") -> None:
         p = safe_path(self.path, entry["file"], what)
         if not p.is_file():
             raise BundleError(f"{p}: {what} file is missing")
@@ -166,12 +469,26 @@ class Bundle:
                 raise BundleError(f"{self.path / MANIFEST}: {what} has no sha256")
             if sha256_file(p) != digest:
                 raise BundleError(f"{p}: sha256 mismatch ({what} is corrupt or was modified)")
+        listed = set()
         for ext in entry.get("external_data", []):
             xp = safe_path(self.path, ext["file"], f"{what} external data")
             if not xp.is_file():
                 raise BundleError(f"{xp}: external data of {what} is missing")
             if verify and sha256_file(xp) != ext.get("sha256"):
                 raise BundleError(f"{xp}: sha256 mismatch (external data of {what})")
+            listed.add(xp)
+        if spec is None:
+            return
+        info = scan_onnx(p)
+        rel_dir = p.relative_to(self.path.resolve()).parent
+        for loc in sorted(info.external):
+            # ONNX Runtime resolves a location relative to the graph's folder; it must stay in the bundle.
+            xp = safe_path(self.path, str(rel_dir / loc) if loc else "", f"{p}: external data")
+            if not xp.is_file():
+                raise BundleError(f"{p}: external data {loc!r} is missing or not a file")
+            if verify and xp not in listed:
+                raise BundleError(f"{p}: external data {loc!r} is not listed in the manifest (cannot be verified)")
+        _check_graph_io(p, info, spec, precision)
 
 
 def default_bundle_path() -> Path:

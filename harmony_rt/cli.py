@@ -93,17 +93,20 @@ def _check_output(path: Path) -> None:
 @click.option("--ref-audio", type=click.Path(path_type=Path), default=None, help="Voice to clone (1-3 s).")
 @click.option("--stems", type=click.Path(path_type=Path), default=None, help="Folder for speech/sfx/mix stems (Unison).")
 @click.option("--backend", default="auto", show_default=True, help="auto | ort | tensorrt.")
+@click.option("--precision", default=None,
+              help="Graph variant: fp16 | int8 | int8-dynamic | fp8 (ORT), fp16 | fp8 (TensorRT); components "
+                   "without it run fp32 (default: the main graphs).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle (faster load).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
-def generate(prompt, output, bundle, stems, backend, no_verify, quiet, num_samples, **kw):
+def generate(prompt, output, bundle, stems, backend, precision, no_verify, quiet, num_samples, **kw):
     """Generate a video with synchronized audio from PROMPT."""
     from tqdm import tqdm
 
     from .pipeline import Pipeline
 
     _check_output(output)
-    pipe = Pipeline.from_bundle(bundle, verify=not no_verify, backend=backend)
+    pipe = Pipeline.from_bundle(bundle, verify=not no_verify, backend=backend, precision=precision)
     bar = None
 
     def progress(done, total):  # the bar starts with the first step, after the inputs were validated
@@ -128,8 +131,13 @@ def generate(prompt, output, bundle, stems, backend, no_verify, quiet, num_sampl
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--precision", default="fp32", show_default=True,
+              help="Comma list of fp32, fp16, int8 (writes int8 static and int8-dynamic), int8-dynamic, fp8; "
+                   "fp32 is always the main graph, the others become variants.")
+@click.option("--custom-op", is_flag=True,
+              help="Also write the denoiser with RoPEAlignedAttention plugin nodes (variant fp32-plugin, TensorRT).")
 @handle_errors
-def export(checkpoint, output):
+def export(checkpoint, output, precision, custom_op):
     """Export a training CHECKPOINT to a bundle (ONNX graphs + manifest), checked against PyTorch."""
     try:
         from export.bundle_writer import export_bundle
@@ -138,7 +146,7 @@ def export(checkpoint, output):
     if not Path(checkpoint).is_dir():
         raise HarmonyError(f"checkpoint folder not found: {checkpoint}")
     logging.getLogger("export").setLevel(logging.INFO)
-    export_bundle(checkpoint, output)
+    export_bundle(checkpoint, output, precisions=precision, custom_op=custom_op)
     click.echo(f"wrote bundle {output}")
 
 
@@ -158,6 +166,7 @@ def info(bundle):
         size = b.component_path(name).stat().st_size
         click.echo(f"  {name:15s} {c['precision']:5s} {size / 1e6:7.2f} MB  parity {c.get('parity_max_abs_err', float('nan')):.1e}")
 
+from .bench import bench_command; main.add_command(bench_command, "bench")  # noqa: E402, E702  (harmony_rt/bench.py)
 
 if __name__ == "__main__":
     main()

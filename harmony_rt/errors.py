@@ -1,8 +1,17 @@
 """The one exception type the runtime raises for bad input, bad bundles and bad media."""
 
+# Every character str.splitlines() breaks at, shown escaped: a message naming a file called "a\rb" stays one line.
+_LINE_BREAKS = {c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+
 
 class HarmonyError(Exception):
-    """A problem the user can fix (bad argument, bad file, bad bundle). The CLI prints it on one line, exit 2."""
+    """A problem the user can fix (bad argument, bad file, bad bundle). The CLI prints it on one line, exit 2.
+
+    `str()` of it is always one line: line-break characters in the message (from file names, captions,
+    library messages) are shown escaped."""
+
+    def __str__(self) -> str:
+        return super().__str__().translate(_LINE_BREAKS)
 
 
 class BundleError(HarmonyError):

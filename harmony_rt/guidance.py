@@ -182,10 +182,12 @@ class GuidedDenoiser:
     """A denoiser call `call(feeds) -> outputs` plus guidance: `__call__` returns the guided velocities.
 
     split: "batched" = one call on all N rows; "sequential" = one call per branch (B rows), outputs
-    concatenated -- same inputs, same numbers; "auto" = the first time a (mode, input shapes) key is seen,
-    time both (`repeats` runs each, best of) and keep the faster in `decisions` (key -> "batched" |
-    "sequential"; seconds in `timings`). Safe to call from several threads: one measurement per key.
-    `clock` is injectable for tests.
+    concatenated -- same inputs, same numbers; "auto" = choose per (mode, input shapes) key by measuring
+    real work: the first 2 x `repeats` calls of a key alternate batched / sequential (each call's output is
+    the step's result, so measuring costs no extra denoiser calls), then the faster by best time is kept in
+    `decisions` (key -> "batched" | "sequential"; best seconds in `timings`). Measuring up front instead
+    cost about three extra steps per generation (bench/RESULTS.md). Safe to call from several threads:
+    measured calls run one at a time. `clock` is injectable for tests.
     """
 
     def __init__(
@@ -208,6 +210,7 @@ class GuidedDenoiser:
         self.clock = clock
         self.decisions: dict[tuple, str] = {}
         self.timings: dict[tuple, dict[str, float]] = {}
+        self._samples: dict[tuple, dict[str, list[float]]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, z_v, z_a, t_v, t_a, cond, uncond=None, null_video=None, null_audio=None):
@@ -217,10 +220,11 @@ class GuidedDenoiser:
         split = self.split
         if len(branches(self.mode)) == 1:
             split = "batched"  # nothing to split
-        out = None
         if split == "auto":
-            split, out = self._decide(_shape_key(self.mode, feeds), feeds, B)
-        if out is None:
+            key = _shape_key(self.mode, feeds)
+            split = self.decisions.get(key)
+            out = self._measured(key, feeds, B) if split is None else self._run(split, feeds, B)
+        else:
             out = self._run(split, feeds, B)
         return combine(self.mode, out, B, self.scales)
 
@@ -231,23 +235,26 @@ class GuidedDenoiser:
         outs = [self.call({k: a[i * B : (i + 1) * B] for k, a in feeds.items()}) for i in range(n)]
         return {k: np.concatenate([o[k] for o in outs]) for k in OUTPUT_KEYS}
 
-    def _decide(self, key: tuple, feeds: Feeds, B: int) -> tuple[str, Feeds | None]:
-        """The cached choice for `key`, or measure it now (returning the last measured outputs to reuse)."""
-        with self._lock:  # held while measuring: concurrent first calls wait instead of skewing the timing
+    def _measured(self, key: tuple, feeds: Feeds, B: int) -> Feeds:
+        """Run this step with the split measured least so far for `key`, timed; decide once both have
+        `repeats` timings. The lock keeps concurrent first calls from skewing each other's timing."""
+        with self._lock:
             if key in self.decisions:
-                return self.decisions[key], None
-            best = {"batched": float("inf"), "sequential": float("inf")}
-            out = None
-            for _ in range(self.repeats):
-                for split in best:
-                    start = self.clock()
-                    out = self._run(split, feeds, B)
-                    best[split] = min(best[split], self.clock() - start)
+                return self._run(self.decisions[key], feeds, B)
+            samples = self._samples.setdefault(key, {"batched": [], "sequential": []})
+            split = min(samples, key=lambda s: len(samples[s]))  # batched first, then alternate
+            start = self.clock()
+            out = self._run(split, feeds, B)
+            samples[split].append(self.clock() - start)
+            if min(len(v) for v in samples.values()) < self.repeats:
+                return out
+            best = {s: min(v) for s, v in samples.items()}
             choice = min(best, key=best.get)
             self.decisions[key] = choice
             self.timings[key] = best
+            del self._samples[key]
         log.info(
-            "guidance %s, %d rows: %s (batched %.4f s, sequential %.4f s per step)",
-            self.mode, feeds["video_latent"].shape[0], choice, best["batched"], best["sequential"],
+            "guidance %s, %d rows: %s (batched %.4f s, sequential %.4f s per step, best of %d)",
+            self.mode, feeds["video_latent"].shape[0], choice, best["batched"], best["sequential"], self.repeats,
         )
-        return choice, out
+        return out

@@ -20,10 +20,11 @@ import numpy as np
 from . import media
 from .backends import make_backend
 from .bundle import Bundle, default_bundle_path
-from .errors import Cancelled, HarmonyError
+from .errors import BundleError, Cancelled, HarmonyError
 from .guidance import MODES, GuidanceScales, GuidedDenoiser
 from .schedulers import SCHEDULERS, make_scheduler
 from .text import TextTokenizer
+from .tiling import Tiling, decode_tiled
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,45 @@ def _check_number(name: str, value, lo: float, hi: float, integer: bool = False)
     return int(value) if integer else float(value)
 
 
+def _check_text(name: str, value) -> str:
+    if not isinstance(value, str):
+        raise HarmonyError(f"{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _audio_input(name: str, x, sample_rate: int) -> np.ndarray:
+    """A path (read and resampled) or a float waveform array [W] at the bundle's rate -> float32 [W]."""
+    if isinstance(x, (str, Path)):
+        return media.read_audio(x, sample_rate)
+    if not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind != "f":
+        what = f"array of shape {x.shape} and dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise HarmonyError(f"{name} must be a file path or a mono float waveform [samples], got {what}")
+    if not np.isfinite(x).all():
+        raise HarmonyError(f"{name} contains NaN or infinite samples")
+    return x.astype(np.float32)
+
+
+def _frames_input(name: str, x, shape: tuple) -> np.ndarray:
+    """uint8 frames whose trailing dims are `shape` (H, W, 3)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.shape[-3:] != shape or x.ndim not in (3, 4):
+        what = f"{x.dtype} array of shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise HarmonyError(f"{name} must be a uint8 RGB array [..., {shape[0]}, {shape[1]}, 3], got {what}")
+    if x.size == 0:
+        raise HarmonyError(f"{name} has no frames")
+    return x
+
+
 class Pipeline:
     """Text (+ optional audio / video / image / reference voice) -> synchronized video and audio."""
 
-    def __init__(self, bundle: Bundle, backend: str = "auto", split: str = "auto", threads: int | None = None):
+    def __init__(self, bundle: Bundle, backend: str = "auto", split: str = "auto", threads: int | None = None,
+                 precision: str | None = None):
+        """precision: the graph variant to run (fp16, int8, int8-dynamic, fp8 on ORT; fp16 / fp8 engines on
+        TensorRT); components without it run their main (fp32) graph. None: the main graphs."""
         self.bundle = bundle
         self.geometry = g = bundle.geometry
-        self.backend = make_backend(backend, bundle, threads=threads) if backend != "auto" else make_backend(
-            "auto", bundle, threads=threads
-        )
+        self.precision = precision
+        self.backend = make_backend(backend, bundle, threads=threads, precision=precision)
         self.text_tok = TextTokenizer(bundle.file_path("tokenizer_text"), g.max_text_tokens, "caption")
         self.speech_tok = TextTokenizer(bundle.file_path("tokenizer_speech"), g.max_speech_chars, "transcript")
         self.split = split
@@ -157,8 +188,12 @@ class Pipeline:
         (seed, i): outputs do not depend on num_samples. `progress(done, total)` returning False cancels.
         """
         g, sp = self.geometry, self.bundle.sampling
-        if not isinstance(prompt, str):
-            raise HarmonyError("prompt must be a string")
+        prompt, speech = _check_text("prompt", prompt), _check_text("speech", speech)
+        for name, cap in (("video_caption", video_caption), ("audio_caption", audio_caption)):
+            if cap is not None:
+                _check_text(name, cap)
+        if progress is not None and not callable(progress):
+            raise HarmonyError("progress must be a callable (done, total) -> bool | None")
         mode = guidance if guidance is not None else sp.get("guidance", "sync")
         if mode not in MODES:
             raise HarmonyError(f"unknown guidance mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -181,13 +216,15 @@ class Pipeline:
         max_s = g.max_latent_frames * g.video_t_stride / g.fps
         given_audio = given_frames = None
         if audio is not None:
-            given_audio = audio if isinstance(audio, np.ndarray) else media.read_audio(audio, g.sample_rate)
+            given_audio = _audio_input("audio", audio, g.sample_rate)
             if given_audio.size == 0:
                 raise HarmonyError("the driving audio is empty")
             seconds = seconds if seconds is not None else min(max_s, len(given_audio) / g.sample_rate)
         if video is not None:
-            if isinstance(video, np.ndarray):
-                given_frames = video
+            if not isinstance(video, (str, Path)):
+                given_frames = _frames_input("video", video, (g.height, g.width, 3))
+                if given_frames.ndim != 4:
+                    raise HarmonyError(f"video must be frames [T, H, W, 3], got shape {given_frames.shape}")
             else:
                 given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, g.max_latent_frames * g.video_t_stride)
                 notes += vnotes
@@ -206,7 +243,7 @@ class Pipeline:
         sp_emb, sp_mask = self._speech([speech, ""])
         ref, ref_mask = np.zeros((1, 1, g.C_a), np.float32), np.zeros((1, 1), np.float32)
         if ref_audio is not None:
-            wav = ref_audio if isinstance(ref_audio, np.ndarray) else media.read_audio(ref_audio, g.sample_rate)
+            wav = _audio_input("ref_audio", ref_audio, g.sample_rate)
             dur = len(wav) / g.sample_rate
             if not 0.5 <= dur <= 10.0:
                 raise HarmonyError(f"reference audio must be 0.5-10 s long (1-3 s works best), got {dur:.2f} s")
@@ -234,8 +271,9 @@ class Pipeline:
         still = np.full((g.height, g.width, 3), 127, np.uint8)  # mid-grey unless a first frame is given
         z_audio_clean = z_video_clean = z_image = None
         if given_audio is not None:
-            given_audio = np.pad(given_audio, (0, max(0, W - len(given_audio))))[:W].astype(np.float32)
-            z_audio_clean = rows(np.repeat(self.encode_audio(given_audio)[:, None], S, axis=1) / S)
+            n_out = max(W, int(round(seconds * g.sample_rate)))
+            given_audio = np.pad(given_audio, (0, max(0, n_out - len(given_audio))))[:n_out].astype(np.float32)
+            z_audio_clean = rows(np.repeat(self.encode_audio(given_audio[:W])[:, None], S, axis=1) / S)
         if given_frames is not None:
             if given_frames.shape[0] < FP:
                 pad = np.repeat(given_frames[-1:], FP - given_frames.shape[0], axis=0)
@@ -245,7 +283,12 @@ class Pipeline:
             z_video_clean = rows(self.encode_frames(given_frames))
             still = given_frames[0]
         if image is not None:
-            img = image if isinstance(image, np.ndarray) else media.read_image(image, g.height, g.width)
+            if isinstance(image, (str, Path)):
+                img = media.read_image(image, g.height, g.width)
+            else:
+                img = _frames_input("image", image, (g.height, g.width, 3))
+                if img.ndim != 3:
+                    raise HarmonyError(f"image must be [H, W, 3], got shape {img.shape}")
             z_image = rows(self.encode_frames(np.repeat(img[None], FP, axis=0)))
             still = img
         null_v = rows(self.encode_frames(np.repeat(still[None], FP, axis=0)))
@@ -278,8 +321,11 @@ class Pipeline:
         # --- decode -----------------------------------------------------------------------
         results = []
         frames = self._decode_video(z_v) if given_frames is None else np.repeat(given_frames[None], B, axis=0)
-        wav = self._run("audio_decoder", audio_latent=z_a.reshape(B * S, T, -1))["waveform"].reshape(B, S, -1)
-        n_samples = int(round(seconds * g.sample_rate)) if given_audio is None else W
+        if z_a.shape[2] != T:  # the latent's length came from the audio encoder graph, T from the manifest
+            raise BundleError(f"{self.bundle.path}: audio_encoder gives {z_a.shape[2]} latent frames for {W} samples, "
+                              f"geometry.audio_hop {g.audio_hop} says {T}")
+        wav = self._decode_audio(z_a.reshape(B * S, T, -1)).reshape(B, S, -1)
+        n_samples = int(round(seconds * g.sample_rate))
         for b in range(B):
             stems = {}
             if given_audio is not None:
@@ -293,7 +339,34 @@ class Pipeline:
             results.append(GenerationResult(frames[b], mix.astype(np.float32), g.fps, g.sample_rate, seed, stems, notes))
         return results
 
+    # Decoder tiles (harmony_rt.tiling): clips longer than a tile decode in overlapping temporal tiles, so
+    # decoding memory stays that of one tile. Set per pipeline: `pipe.tiling = Tiling(TileSize(8, 2), ...)`.
+    tiling: Tiling = Tiling()
+
     def _decode_video(self, z_v: np.ndarray) -> np.ndarray:
-        """[B, C_v, F, H, W] -> uint8 [B, FP, H, W, 3]."""
-        x = self._run("video_decoder", video_latent=z_v.astype(np.float32))["frames"]  # [B, 3, FP, H, W]
-        return np.clip(np.rint((x.transpose(0, 2, 3, 4, 1) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        """[B, C_v, F, H, W] -> uint8 [B, FP, H, W, 3], in temporal tiles."""
+
+        def to_uint8(x):  # [B, 3, fp, H, W] in [-1, 1] -> [B, fp, H, W, 3]
+            _check_finite(x, "video_decoder")
+            return np.clip(np.rint((x.transpose(0, 2, 3, 4, 1) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+        return decode_tiled(
+            lambda z: self._run("video_decoder", video_latent=z)["frames"], z_v.astype(np.float32), self.tiling.video,
+            axis=2, out_axis=2, stride=self.geometry.video_t_stride, finish=to_uint8, finish_axis=1,
+            what="video_decoder",
+        )
+
+    def _decode_audio(self, z_a: np.ndarray) -> np.ndarray:
+        """[N, T, C_a] -> waveform float32 [N, T * audio_hop], in temporal tiles."""
+        return decode_tiled(
+            lambda z: self._run("audio_decoder", audio_latent=z)["waveform"], z_a.astype(np.float32), self.tiling.audio,
+            axis=1, out_axis=1, stride=self.geometry.audio_hop, finish=lambda x: _check_finite(x, "audio_decoder"),
+            what="audio_decoder",
+        )
+
+
+def _check_finite(x: np.ndarray, what: str) -> np.ndarray:
+    """Refuse decoder output with NaN / Inf (from non-finite inputs, e.g. NaN samples in a driving audio array)."""
+    if not np.isfinite(x).all():
+        raise HarmonyError(f"{what} produced NaN or Inf: the inputs (or the bundle's graphs) hold non-finite values")
+    return x

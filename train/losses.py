@@ -76,3 +76,49 @@ def cts_loss(
     l_ad, l_vd = err_v[B : 2 * B].mean(), err_a[2 * B :].mean()
     logs.update(audio_driven=l_ad.item(), video_driven=l_vd.item())
     return l_joint + cfg.lambda_v * l_ad + cfg.lambda_a * l_vd, logs
+
+
+# ----------------------------------------------------------------------------- Unison: cross-modal forcing
+
+FORCING_PHASES = (0.3, 0.4, 0.3)  # synchronized warm-up, incremental decoupling, full independence
+FORCING_MAX_GAP = 0.25
+
+
+def forcing_gap(progress: float) -> float:
+    """Largest |t_v - t_a| allowed at training progress in [0, 1] (the three-phase curriculum)."""
+    warm, ramp, _ = FORCING_PHASES
+    if progress < warm:
+        return 0.0
+    if progress < warm + ramp:
+        return FORCING_MAX_GAP * (progress - warm) / ramp
+    return FORCING_MAX_GAP
+
+
+def forcing_timesteps(n: int, progress: float, shift: float, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t_v, t_a) [n]: t_v from the shifted schedule, t_a = t_v + U(-gap, gap) clipped to [0, 1]."""
+    t_v = sample_t(n, shift, generator)
+    gap = forcing_gap(progress)
+    delta = (torch.rand(n, generator=generator) * 2 - 1) * gap
+    return t_v, (t_v + delta).clamp(0.0, 1.0)
+
+
+def forcing_weights(t_v: torch.Tensor, t_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w_v = 1 + 0.5 d, w_a = 1 + 0.5 (1 - d), d = 1[t_a < t_v]: the cleaner modality drives the other."""
+    d = (t_a < t_v).float()
+    return 1 + 0.5 * d, 1 + 0.5 * (1 - d)
+
+
+def forcing_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, progress: float, generator=None):
+    """Unison's bidirectional cross-modal forcing: per-stream flow matching with weighted modalities."""
+    z_v, z_a = batch.z_v, batch.z_a  # z_a [B, S, T, C_a]: speech, sfx stems
+    B = z_v.shape[0]
+    t_v, t_a = forcing_timesteps(B, progress, cfg.shift, generator)
+    eps_v = torch.randn(z_v.shape, generator=generator)
+    eps_a = torch.randn(z_a.shape, generator=generator)
+    pv, pa = denoiser(noise_to(z_v, t_v, eps_v), noise_to(z_a, t_a, eps_a), t_v, t_a, **batch.cond)
+    w_v, w_a = forcing_weights(t_v, t_a)
+    err_v = ((pv - (eps_v - z_v)) ** 2).flatten(1).mean(1)  # [B]
+    err_streams = ((pa - (eps_a - z_a)) ** 2).flatten(2).mean(2)  # [B, S]: one loss per stream
+    loss = (w_v * err_v).mean() + (w_a[:, None] * err_streams).sum(1).mean()
+    logs = {"video": err_v.mean().item(), **{f"stream{k}": err_streams[:, k].mean().item() for k in range(z_a.shape[1])}}
+    return loss, logs

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .checkpoints import load_checkpoint, save_checkpoint
 from .configs import HarmonyConfig, get_config
-from .losses import CTSBatch, cts_loss, noise_to, sample_t
+from .losses import CTSBatch, cts_loss, forcing_loss, noise_to, sample_t
 from .model import HarmonyModel
 from .model.autoencoders import fit_latent_norm
 from .tokenizers import caption_tokenizer, speech_tokenizer
@@ -294,7 +294,11 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         stage = stage_of(step, tc)
         idx = torch.randint(len(lat), (min(tc.batch, len(lat)),), generator=gen).tolist()
         batch = make_batch(model, lat, idx, toks, tc, stage, gen)
-        if stage == "joint":
+        if stage == "joint" and cfg.audio_streams == 2:  # Unison: cross-modal forcing on the stems
+            a, b, c = tc.stage_fractions
+            progress = (step / max(1, tc.steps) - a - b) / max(c, 1e-9)
+            loss, logs = forcing_loss(denoiser, batch, cfg, progress, gen)
+        elif stage == "joint":
             loss, logs = cts_loss(denoiser, batch, cfg, use_cts=tc.use_cts, generator=gen)
         else:
             loss, logs = audio_only_loss(denoiser, batch, cfg, gen)
@@ -325,6 +329,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--no-cts", action="store_true", help="ablation: train the joint task only")
+    ap.add_argument("--unison", action="store_true", help="Unison variant: speech + SFX streams, forcing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-every", type=int, default=0)
     ap.add_argument("--resume", default=None)
@@ -333,6 +338,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    if a.unison:
+        overrides["audio_streams"] = 2
     tc = TrainConfig(
         size=a.size, clips=a.clips, seconds=a.seconds, kinds=tuple(a.kinds.split(",")), ae_steps=a.ae_steps,
         steps=a.steps, batch=a.batch, lr=a.lr, use_cts=not a.no_cts, seed=a.seed, ckpt_every=a.ckpt_every,

@@ -1,4 +1,9 @@
-"""ONNX Runtime backend: one InferenceSession per component (CUDA provider when present, else CPU)."""
+"""ONNX Runtime backend: one InferenceSession per component (CUDA provider when present, else CPU).
+
+`precision` picks a component's variant graph (fp16, int8, int8-dynamic, fp8: see the manifest's
+`variants`) where the bundle has one and the fp32 main graph otherwise. Plugin graphs (variants flagged
+`plugin`, custom RoPEAlignedAttention nodes) are for TensorRT and never chosen here.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..contract import ComponentSpec
-from ..errors import BundleError
+from ..errors import BundleError, HarmonyError
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +45,44 @@ class OrtBackend:
 
     name = "ort"
 
-    def __init__(self, bundle: Bundle, providers: list[str] | None = None, threads: int | None = None):
+    def __init__(self, bundle: Bundle, providers: list[str] | None = None, threads: int | None = None,
+                 precision: str | None = None):
         self.bundle = bundle
         self.providers = providers or default_providers()
         self.threads = threads
+        self.precision = precision
+        self.graph_precision = {name: self._pick(name) for name in bundle.manifest["components"]}
+        if precision is not None and precision not in self.graph_precision.values():
+            have = sorted({p for n in self.graph_precision for p in self._runnable(n)})
+            raise HarmonyError(f"bundle {bundle.path} has no {precision} graphs for ONNX Runtime (has {', '.join(have)})")
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
+    def _runnable(self, component: str) -> list[str]:
+        comp = self.bundle.manifest["components"][component]
+        plugin = {k for k, v in (comp.get("variants") or {}).items() if isinstance(v, dict) and v.get("plugin")}
+        return [p for p in self.bundle.precisions(component) if p not in plugin]
+
+    def _pick(self, component: str) -> str:
+        """The precision whose graph runs `component`: the requested one where present, else the main graph's."""
+        main = self.bundle.precisions(component)[0]
+        if self.precision is None or self.precision == main:
+            return main
+        if self.precision in self._runnable(component):
+            log.info("%s: %s graph", component, self.precision)
+            return self.precision
+        log.info("%s: no %s graph, using the %s graph", component, self.precision, main)
+        return main
+
     def options(self) -> ort.SessionOptions:
+        """Session settings, each kept because it measured faster (bench/RESULTS.md):
+        - all graph optimizations (fuses Gelu, SkipLayerNorm, MatMul + Add; ONNX Attention runs as one kernel);
+        - denormals flushed to zero: a masked softmax (GLDI's window, padded captions) leaves probabilities
+          near 1e-38 that become denormal, and the following MatMul then runs several times slower
+          on x86; flushing changes values below 1.2e-38 only."""
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
         if self.threads:
             so.intra_op_num_threads = self.threads
         so.log_severity_level = 3
@@ -62,7 +95,7 @@ class OrtBackend:
         with self._lock:
             sess = self._sessions.get(component)
             if sess is None:
-                path = self.bundle.component_path(component)
+                path = self.bundle.component_path(component, self.graph_precision.get(component))
                 try:
                     sess = ort.InferenceSession(str(path), self.options(), providers=self.providers)
                 except Exception as e:  # ORT raises its own exception types for corrupt / truncated graphs

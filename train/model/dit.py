@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..configs import HarmonyConfig
+from .unison import BiACA, SemanticGates
 from .layers import (
     CrossAttention,
     FeedForward,
@@ -113,13 +114,26 @@ class GLDI(nn.Module):
         self.style = CrossAttention(da, dv, heads, zero_init=True)
         self.heads = heads
 
-    def forward(self, xv, xa, xr, tv, ta):
-        """xv [N, Lv, Dv] (t per token tv [Lv]); xa [N, La, Da] (ta [La]); xr [N, R, Da] -> deltas."""
+    def forward(self, xv, xa, xr, tv, ta, gates=None):
+        """xv [N, Lv, Dv] (t per token tv [Lv]); xa [N, La, Da] (ta [La]); xr [N, R, Da] -> deltas.
+
+        gates [N, S] (Unison SCG): the video attends to each audio stream separately and the results are
+        weighted by the stream's gate."""
         nv, na = self.norm_v(xv), self.norm_a(xa)
         dhv, dha = xv.shape[-1] // self.heads, xa.shape[-1] // self.heads
-        dv = self.a2v.forward_rope(
-            nv, na, rope_table_1d(tv, dhv, self.theta), rope_table_1d(ta, dhv, self.theta), tv, ta, self.window
-        )
+        if gates is None:
+            dv = self.a2v.forward_rope(
+                nv, na, rope_table_1d(tv, dhv, self.theta), rope_table_1d(ta, dhv, self.theta), tv, ta, self.window
+            )
+        else:
+            s = gates.shape[1]
+            t = na.shape[1] // s
+            ta1 = ta[:t]
+            rope_q, rope_k = rope_table_1d(tv, dhv, self.theta), rope_table_1d(ta1, dhv, self.theta)
+            dv = sum(
+                gates[:, k, None, None] * self.a2v.forward_rope(nv, na[:, k * t : (k + 1) * t], rope_q, rope_k, tv, ta1, self.window)
+                for k in range(s)
+            )
         da = self.v2a.forward_rope(
             na, nv, rope_table_1d(ta, dha, self.theta), rope_table_1d(tv, dha, self.theta), ta, tv, self.window
         )
@@ -167,6 +181,9 @@ class HarmonyDenoiser(nn.Module):
                 if i % cfg.gldi_every == 0
             }
         )
+        if cfg.audio_streams == 2:  # Unison: speech / SFX exchange and semantic gates
+            self.biaca = nn.ModuleList(BiACA(da, cfg.audio_heads) for _ in range(cfg.layers))
+            self.gates = SemanticGates(cfg.speech_dim, cfg.text_dim, da)
         self.final_v = FinalLayer(dv, cfg.C_v * pt * ph * pw)
         self.final_a = FinalLayer(da, cfg.C_a)
 
@@ -199,12 +216,16 @@ class HarmonyDenoiser(nn.Module):
         ones = torch.ones(n, s * t, dtype=text_mask.dtype)
         joint_bias = key_mask_bias(torch.cat([ref_mask, ones, speech_mask, audio_text_mask], dim=1))
 
+        unison = cfg.audio_streams == 2
+        gates = self.gates(speech_emb, speech_mask, audio_text_emb, audio_text_mask) if unison else None  # [N, 2]
         for i in range(cfg.layers):
             xv = self.video_blocks[i](xv, ev, text_emb, text_bias, rope_v, tv)
             seq, ctx = self.audio_blocks[i](torch.cat([xr, xa], dim=1), ctx, ea, joint_bias, rope_x)
             xr, xa = seq[:, :r], seq[:, r:]
+            if unison:
+                xa = self.biaca[i](xa, s)
             if str(i) in self.gldi:
-                dv, da, dr = self.gldi[str(i)](xv, xa, xr, tv, ta)
+                dv, da, dr = self.gldi[str(i)](xv, xa, xr, tv, ta, gates)
                 xv, xa, xr = xv + dv, xa + da, xr + dr
 
         ov = self.final_v(xv, ev)  # [N, Lv, C_v*pt*ph*pw]

@@ -1,0 +1,107 @@
+"""Benchmark fixtures: random-init models (cached bundles), the torch baselines, and the results table.
+
+    pytest bench/                       # all suites; prints the table at the end
+    pytest bench/ --bench-json out.json # also write rows + machine info
+    pytest bench/ --bench-rounds 9      # more interleaved rounds (default 5)
+
+Nothing here asserts a time: benchmarks report, tests/ checks correctness.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from harmony_rt.bench import Row, format_table, machine, matmul_peak  # noqa: E402
+
+from .models import LARGE, TINY, random_bundle, random_checkpoint  # noqa: E402
+
+THREADS = int(os.environ.get("HARMONY_BENCH_THREADS", "2"))
+_ROWS: list[Row] = []
+_INFO: dict = {}
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("harmony-rt bench")
+    g.addoption("--bench-rounds", type=int, default=5, help="interleaved rounds per comparison")
+    g.addoption("--bench-json", default=None, help="write the rows and machine info to this JSON file")
+
+
+def pytest_sessionstart(session):
+    _INFO["machine"] = machine()
+
+
+@pytest.fixture(scope="session")
+def rounds(request) -> int:
+    return request.config.getoption("--bench-rounds")
+
+
+@pytest.fixture(scope="session")
+def threads() -> int:
+    return THREADS
+
+
+@pytest.fixture(scope="session")
+def report():
+    """report(row) adds a row to the end-of-run table."""
+    return _ROWS.append
+
+
+@pytest.fixture(scope="session")
+def peak() -> float:
+    """The numpy fp32 matmul peak of this machine, measured once per run (FLOP/s)."""
+    p = matmul_peak()
+    _INFO["matmul_peak_gflops"] = round(p / 1e9, 1)
+    return p
+
+
+class Model:
+    """A random-init model of a registry size: its checkpoint (torch) and exported bundle (ORT)."""
+
+    def __init__(self, label: str, size: str, overrides: dict):
+        self.label, self.size, self.overrides = label, size, overrides
+        self.checkpoint = random_checkpoint(size, overrides)
+        self.bundle_path = random_bundle(size, overrides)
+
+    @property
+    def bundle(self):
+        from harmony_rt.bundle import Bundle
+
+        return Bundle.load(self.bundle_path, verify=False)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Model:
+    return Model("tiny", *TINY)
+
+
+@pytest.fixture(scope="session")
+def large() -> Model:
+    return Model(f"{LARGE[0]}", *LARGE)
+
+
+@pytest.fixture(scope="session", params=["tiny", "large"])
+def model(request) -> Model:
+    return request.getfixturevalue(request.param)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _ROWS:
+        return
+    _INFO["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    m = _INFO["machine"]
+    tr = terminalreporter
+    tr.section("harmony-rt benchmarks")
+    tr.write_line(f"{m['cpu']}, {m['cores']} cores, load {m['load']} -> {m['load_after']}, threads {THREADS}, "
+                  f"{config.getoption('--bench-rounds')} rounds, onnxruntime {m['onnxruntime']}")
+    tr.write_line(format_table(_ROWS))
+    out = config.getoption("--bench-json")
+    if out:
+        Path(out).write_text(json.dumps({"info": _INFO, "rows": [r.to_dict() for r in _ROWS]}, indent=2))
+        logging.getLogger(__name__).info("wrote %s", out)

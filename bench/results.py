@@ -1,0 +1,69 @@
+"""Render a `pytest bench/ --bench-json FILE` run as markdown, or put it into RESULTS.md in place.
+
+    python -m bench.results run.json                      # print the section
+    python -m bench.results run.json --update bench/RESULTS.md
+
+The section between the `<!-- bench:begin -->` / `<!-- bench:end -->` markers is replaced; the hand-written
+text around it stays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from harmony_rt.bench import Row, format_table
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def lscpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+
+
+def render(run: dict, command: str) -> str:
+    info = run["info"]
+    m = info["machine"]
+    rows = [Row(**r) for r in run["rows"]]
+    lines = [
+        BEGIN,
+        f"Machine: {lscpu_model() or m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}, numpy {m['numpy']}, "
+        f"Python {m['python']}.",
+        f"Load average (1, 5, 15 min) at start {m['load']}, at end {m.get('load_after')}.",
+        f"numpy fp32 matmul peak in this run: {info.get('matmul_peak_gflops', 'n/a')} GFLOP/s.",
+        f"Command: `{command}`",
+        "",
+        format_table(rows),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("--update", default=None, help="RESULTS.md to update in place")
+    ap.add_argument("--command", default="pytest bench/ --bench-json run.json", help="the command that made the run")
+    a = ap.parse_args(argv)
+    section = render(json.loads(Path(a.run).read_text()), a.command)
+    if a.update is None:
+        sys.stdout.write(section + "\n")
+        return
+    path = Path(a.update)
+    text = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(head + section + tail)
+
+
+if __name__ == "__main__":
+    main()

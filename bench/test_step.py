@@ -1,0 +1,79 @@
+"""One denoiser step (sync guidance: 3 rows, the bundle's default clip): harmony-rt (ORT) vs PyTorch eager
+on the same weights, inputs, threads; torch with SDPA attention under both malloc settings, each in its
+own process. Also the achieved GFLOP/s against the numpy matmul peak and the ORT settings that matter."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harmony_rt.bench import OrtStep, Row, SelfTimed, denoiser_feeds, interleave, med, profile_ops, speedup
+
+from .baselines import TorchWorker
+
+
+def _best_ratio(fast: list[float], slow: list[float]) -> float:
+    return min(slow) / min(fast)
+
+
+def test_step_vs_torch(model, rounds, threads, report, benchmark, tmp_path):
+    bundle = model.bundle
+    feeds = denoiser_feeds(bundle)
+    shape = f"N={feeds['video_latent'].shape[0]} F={feeds['video_latent'].shape[2]} T={feeds['audio_latent'].shape[2]}"
+    ort_step = OrtStep(bundle, feeds, threads)
+    workers = {m: TorchWorker(model.checkpoint, feeds, tmp_path, m, threads) for m in ("default", "tuned")}
+    try:
+        t = interleave({"ort": ort_step.run, **{f"torch-{m}": SelfTimed(w.step) for m, w in workers.items()}},
+                       rounds=rounds)
+        got = dict(zip(("video_velocity", "audio_velocity"), ort_step.run()))
+        ref = workers["tuned"].outputs(tmp_path / "torch_out.npz")
+    finally:
+        for w in workers.values():
+            w.close()
+    err = max(float(np.abs(got[k] - ref[k]).max()) for k in got)
+    g = f"{model.label} denoiser step ({shape}, {threads} threads)"
+    for m in ("default", "tuned"):
+        tt = t[f"torch-{m}"]
+        report(Row(g, "harmony-rt ORT fp32", med(t["ort"]), baseline=f"torch eager SDPA, {m} malloc",
+                   base_value=med(tt), ratio=speedup(t["ort"], tt),
+                   note=f"best-of ratio {_best_ratio(t['ort'], tt):.2f}x; max abs diff {err:.1e}"))
+    benchmark.extra_info.update({k: med(v) for k, v in t.items()})
+    benchmark.pedantic(ort_step.run, rounds=max(2, rounds // 2), iterations=1, warmup_rounds=0)
+
+
+def test_step_flops(model, threads, peak, report):
+    bundle = model.bundle
+    feeds = denoiser_feeds(bundle)
+    step = OrtStep(bundle, feeds, threads)
+    prof = OrtStep(bundle, feeds, threads, profile=str(model.bundle_path.parent / "prof"))
+    ops = profile_ops(prof)
+    flops = sum(d["flops"] for d in ops.values())
+    t = interleave({"step": step.run}, rounds=5)["step"]
+    g = f"{model.label} denoiser step: arithmetic"
+    report(Row(g, "achieved GFLOP/s (matmul-like ops)", flops / min(t), unit="GFLOP/s", baseline="numpy fp32 matmul peak",
+               base_value=peak, ratio=flops / min(t) / peak,
+               note=f"{flops / 1e9:.2f} GFLOP a step (ORT profile shapes); best step; ratio = share of the peak"))
+    kernel = sum(d["seconds"] for d in ops.values())
+    top = sorted(ops.items(), key=lambda kv: -kv[1]["seconds"])[:4]
+    report(Row(g, "kernel time by op (profiled step)", kernel, note=", ".join(
+        f"{op} {d['seconds'] / kernel:.0%}" + (f" @ {d['flops'] / d['seconds'] / 1e9:.0f} GFLOP/s" if d["flops"] else "")
+        for op, d in top)))
+
+
+def test_ort_settings(model, rounds, threads, report):
+    """What each non-default ORT setting is worth on this model (interleaved, same feeds)."""
+    bundle = model.bundle
+    feeds = denoiser_feeds(bundle)
+    cands = {
+        "runtime": OrtStep(bundle, feeds, threads),
+        "stock": OrtStep(bundle, feeds, threads, stock=True),
+        "no DAZ": OrtStep(bundle, feeds, threads, denormal_as_zero=False),
+        "no spinning": OrtStep(bundle, feeds, threads, spinning=False),
+        "extended opt level": OrtStep(bundle, feeds, threads, level="extended"),
+        "IO binding": OrtStep(bundle, feeds, threads, bound=True),
+    }
+    t = interleave({k: s.run for k, s in cands.items()}, rounds=rounds)
+    g = f"{model.label} ORT settings"
+    for k in cands:
+        if k != "runtime":
+            report(Row(g, f"runtime settings vs {k}", med(t["runtime"]), baseline=k, base_value=med(t[k]),
+                       ratio=speedup(t["runtime"], t[k])))

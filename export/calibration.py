@@ -1,0 +1,105 @@
+"""Calibration data from real sampler trajectories, not random tensors.
+
+`record_feeds` runs the fp32 bundle's own Pipeline (ODE loop, guidance batch, encoders, decoders) and
+keeps every component's inputs as the sampler produced them. Static int8 and fp8 ranges come from the
+denoiser feeds of those runs; per-component errors are measured on a held-out run (another prompt and seed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader
+
+from harmony_rt.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt: str
+    speech: str = ""
+    seed: int = 0
+
+
+# captions in the words the demo models are trained on (train/data/synth.py); a real model passes its own
+CALIBRATION_PROMPTS = (
+    Prompt("a red ball bounces on a wooden floor", seed=1),
+    Prompt("a blue box knocks twice on a metal floor", seed=2),
+    Prompt("a green star beeps three times", seed=3),
+    Prompt("a woman speaks with a soft voice", speech="hello there", seed=4),
+)
+EVAL_PROMPT = Prompt("a yellow ball thumps once on a stone floor", seed=11)
+
+
+class _Recorder:
+    """Backend wrapper keeping each call's feeds (copied) per component."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.feeds: dict[str, list[Feeds]] = {}
+
+    def run(self, component: str, feeds: Feeds) -> Feeds:
+        self.feeds.setdefault(component, []).append({k: np.array(v, copy=True) for k, v in feeds.items()})
+        return self.backend.run(component, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def record_feeds(bundle_path: str | Path, prompts=CALIBRATION_PROMPTS, steps: int | None = None,
+                 **pipeline_kw) -> dict[str, list[Feeds]]:
+    """{component: [feeds, ...]} of fp32 generations of `prompts` (ORT, the bundle's sampling defaults;
+    `pipeline_kw` e.g. split="batched" for one denoiser call per ODE step)."""
+    pipe = Pipeline.from_bundle(bundle_path, verify=False, backend="ort", **pipeline_kw)
+    rec = _Recorder(pipe.backend)
+    pipe.backend = rec
+    for p in prompts:
+        pipe.generate(p.prompt, speech=p.speech, seed=p.seed, steps=steps)
+    log.info("recorded %s", {k: len(v) for k, v in rec.feeds.items()})
+    return rec.feeds
+
+
+def subsample(feeds: list[Feeds], n: int) -> list[Feeds]:
+    """`n` feeds evenly spread over the list (so over every noise level of the trajectories)."""
+    if len(feeds) <= n:
+        return list(feeds)
+    return [feeds[i] for i in np.linspace(0, len(feeds) - 1, n).round().astype(int)]
+
+
+class FeedsReader(CalibrationDataReader):
+    """ORT calibration reader over recorded feeds."""
+
+    def __init__(self, feeds: list[Feeds]):
+        self._feeds = list(feeds)
+        self._it = iter(self._feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self._feeds)
+
+
+def tensor_amax(model: onnx.ModelProto, feeds: list[Feeds], names: list[str]) -> dict[str, float]:
+    """max |x| of the named intermediate tensors over `feeds` (the graph run with them as extra outputs)."""
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in have)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor as named
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    amax = dict.fromkeys(names, 0.0)
+    for f in feeds:
+        for n, x in zip(names, sess.run(names, f)):
+            amax[n] = max(amax[n], float(np.abs(x).max()) if x.size else 0.0)
+    return amax

@@ -1,0 +1,392 @@
+"""Precision passes over an exported fp32 graph: fp16 (mixed), int8 (ORT dynamic / static), fp8 (Q/DQ e4m3).
+
+Every pass starts from the fp32 main graph of a component and writes a variant beside it; the graph I/O
+stays float32 so the runtime contract is unchanged. What stays high precision is decided by one rule set,
+recorded per variant in the manifest (`high_precision`):
+
+    fp16   norms (LayerNormalization, RMSNormalization, Softmax), everything that does not depend on the
+           content inputs (timestep embedding + adaLN modulation, RoPE tables, masks), the component's
+           `HIGH_PRECISION_SCOPES` (the denoiser's timestep MLPs and final layers) and its output
+           projections (the last matrix op before each graph output). Attention runs fp16 with an fp32
+           softmax (`softmax_precision`).
+    int8   only the MatMuls inside the transformer blocks (`QUANT_SCOPES`; adaLN linears excluded: they
+    fp8    take the timestep path only). fp8 also quantizes the Attention inputs q, k, v there.
+           Embeddings, norms, timestep path and the final projection are never quantized.
+
+Module scopes come from the exporter's `pkg.torch.onnx.name_scopes` node metadata.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+NORM_OPS = ("LayerNormalization", "RMSNormalization", "Softmax", "SimplifiedLayerNormalization")
+MATRIX_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+# content inputs are everything else: timesteps and masks only shape the computation
+NON_CONTENT_INPUTS = ("t_video", "t_audio")
+
+# per component: module scopes kept fp32 in the fp16 variant (prefix match on the module path)
+HIGH_PRECISION_SCOPES = {"denoiser": ("t_video", "t_audio", "final_v", "final_a")}
+# per component: module scopes whose MatMuls int8 / fp8 may quantize, and scopes excluded inside them
+QUANT_SCOPES = {"denoiser": ("video_blocks.", "audio_blocks.", "gldi.")}
+QUANT_EXCLUDE = (".ada",)
+
+# which components get which variant: fp16 everywhere (GPU engines build from it); int8 / fp8 only where
+# the compute is (the denoiser runs steps x branches times; encoders once, the decoders are conv VAEs)
+PLAN = {"fp16": None, "int8": ("denoiser",), "int8-dynamic": ("denoiser",), "fp8": ("denoiser",)}
+PRECISIONS = ("fp32", *PLAN)
+
+FP8_MAX = 448.0  # largest finite float8e4m3fn
+
+
+def parse_precisions(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """'fp32,fp16,int8' -> the extra variants to write (['fp16', 'int8', 'int8-dynamic']); fp32 is implied.
+    `int8` writes both ORT flavours: static (calibrated, key `int8`) and dynamic (`int8-dynamic`)."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for p in (x.strip().lower() for x in items):
+        if not p or p == "fp32":
+            continue
+        if p not in PLAN:
+            raise ValueError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+        for q in (p, "int8-dynamic") if p == "int8" else (p,):
+            if q not in out:
+                out.append(q)
+    return out
+
+
+def graph_error(ref, sess, feeds: list[dict]) -> tuple[float, float]:
+    """Worst (max abs, max abs / max |ref|) over outputs and feeds of session `sess` vs session `ref`."""
+    worst_abs = worst_rel = 0.0
+    for f in feeds:
+        for r, y in zip(ref.run(None, f), sess.run(None, f)):
+            if not np.all(np.isfinite(y)):
+                return float("inf"), float("inf")
+            err = float(np.abs(r.astype(np.float64) - y).max()) if r.size else 0.0
+            worst_abs = max(worst_abs, err)
+            worst_rel = max(worst_rel, err / max(float(np.abs(r).max()), 1e-12))
+    return worst_abs, worst_rel
+
+
+def scope(node: onnx.NodeProto) -> str:
+    """Module path of a node ('video_blocks.0.qkv'), '' for top-level or exporter-made nodes."""
+    for p in node.metadata_props:
+        if p.key == "pkg.torch.onnx.name_scopes":
+            try:
+                parts = ast.literal_eval(p.value)
+            except (ValueError, SyntaxError):
+                return ""
+            return str(parts[-2]) if len(parts) >= 2 else ""
+    return ""
+
+
+def content_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors that depend on a content input (token ids, latents, embeddings, waveforms, frames)."""
+    g = model.graph
+    live = {i.name for i in g.input if i.name not in NON_CONTENT_INPUTS and not i.name.endswith("_mask")}
+    for n in g.node:  # graph order is topological; shapes carry no content
+        if n.op_type not in ("Shape", "Size") and any(x in live for x in n.input):
+            live.update(o for o in n.output if o)
+    return live
+
+
+def output_projections(model: onnx.ModelProto) -> set[str]:
+    """Names of the last matrix op (MatMul / Gemm / Conv) on every path to a graph output (none past a norm)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found, seen = set(), set()
+    stack = [o.name for o in model.graph.output]
+    while stack:
+        t = stack.pop()
+        n = producer.get(t)
+        if n is None or n.name in seen:
+            continue
+        seen.add(n.name)
+        if n.op_type in MATRIX_OPS:
+            found.add(n.name)
+        elif n.op_type not in NORM_OPS:  # a final norm means no output projection behind it
+            stack.extend(n.input)
+    return found
+
+
+@dataclass
+class Selection:
+    """Nodes a pass changes and the compute nodes it deliberately leaves in fp32 (name -> module scope)."""
+
+    convert: list[str] = field(default_factory=list)
+    keep: dict[str, str] = field(default_factory=dict)
+    keep_counts: dict[str, int] = field(default_factory=dict)
+    rule: str = ""
+
+    def manifest(self) -> dict:
+        return {"rule": self.rule, "op_counts": dict(sorted(self.keep_counts.items())), "nodes": self.keep}
+
+
+def select_fp16(model: onnx.ModelProto, component: str) -> Selection:
+    """Split nodes into fp16 (convert) and fp32 (keep) by the module doc's rule."""
+    content = content_tensors(model)
+    outs = output_projections(model)
+    scopes = HIGH_PRECISION_SCOPES.get(component, ())
+    sel = Selection(rule="fp32: norms/softmax, non-content paths (timestep embedding, adaLN, RoPE tables, "
+                         f"masks), scopes {list(scopes)}, output projections; Attention softmax in fp32")
+    for n in model.graph.node:
+        s = scope(n)
+        keep = (
+            n.op_type in NORM_OPS
+            or not any(o in content for o in n.output)
+            or any(s == p or s.startswith(p + ".") for p in scopes)
+            or n.name in outs
+        )
+        if keep:
+            sel.keep_counts[n.op_type] = sel.keep_counts.get(n.op_type, 0) + 1
+            if n.op_type in (*MATRIX_OPS, *NORM_OPS, "Attention"):
+                sel.keep[n.name] = s
+        else:
+            sel.convert.append(n.name)
+    return sel
+
+
+def select_quant(model: onnx.ModelProto, component: str, attention: bool = False) -> Selection:
+    """MatMuls (and with `attention`, Attention nodes) inside the blocks that take a content activation and
+    a constant weight; every other matrix op is recorded as kept."""
+    content = content_tensors(model)
+    inits = {i.name for i in model.graph.initializer}
+    prefixes = QUANT_SCOPES.get(component, ())
+    sel = Selection(rule=f"quantized: MatMul{'/Attention' if attention else ''} in scopes {list(prefixes)} "
+                         f"except {list(QUANT_EXCLUDE)}; embeddings, timestep path, norms, final layers kept")
+    for n in model.graph.node:
+        s = scope(n)
+        if n.op_type not in (*MATRIX_OPS, "Attention"):
+            continue
+        in_block = s.startswith(prefixes) and not any(x in s for x in QUANT_EXCLUDE) if prefixes else False
+        ok = in_block and n.input and n.input[0] in content
+        if n.op_type == "MatMul":
+            ok = ok and n.input[1] in inits
+        elif n.op_type == "Attention":
+            ok = ok and attention
+        else:
+            ok = False
+        if ok:
+            sel.convert.append(n.name)
+        else:
+            sel.keep[n.name] = s
+            sel.keep_counts[n.op_type] = sel.keep_counts.get(n.op_type, 0) + 1
+    return sel
+
+
+# ---------------------------------------------------------------------------------------------- fp16
+
+def to_fp16(model: onnx.ModelProto, component: str) -> tuple[onnx.ModelProto, Selection]:
+    """Mixed fp16 graph with float32 I/O (casts at the boundary); see the module doc for what stays fp32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    sel = select_fp16(model, component)
+    keep = [n.name for n in model.graph.node if n.name not in set(sel.convert)]
+    out = convert_float_to_float16(
+        onnx.ModelProto.FromString(model.SerializeToString()), keep_io_types=True,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST), node_block_list=keep,
+    )
+    _fp32_softmax(out, set(sel.convert))
+    return out, sel
+
+
+def _fp32_softmax(model: onnx.ModelProto, fp16_nodes: set[str]) -> None:
+    """Attention nodes computing in fp16 accumulate their softmax in fp32 (opset-23 `softmax_precision`)."""
+    for n in model.graph.node:
+        if n.op_type == "Attention" and n.name in fp16_nodes:
+            attrs = [a for a in n.attribute if a.name != "softmax_precision"]
+            del n.attribute[:]
+            n.attribute.extend([*attrs, helper.make_attribute("softmax_precision", TensorProto.FLOAT)])
+
+
+# ---------------------------------------------------------------------------------------------- fp8
+
+def fp8_quantize_array(x: np.ndarray, scale: float) -> np.ndarray:
+    """float32 -> float8e4m3fn with saturation (ml_dtypes alone would turn overflow into NaN)."""
+    import ml_dtypes
+
+    return np.clip(x / np.float32(scale), -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn)
+
+
+def fp8_scale(amax: float) -> float:
+    return float(max(amax, 1e-12) / FP8_MAX)
+
+
+def fp8_targets(model: onnx.ModelProto, sel: Selection) -> list[str]:
+    """Activation tensors the fp8 pass needs ranges for (inputs of the selected MatMul / Attention nodes),
+    skipping those already produced by a DequantizeLinear."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    chosen, names = set(sel.convert), []
+    for n in model.graph.node:
+        if n.name not in chosen:
+            continue
+        for t in n.input[:3] if n.op_type == "Attention" else n.input[:1]:
+            p = producer.get(t)
+            if (p is None or p.op_type != "DequantizeLinear") and t not in names:
+                names.append(t)
+    return names
+
+
+def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tuple[onnx.ModelProto, dict]:
+    """Insert float8e4m3fn QuantizeLinear -> DequantizeLinear (per-tensor scales) on the activation inputs of
+    the selected MatMuls / Attention nodes (ranges from `amax`) and store their weights as fp8 initializers
+    behind a DequantizeLinear. Idempotent: inputs already fed by a DequantizeLinear are left alone, so a
+    second pass adds nothing and no weight is quantized twice."""
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    g = m.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    chosen = set(sel.convert)
+    done: dict[str, str] = {}  # source tensor -> dequantized tensor (shared by every consumer)
+    new_nodes: dict[str, list] = {}  # consumer node name -> nodes to insert before it
+    stats = {"weights": 0, "activations": 0, "skipped_already_quantized": 0}
+
+    def dq_of(name: str, consumer: str, weight: bool) -> str | None:
+        p = producer.get(name)
+        if p is not None and p.op_type == "DequantizeLinear":
+            stats["skipped_already_quantized"] += 1
+            return None
+        if name in done:
+            return done[name]
+        base = name.replace("/", "_")
+        scale_name, zp_name, deq = f"{base}__fp8_scale", f"{base}__fp8_zp", f"{base}__fp8_dq"
+        zp = numpy_helper.from_array(fp8_quantize_array(np.zeros((), np.float32), 1.0), zp_name)
+        if weight:
+            w = numpy_helper.to_array(inits[name]).astype(np.float32)
+            s = fp8_scale(float(np.abs(w).max()))
+            q = numpy_helper.from_array(fp8_quantize_array(w, s), f"{base}__fp8")
+            g.initializer.extend([q, numpy_helper.from_array(np.array(s, np.float32), scale_name), zp])
+            nodes = [helper.make_node("DequantizeLinear", [q.name, scale_name, zp_name], [deq], name=f"{base}__fp8_DQ")]
+            stats["weights"] += 1
+        else:
+            if name not in amax:
+                raise KeyError(f"no calibrated range for activation {name!r}")
+            s = fp8_scale(float(amax[name]))
+            g.initializer.extend([numpy_helper.from_array(np.array(s, np.float32), scale_name), zp])
+            qn = f"{base}__fp8_q"
+            nodes = [
+                helper.make_node("QuantizeLinear", [name, scale_name, zp_name], [qn], name=f"{base}__fp8_Q", saturate=1),
+                helper.make_node("DequantizeLinear", [qn, scale_name, zp_name], [deq], name=f"{base}__fp8_DQ"),
+            ]
+            stats["activations"] += 1
+        new_nodes.setdefault(consumer, []).extend(nodes)
+        done[name] = deq
+        return deq
+
+    for n in g.node:
+        if n.name not in chosen:
+            continue
+        if n.op_type == "MatMul":
+            slots = [(0, False), (1, n.input[1] in inits)]
+        elif n.op_type == "Attention":
+            slots = [(0, False), (1, False), (2, False)]
+        else:
+            continue
+        for i, weight in slots:
+            if n.op_type == "MatMul" and i == 1 and not weight:
+                continue  # weight already behind a DequantizeLinear (or not constant): leave it
+            deq = dq_of(n.input[i], n.name, weight)
+            if deq is not None:
+                n.input[i] = deq
+    if new_nodes:
+        ordered = []
+        for n in g.node:
+            ordered.extend(new_nodes.get(n.name, []))
+            ordered.append(n)
+        del g.node[:]
+        g.node.extend(ordered)
+        used = {x for n in g.node for x in n.input}
+        keep = [i for i in g.initializer if i.name in used]  # fp32 weights now stored as fp8
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    return m, stats
+
+
+# ---------------------------------------------------------------------------------------------- int8
+
+def to_int8_dynamic(src: Path, dst: Path, sel: Selection) -> None:
+    """ORT dynamic quantization (weights int8 per channel, activations u8 quantized at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], nodes_to_quantize=sel.convert,
+                     weight_type=QuantType.QInt8, per_channel=True, extra_options={"MatMulConstBOnly": True})
+
+
+def to_int8_static(src: Path, dst: Path, sel: Selection, reader) -> None:
+    """ORT static QDQ quantization (u8 activations with calibrated ranges, int8 per-channel weights)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+        nodes_to_quantize=sel.convert, per_channel=True, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- variants
+
+METHODS = {
+    "fp16": "mixed fp16 (onnxruntime.transformers.float16, node block list), float32 I/O",
+    "int8": "ORT quantize_static, QDQ, u8 activations (MinMax on real trajectories), s8 per-channel weights",
+    "int8-dynamic": "ORT quantize_dynamic, s8 per-channel weights, u8 activations quantized at run time",
+    "fp8": "explicit QuantizeLinear/DequantizeLinear float8e4m3fn, per-tensor scales (amax/448) from real "
+           "trajectories; weights stored fp8",
+}
+
+
+@contextlib.contextmanager
+def _quiet_root(level=logging.ERROR):
+    """ORT's quantization tools warn on the root logger about pre-processing; keep that out of our logs."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(max(old, level))
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+def build_variant(precision: str, component: str, src: Path, dst: Path, calib: list[dict] | None) -> dict | None:
+    """Write the `precision` variant of graph `src` to `dst`; return its manifest details (None: nothing to do).
+    `calib`: recorded real feeds of this component (int8 static and fp8 ranges)."""
+    model = onnx.load(str(src))
+    info: dict = {"precision": precision, "method": METHODS[precision]}
+    if precision == "fp16":
+        out, sel = to_fp16(model, component)
+        onnx.save(out, str(dst))
+        info["converted_nodes"] = len(sel.convert)
+    else:
+        sel = select_quant(model, component, attention=precision == "fp8")
+        if not sel.convert:
+            return None
+        if precision in ("int8", "fp8") and not calib:
+            raise ValueError(f"{component}: {precision} needs calibration feeds")
+        with _quiet_root():
+            if precision == "int8-dynamic":
+                to_int8_dynamic(src, dst, sel)
+            elif precision == "int8":
+                from .calibration import FeedsReader
+
+                to_int8_static(src, dst, sel, FeedsReader(calib))
+            else:
+                from .calibration import tensor_amax
+
+                amax = tensor_amax(model, calib, fp8_targets(model, sel))
+                out, stats = to_fp8(model, sel, amax)
+                onnx.save(out, str(dst))
+                info["qdq"] = stats
+        info["quantized_nodes"] = len(sel.convert)
+        if precision in ("int8", "fp8"):
+            info["calibration_calls"] = len(calib)
+    info["high_precision"] = sel.manifest()
+    return info

@@ -1,0 +1,626 @@
+"""Runtime benchmarks, torch-free: denoiser step, ORT session settings, guidance split, end-to-end stages,
+cold start, peak memory, installed size and achieved GFLOP/s against a numpy matmul peak.
+
+Every comparison runs its candidates in interleaved rounds in one process (the machine may be shared, so
+absolute times drift); a ratio is the median of the per-round ratios. `harmony-rt bench` prints the table;
+`bench/` (pytest-benchmark) adds the PyTorch baselines, which need torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import click
+import numpy as np
+
+from .bundle import Bundle, default_bundle_path
+
+log = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+class SelfTimed:
+    """Marks an interleave candidate that returns its own elapsed seconds (e.g. measured in another process)."""
+
+    def __init__(self, fn: Callable[[], float]):
+        self.fn = fn
+
+    def __call__(self) -> float:
+        return float(self.fn())
+
+
+def interleave(cands: dict[str, Callable], rounds: int, warmup: int = 1, pause: float = 0.1) -> dict[str, list[float]]:
+    """Run every candidate once per round, in turn; returns seconds per round for each.
+
+    Candidates are timed here unless wrapped in `SelfTimed`. `pause`: an ORT session's idle workers spin
+    for 10-20 ms of CPU after a run (longer in wall time on a busy machine); the pause lets them go to
+    sleep so they do not slow the next candidate down.
+    """
+    times: dict[str, list[float]] = {k: [] for k in cands}
+    for r in range(warmup + rounds):
+        for name, fn in cands.items():
+            time.sleep(pause)
+            start = time.perf_counter()
+            got = fn()
+            took = got if isinstance(fn, SelfTimed) else time.perf_counter() - start
+            if r >= warmup:
+                times[name].append(took)
+    return times
+
+
+def med(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def speedup(fast: list[float], slow: list[float]) -> float:
+    """Median over rounds of slow / fast (> 1: `fast` is faster)."""
+    return med([s / f for f, s in zip(fast, slow)])
+
+
+# ----------------------------------------------------------------------------- results table
+
+
+@dataclass
+class Row:
+    """One line of the results table: a measurement, optionally against a baseline from the same run."""
+
+    group: str
+    what: str
+    value: float
+    unit: str = "ms"
+    baseline: str = ""
+    base_value: float = float("nan")
+    ratio: float = float("nan")  # baseline time / value (> 1: faster than the baseline)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _fmt(x: float, unit: str) -> str:
+    if x != x:  # nan
+        return ""
+    if unit == "ms":
+        return f"{x * 1e3:.1f} ms" if x < 10 else f"{x:.2f} s"
+    if unit == "MB":
+        return f"{x / 1e6:.0f} MB"
+    if unit == "GFLOP/s":
+        return f"{x / 1e9:.1f} GFLOP/s"
+    return f"{x:.3g} {unit}".strip()
+
+
+def format_table(rows: list[Row]) -> str:
+    """A markdown table of `rows`."""
+    head = ["group", "measurement", "harmony-rt", "baseline (same run)", "baseline", "ratio", "note"]
+    body = [
+        [r.group, r.what, _fmt(r.value, r.unit), r.baseline, _fmt(r.base_value, r.unit),
+         "" if r.ratio != r.ratio else f"{r.ratio:.2f}x", r.note]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    return "\n".join(out + [line(b) for b in body])
+
+
+def machine() -> dict:
+    """CPU model, core count, load average: what a results table must state."""
+    model = ""
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                model = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    import onnxruntime as ort
+
+    return {"cpu": model, "cores": os.cpu_count(), "load": [round(x, 2) for x in load], "onnxruntime": ort.__version__,
+            "numpy": np.__version__, "python": sys.version.split()[0]}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def denoiser_feeds(bundle: Bundle, rows: int = 3, frames: int | None = None, text_tokens: int = 16,
+                   speech_chars: int = 32, ref_frames: int = 1, seed: int = 0) -> Feeds:
+    """Denoiser inputs at generation shapes: `rows` guidance rows (sync: 3), `frames` video latent frames
+    (default: the bundle's default clip length), captions / transcript of the given token counts."""
+    g = bundle.geometry
+    if frames is None:
+        seconds = bundle.sampling.get("seconds", g.max_latent_frames * g.video_t_stride / g.fps)
+        frames = max(1, int(round(seconds * g.fps / g.video_t_stride)))
+    sizes = dict(N=rows, F=frames, T=g.audio_frames_for(frames), S=g.S, R=ref_frames, L=text_tokens,
+                 LA=text_tokens, P=speech_chars)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for t in bundle.specs["denoiser"].inputs:
+        shape = tuple(sizes[d] if isinstance(d, str) else d for d in t.shape)
+        if t.name.endswith("_mask"):
+            x = np.ones(shape, np.float32)
+            if shape[1] > 2:
+                x[1:, -2:] = 0.0
+        elif t.name.startswith("t_"):
+            x = rng.uniform(0.1, 0.9, shape).astype(np.float32)
+        else:
+            x = rng.standard_normal(shape, np.float32)
+        feeds[t.name] = x
+    return feeds
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime step
+
+
+def session_options(bundle: Bundle, threads: int | None, **variant):
+    """The runtime's own SessionOptions (OrtBackend.options) with a benchmark variant applied.
+
+    variant keys: stock (True: plain SessionOptions, only the thread count set), level ("all" | "extended" |
+    "basic" | "disabled"), spinning (bool), spin_us (spin at most this long, µs), spin_backoff (int),
+    arena (bool), mem_pattern (bool), denormal_as_zero (bool),
+    profile (file prefix: enable ORT's profiler).
+    """
+    import onnxruntime as ort
+
+    from .backends.ort import OrtBackend
+
+    ort.set_default_logger_severity(3)  # overriding a runtime setting below would warn on stderr
+    if variant.get("stock"):
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+    else:
+        so = OrtBackend(bundle, threads=threads).options()
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    if "level" in variant:
+        so.graph_optimization_level = levels[variant["level"]]
+    if "spinning" in variant:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if variant["spinning"] else "0")
+    if "spin_us" in variant:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        so.add_session_config_entry("session.intra_op.spin_duration_us", str(int(variant["spin_us"])))
+    if "spin_backoff" in variant:
+        so.add_session_config_entry("session.intra_op.spin_backoff_max", str(int(variant["spin_backoff"])))
+    if "arena" in variant:
+        so.enable_cpu_mem_arena = bool(variant["arena"])
+    if "mem_pattern" in variant:
+        so.enable_mem_pattern = bool(variant["mem_pattern"])
+    if "denormal_as_zero" in variant:
+        so.add_session_config_entry("session.set_denormal_as_zero", "1" if variant["denormal_as_zero"] else "0")
+    if variant.get("profile"):
+        so.enable_profiling = True
+        so.profile_file_prefix = str(variant["profile"])
+    return so
+
+
+class OrtStep:
+    """One denoiser session with fixed feeds: `run()` is one step; `bound=True` runs through IO binding
+    with inputs and outputs bound once (what a loop with preallocated buffers would cost)."""
+
+    def __init__(self, bundle: Bundle, feeds: Feeds, threads: int | None = 2, bound: bool = False,
+                 component: str = "denoiser", precision: str | None = None, path: Path | None = None, **variant):
+        import onnxruntime as ort
+
+        path = path or bundle.component_path(component, precision)
+        so = session_options(bundle, threads, **variant)
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.feeds = feeds
+        self.names = [o.name for o in self.sess.get_outputs()]
+        self.binding = None
+        if bound:
+            self.binding = self.sess.io_binding()
+            for k, v in feeds.items():
+                self.binding.bind_cpu_input(k, v)
+            first = self.sess.run(None, feeds)
+            self.outs = [np.empty_like(o) for o in first]
+            for name, o in zip(self.names, self.outs):
+                self.binding.bind_output(name, "cpu", 0, o.dtype, o.shape, o.ctypes.data)
+
+    def run(self) -> list[np.ndarray]:
+        if self.binding is not None:
+            self.sess.run_with_iobinding(self.binding)
+            return self.outs
+        return self.sess.run(self.names, self.feeds)
+
+    def end_profiling(self) -> str:
+        return self.sess.end_profiling()
+
+
+# ----------------------------------------------------------------------------- FLOPs and the matmul peak
+
+
+def _shapes(entries: list) -> list[list[int]]:
+    return [list(next(iter(e.values()))) for e in entries]
+
+
+def node_flops(op: str, ins: list[list[int]], outs: list[list[int]]) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one executed node from its actual input / output shapes;
+    0 for ops that are not matmul-like (their cost is memory, not arithmetic)."""
+    prod = lambda s: float(np.prod(s)) if s else 1.0  # noqa: E731
+    if not outs or not ins:
+        return 0.0
+    if op in ("MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+              "QLinearMatMul", "MatMulNBits"):
+        return 2.0 * prod(outs[0]) * ins[0][-1]
+    if op in ("Gemm", "FusedGemm", "QGemm"):
+        m = outs[0][0] if outs[0] else 1
+        return 2.0 * prod(outs[0]) * prod(ins[0]) / max(m, 1)
+    if op in ("Attention", "MultiHeadAttention", "GroupQueryAttention"):
+        q, k = ins[0], ins[1]
+        lk = k[2] if len(k) == 4 else k[1]
+        return 2.0 * lk * (prod(q) + prod(outs[0]))
+    if op in ("Conv", "FusedConv", "NchwcConv", "ConvInteger", "QLinearConv"):
+        w = ins[1] if op != "QLinearConv" else ins[3]
+        return 2.0 * prod(outs[0]) * prod(w[1:])
+    return 0.0
+
+
+def profile_ops(step: "OrtStep", runs: int = 2) -> dict[str, dict]:
+    """Per op type: executed count, FLOPs per step and kernel seconds per step, from ORT's profiler
+    (the session must have been made with profile=...). Runs `runs` steps; reports the last."""
+    for _ in range(runs):
+        step.run()
+    path = step.end_profiling()
+    events = json.loads(Path(path).read_text())
+    Path(path).unlink(missing_ok=True)
+    runs_seen = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    start = runs_seen[-1]["ts"] if runs_seen else 0
+    ops: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
+            continue
+        a = e.get("args", {})
+        op = a.get("op_name", "?")
+        d = ops.setdefault(op, {"count": 0, "flops": 0.0, "seconds": 0.0})
+        d["count"] += 1
+        d["seconds"] += e.get("dur", 0) * 1e-6
+        d["flops"] += node_flops(op, _shapes(a.get("input_type_shape", [])), _shapes(a.get("output_type_shape", [])))
+    return ops
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of numpy `a @ b` (n x n) on this machine now, in FLOP/s."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
+# ----------------------------------------------------------------------------- guidance split
+
+
+def guidance_split(bundle: Bundle, frames: int | None = None, rounds: int = 3, threads: int | None = 2,
+                   mode: str = "sync", steps: int = 40) -> dict:
+    """One guided step run batched (all branches in one call) vs sequential (one call per branch) vs
+    auto (after its decision), on the runtime's own backend; and a `steps`-step run with auto, its
+    measuring steps included, vs the same run with the better split fixed in advance."""
+    from .backends.ort import OrtBackend
+    from .guidance import GuidedDenoiser, branches
+
+    backend = OrtBackend(bundle, threads=threads)
+    n = len(branches(mode))
+    f = denoiser_feeds(bundle, rows=n, frames=frames)
+    z_v, z_a = f["video_latent"][:1], f["audio_latent"][:1]
+    cond = {k: f[k][:1] for k in f if k not in ("video_latent", "audio_latent", "t_video", "t_audio")}
+    args = (z_v, z_a, f["t_video"][:1], f["t_audio"][:1], cond, cond, f["video_latent"][1:2], f["audio_latent"][1:2])
+    call = lambda feeds: backend.run("denoiser", feeds)  # noqa: E731
+    g = {s: GuidedDenoiser(call, mode, split=s) for s in ("batched", "sequential", "auto")}
+    g["batched"](*args), g["sequential"](*args)  # first runs at both shapes: arena growth, not steps
+    measuring = []
+    while not g["auto"].decisions:  # auto's first steps alternate the splits, timed (real steps)
+        start = time.perf_counter()
+        g["auto"](*args)
+        measuring.append(time.perf_counter() - start)
+    times = interleave({s: (lambda s=s: g[s](*args)) for s in g}, rounds=rounds, warmup=0)
+    (key, choice), = g["auto"].decisions.items()
+    best = min(med(times["batched"]), med(times["sequential"]))
+    run_auto = sum(measuring) + (steps - len(measuring)) * med(times["auto"])
+    return {"times": times, "choice": choice, "auto_measured": g["auto"].timings[key], "measuring": measuring,
+            "rows": n, "run_auto": run_auto, "run_best": steps * best, "steps": steps}
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+class StageTimer:
+    """Wraps a backend's `run` to add up seconds per component (no timing code in the pipeline)."""
+
+    def __init__(self, backend):
+        self.backend, self.inner = backend, backend.run
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        backend.run = self
+
+    def __call__(self, component: str, feeds: Feeds):
+        start = time.perf_counter()
+        try:
+            return self.inner(component, feeds)
+        finally:
+            self.seconds[component] = self.seconds.get(component, 0.0) + time.perf_counter() - start
+            self.calls[component] = self.calls.get(component, 0) + 1
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+ENCODERS = ("text_encoder", "speech_encoder", "audio_encoder", "video_encoder")
+DECODERS = ("video_decoder", "audio_decoder")
+
+
+def generate_stages(bundle_path: Path | None = None, prompt: str = "a red ball bounces on a wooden floor",
+                    steps: int | None = None, rounds: int = 2, threads: int | None = 2, **gen) -> dict:
+    """End-to-end `generate` split by stage: encode, ODE loop (denoiser + numpy), decode, mux (mp4 + wav).
+    Seconds per stage of the fastest round (by total); the first generation (session loads) is not counted."""
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_bundle(bundle_path, backend="ort", threads=threads)
+    timer = StageTimer(pipe.backend)
+    best = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds + 1):
+            timer.reset()
+            start = time.perf_counter()
+            res = pipe.generate(prompt, steps=steps, **gen)
+            total = time.perf_counter() - start
+            m0 = time.perf_counter()
+            res.save(Path(tmp) / "out.mp4")
+            mux = time.perf_counter() - m0
+            enc = sum(timer.seconds.get(c, 0.0) for c in ENCODERS)
+            dec = sum(timer.seconds.get(c, 0.0) for c in DECODERS)
+            st = {"encode": enc, "ode_loop": total - enc - dec, "denoiser": timer.seconds.get("denoiser", 0.0),
+                  "decode": dec, "mux": mux, "total": total + mux, "denoiser_calls": timer.calls.get("denoiser", 0),
+                  "seconds_of_media": res.seconds}
+            if r > 0 and (best is None or st["total"] < best["total"]):
+                best = st
+    return best
+
+
+# ----------------------------------------------------------------------------- cold start, memory, size
+
+
+_COLD = r"""
+import json, sys, time
+t_import = time.time()
+from harmony_rt.bench import denoiser_feeds, vm_hwm
+from harmony_rt.pipeline import Pipeline
+t_imported = time.time()
+pipe = Pipeline.from_bundle(sys.argv[1], backend="ort", threads=int(sys.argv[2]))
+pipe.backend.session("denoiser")
+t_loaded = time.time()
+pipe.backend.run("denoiser", denoiser_feeds(pipe.bundle))
+t_step = time.time()
+out = {"imported": t_imported, "loaded": t_loaded, "first_step": t_step}
+if sys.argv[3] == "generate":
+    import tempfile, os
+    res = pipe.generate("a red ball bounces on a wooden floor")
+    res.save(os.path.join(tempfile.mkdtemp(), "o.mp4"))
+    out["generated"] = time.time()
+out["rss"] = vm_hwm()
+out["torch_loaded"] = "torch" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def vm_hwm() -> int:
+    """Peak resident bytes of this process image (VmHWM). Not ru_maxrss: that one carries the parent's
+    peak across fork + exec, so a child of a big process (pytest) reports its parent's size."""
+    for ln in Path("/proc/self/status").read_text().splitlines():
+        if ln.startswith("VmHWM:"):
+            return int(ln.split()[1]) * 1024
+    return 0
+
+
+def cold_start(bundle_path: Path, threads: int = 2, generate: bool = False, env: dict | None = None) -> dict:
+    """A fresh `python` process: seconds from launch to imports done, bundle verified + denoiser session
+    made, first denoiser step done; peak RSS (after one full generate when `generate`)."""
+    launch = time.time()
+    r = subprocess.run([sys.executable, "-c", _COLD, str(bundle_path), str(threads), "generate" if generate else "step"],
+                       capture_output=True, text=True, env=env, check=True)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"import": out["imported"] - launch, "load": out["loaded"] - out["imported"],
+            "first_step": out["first_step"] - launch, "rss": out["rss"], "torch_loaded": out["torch_loaded"],
+            **({"generate": out["generated"] - out["first_step"]} if generate else {})}
+
+
+def _dist_size(dist) -> int:
+    total = 0
+    for f in dist.files or ():
+        p = Path(dist.locate_file(f))
+        if p.is_file() and "__pycache__" not in p.parts:
+            total += p.stat().st_size
+    return total
+
+
+def _requires(dist) -> list[str]:
+    names = []
+    for req in dist.requires or ():
+        spec, _, marker = req.partition(";")
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", spec)
+        if m and "extra" not in marker:
+            names.append(m.group(1))
+    return names
+
+
+def dist_closure(roots: list[str]) -> dict[str, int]:
+    """{distribution: installed bytes} of `roots` and everything they require (no extras), as installed
+    here (RECORD files; __pycache__ left out). Requirements not installed here are skipped."""
+    seen: dict[str, int] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen[key] = _dist_size(dist)
+        todo.extend(_requires(dist))
+    return seen
+
+
+def installed_sizes() -> dict:
+    """Installed bytes of the runtime (harmony-rt + its dependencies) and of torch with its dependencies
+    that the runtime does not already need. An editable harmony-rt counts its package folder."""
+    runtime = dist_closure(["harmony-rt"])
+    pkg = Path(__file__).parent
+    runtime["harmony-rt"] = max(runtime.get("harmony-rt", 0), sum(
+        p.stat().st_size for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts))
+    torch = {k: v for k, v in dist_closure(["torch"]).items() if k not in runtime}
+    return {"runtime": runtime, "torch": torch}
+
+
+# ----------------------------------------------------------------------------- the runtime suite
+
+
+def step_rows(bundle: Bundle, label: str, rounds: int, threads: int | None, frames: int | None = None,
+              peak: float | None = None) -> tuple[list[Row], dict]:
+    """The denoiser step with the runtime's settings vs stock ORT settings and vs IO binding, its
+    achieved GFLOP/s against the numpy matmul peak, and each low-precision variant against fp32."""
+    feeds = denoiser_feeds(bundle, frames=frames)
+    shape = f"N={feeds['video_latent'].shape[0]} F={feeds['video_latent'].shape[2]} T={feeds['audio_latent'].shape[2]}"
+    cands = {"runtime": OrtStep(bundle, feeds, threads), "stock": OrtStep(bundle, feeds, threads, stock=True),
+             "bound": OrtStep(bundle, feeds, threads, bound=True)}
+    for prec in bundle.precisions("denoiser")[1:]:
+        if prec in ("int8", "int8-dynamic"):  # fp16 / fp8 are GPU precisions (slower or simulated on CPU)
+            cands[prec] = OrtStep(bundle, feeds, threads, precision=prec)
+    t = interleave({k: s.run for k, s in cands.items()}, rounds=rounds)
+    prof = OrtStep(bundle, feeds, threads, profile=str(Path(tempfile.gettempdir()) / "harmony-rt-prof"))
+    flops = sum(d["flops"] for d in profile_ops(prof).values())
+    peak = peak if peak is not None else matmul_peak()
+    rt = med(t["runtime"])
+    g = f"{label} step ({shape})"
+    rows = [
+        Row(g, "denoiser step, runtime settings", rt, baseline="ORT stock settings", base_value=med(t["stock"]),
+            ratio=speedup(t["runtime"], t["stock"])),
+        Row(g, "denoiser step, IO binding", med(t["bound"]), baseline="runtime settings", base_value=rt,
+            ratio=speedup(t["bound"], t["runtime"])),
+        Row(g, "achieved matmul-op GFLOP/s", flops / rt, unit="GFLOP/s", baseline="numpy matmul peak",
+            base_value=peak, ratio=flops / rt / peak, note=f"{flops / 1e9:.1f} GFLOP a step; ratio = share of the peak"),
+    ]
+    for prec in cands:
+        if prec not in ("runtime", "stock", "bound"):
+            rows.append(Row(g, f"denoiser step, {prec}", med(t[prec]), baseline="fp32 (runtime settings)",
+                            base_value=rt, ratio=speedup(t[prec], t["runtime"])))
+    return rows, {"times": t, "flops": flops, "peak": peak, "shape": shape}
+
+
+def guidance_rows(bundle: Bundle, label: str, rounds: int, threads: int | None, frames: int | None = None) -> list[Row]:
+    r = guidance_split(bundle, frames=frames, rounds=rounds, threads=threads)
+    t = r["times"]
+    best = "batched" if med(t["batched"]) <= med(t["sequential"]) else "sequential"
+    g = f"{label} SyncCFG ({r['rows']} branches, 1 sample)"
+    am = r["auto_measured"]
+    return [
+        Row(g, "one batched call", med(t["batched"]), baseline="one call per branch", base_value=med(t["sequential"]),
+            ratio=speedup(t["batched"], t["sequential"])),
+        Row(g, "auto (after its decision)", med(t["auto"]), baseline=f"better of the two ({best})",
+            base_value=med(t[best]), ratio=speedup(t["auto"], t[best]),
+            note=f"auto chose {r['choice']} (measured batched {am['batched'] * 1e3:.1f} ms, "
+                 f"sequential {am['sequential'] * 1e3:.1f} ms)"),
+        Row(g, f"auto over a {r['steps']}-step run", r["run_auto"], baseline="better split, no measuring",
+            base_value=r["run_best"], ratio=r["run_best"] / r["run_auto"],
+            note=f"its first {len(r['measuring'])} steps alternate the splits, timed"),
+    ]
+
+
+def generate_rows(bundle_path: Path | None, label: str, rounds: int, threads: int | None) -> list[Row]:
+    s = generate_stages(bundle_path, rounds=rounds, threads=threads)
+    g = f"{label} generate ({s['seconds_of_media']:.1f} s clip, {s['denoiser_calls']} denoiser calls)"
+    rows = [Row(g, stage, s[stage], baseline="total", base_value=s["total"], ratio=s[stage] / s["total"],
+                note="ratio = share of the total") for stage in ("encode", "ode_loop", "decode", "mux")]
+    rows.insert(2, Row(g, "  of it: denoiser calls", s["denoiser"], baseline="ODE loop", base_value=s["ode_loop"],
+                       ratio=s["denoiser"] / s["ode_loop"], note="the rest: guidance + scheduler numpy"))
+    rows.append(Row(g, "total", s["total"]))
+    return rows
+
+
+def cold_rows(bundle_path: Path, label: str, threads: int | None) -> list[Row]:
+    c = cold_start(bundle_path, threads=threads or 0)
+    gen = cold_start(bundle_path, threads=threads or 0, generate=True)
+    g = f"{label} cold start (fresh process)"
+    return [
+        Row(g, "imports done", c["import"]),
+        Row(g, "bundle verified + denoiser session", c["load"]),
+        Row(g, "process start to first step", c["first_step"], note="torch imported: " + str(c["torch_loaded"])),
+        Row(g, "peak RSS, first step", c["rss"], unit="MB"),
+        Row(g, "peak RSS, full generate + save", gen["rss"], unit="MB"),
+    ]
+
+
+def size_rows() -> list[Row]:
+    s = installed_sizes()
+    rt, th = sum(s["runtime"].values()), sum(s["torch"].values())
+    top = ", ".join(f"{k} {v / 1e6:.0f}" for k, v in sorted(s["runtime"].items(), key=lambda kv: -kv[1])[:4])
+    return [Row("installed size (site-packages, RECORD)", "runtime: harmony-rt + deps", rt, unit="MB",
+                baseline="+ torch and its deps", base_value=rt + th, ratio=(rt + th) / rt, note=f"largest MB: {top}")]
+
+
+def run_runtime(bundle_path: Path | None = None, threads: int | None = None, rounds: int = 5,
+                frames: int | None = None, quick: bool = False) -> tuple[list[Row], dict]:
+    """The torch-free suite on one bundle (default: the shipped one)."""
+    path = Path(bundle_path) if bundle_path is not None else default_bundle_path()
+    bundle = Bundle.load(path)
+    label = path.name
+    info = {"machine": machine(), "bundle": str(path), "threads": threads, "rounds": rounds}
+    peak = matmul_peak()
+    rows, step = step_rows(bundle, label, rounds, threads, frames, peak)
+    info["step"] = {"flops": step["flops"], "peak": peak, "shape": step["shape"]}
+    rows += guidance_rows(bundle, label, max(2, rounds // 2), threads, frames)
+    if not quick:
+        rows += generate_rows(path, label, 2, threads)
+        rows += cold_rows(path, label, threads)
+    rows += size_rows()
+    info["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    return rows, info
+
+
+@click.command("bench")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: the shipped demo).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: ONNX Runtime's, one per core).")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds per comparison.")
+@click.option("--frames", type=int, default=None, help="Video latent frames of the step (default: the bundle's clip).")
+@click.option("--quick", is_flag=True, help="Skip end-to-end, cold start and memory.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write rows + machine here.")
+def bench_command(bundle, threads, rounds, frames, quick, json_out):
+    """Time the runtime on this machine (no torch): denoiser step, ORT settings, SyncCFG batching,
+    end-to-end stages, cold start, memory, installed size. Ratios come from interleaved rounds."""
+    from .errors import HarmonyError
+
+    try:
+        rows, info = run_runtime(bundle, threads, rounds, frames, quick)
+    except HarmonyError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    m = info["machine"]
+    click.echo(f"{m['cpu']}, {m['cores']} cores, load {m['load']} -> {m['load_after']}, onnxruntime {m['onnxruntime']}, "
+               f"threads {threads or 'default'}, {rounds} rounds")
+    click.echo(format_table(rows))
+    if json_out is not None:
+        json_out.write_text(json.dumps({"info": info, "rows": [r.to_dict() for r in rows]}, indent=2))
