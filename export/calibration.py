@@ -91,9 +91,13 @@ class FeedsReader(CalibrationDataReader):
 
 def tensor_amax(model: onnx.ModelProto, feeds: list[Feeds], names: list[str]) -> dict[str, float]:
     """max |x| of the named intermediate tensors over `feeds` (the graph run with them as extra outputs)."""
+    from .precision import elem_types
+
+    types = elem_types(model)
     m = onnx.ModelProto.FromString(model.SerializeToString())
     have = {o.name for o in m.graph.output}
-    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in have)
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None)
+                          for n in names if n not in have)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor as named
     so.log_severity_level = 3
@@ -101,5 +105,5 @@ def tensor_amax(model: onnx.ModelProto, feeds: list[Feeds], names: list[str]) ->
     amax = dict.fromkeys(names, 0.0)
     for f in feeds:
         for n, x in zip(names, sess.run(names, f)):
-            amax[n] = max(amax[n], float(np.abs(x).max()) if x.size else 0.0)
+            amax[n] = max(amax[n], float(np.abs(x.astype(np.float32)).max()) if x.size else 0.0)
     return amax

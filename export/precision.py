@@ -10,8 +10,9 @@ recorded per variant in the manifest (`high_precision`):
            projections (the last matrix op before each graph output). Attention runs fp16 with an fp32
            softmax (`softmax_precision`).
     int8   only the MatMuls inside the transformer blocks (`QUANT_SCOPES`; adaLN linears excluded: they
-    fp8    take the timestep path only). fp8 also quantizes the Attention inputs q, k, v there.
-           Embeddings, norms, timestep path and the final projection are never quantized.
+    fp8    take the timestep path only). fp8 also quantizes the Attention inputs q, k, v there, and is
+           built on the fp16 graph (what TensorRT runs outside the fp8 GEMMs). Embeddings, norms, the
+           timestep path and the final projection are never quantized.
 
 Module scopes come from the exporter's `pkg.torch.onnx.name_scopes` node metadata.
 """
@@ -196,7 +197,27 @@ def to_fp16(model: onnx.ModelProto, component: str) -> tuple[onnx.ModelProto, Se
         op_block_list=list(DEFAULT_OP_BLOCK_LIST), node_block_list=keep,
     )
     _fp32_softmax(out, set(sel.convert))
+    toposort(out.graph)  # the converter appends its input casts at the end
     return out, sel
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Reorder nodes topologically in place (stable: keeps the existing order where it is valid)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(x in ready for x in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or a dangling input at node {rest[0].name!r}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _fp32_softmax(model: onnx.ModelProto, fp16_nodes: set[str]) -> None:
@@ -236,16 +257,31 @@ def fp8_targets(model: onnx.ModelProto, sel: Selection) -> list[str]:
     return names
 
 
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor (onnx type inference on a copy, ignoring stale value_info)."""
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    del m.graph.value_info[:]
+    m = onnx.shape_inference.infer_shapes(m)
+    types = {v.name: v.type.tensor_type.elem_type for v in (*m.graph.value_info, *m.graph.input, *m.graph.output)}
+    types.update({i.name: i.data_type for i in m.graph.initializer})
+    return types
+
+
+_NP_FLOAT = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+
+
 def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tuple[onnx.ModelProto, dict]:
     """Insert float8e4m3fn QuantizeLinear -> DequantizeLinear (per-tensor scales) on the activation inputs of
     the selected MatMuls / Attention nodes (ranges from `amax`) and store their weights as fp8 initializers
-    behind a DequantizeLinear. Idempotent: inputs already fed by a DequantizeLinear are left alone, so a
-    second pass adds nothing and no weight is quantized twice."""
+    behind a DequantizeLinear. Scales take each tensor's type (fp32, or fp16 in an fp16 graph), so the
+    dequantized tensor has the type the consumer had. Idempotent: inputs already fed by a DequantizeLinear are
+    left alone, so a second pass adds nothing and no weight is quantized twice."""
     m = onnx.ModelProto.FromString(model.SerializeToString())
     g = m.graph
     producer = {o: n for n in g.node for o in n.output}
     inits = {i.name: i for i in g.initializer}
     chosen = set(sel.convert)
+    types: dict[str, int] = {}
     done: dict[str, str] = {}  # source tensor -> dequantized tensor (shared by every consumer)
     new_nodes: dict[str, list] = {}  # consumer node name -> nodes to insert before it
     stats = {"weights": 0, "activations": 0, "skipped_already_quantized": 0}
@@ -257,21 +293,26 @@ def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tu
             return None
         if name in done:
             return done[name]
+        if not types:
+            types.update(elem_types(model))
+        dtype = _NP_FLOAT.get(types.get(name))
+        if dtype is None:
+            raise ValueError(f"fp8: tensor {name!r} is not float32 / float16")
         base = name.replace("/", "_")
         scale_name, zp_name, deq = f"{base}__fp8_scale", f"{base}__fp8_zp", f"{base}__fp8_dq"
         zp = numpy_helper.from_array(fp8_quantize_array(np.zeros((), np.float32), 1.0), zp_name)
         if weight:
             w = numpy_helper.to_array(inits[name]).astype(np.float32)
-            s = fp8_scale(float(np.abs(w).max()))
-            q = numpy_helper.from_array(fp8_quantize_array(w, s), f"{base}__fp8")
-            g.initializer.extend([q, numpy_helper.from_array(np.array(s, np.float32), scale_name), zp])
+            sc = fp8_scale(float(np.abs(w).max()))
+            q = numpy_helper.from_array(fp8_quantize_array(w, sc), f"{base}__fp8")
+            g.initializer.extend([q, numpy_helper.from_array(np.array(sc, dtype), scale_name), zp])
             nodes = [helper.make_node("DequantizeLinear", [q.name, scale_name, zp_name], [deq], name=f"{base}__fp8_DQ")]
             stats["weights"] += 1
         else:
             if name not in amax:
                 raise KeyError(f"no calibrated range for activation {name!r}")
-            s = fp8_scale(float(amax[name]))
-            g.initializer.extend([numpy_helper.from_array(np.array(s, np.float32), scale_name), zp])
+            sc = fp8_scale(float(amax[name]))
+            g.initializer.extend([numpy_helper.from_array(np.array(sc, dtype), scale_name), zp])
             qn = f"{base}__fp8_q"
             nodes = [
                 helper.make_node("QuantizeLinear", [name, scale_name, zp_name], [qn], name=f"{base}__fp8_Q", saturate=1),
@@ -286,14 +327,12 @@ def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tu
         if n.name not in chosen:
             continue
         if n.op_type == "MatMul":
-            slots = [(0, False), (1, n.input[1] in inits)]
+            slots = [(0, False)] + ([(1, True)] if n.input[1] in inits else [])  # else: already behind a DQ
         elif n.op_type == "Attention":
             slots = [(0, False), (1, False), (2, False)]
         else:
             continue
         for i, weight in slots:
-            if n.op_type == "MatMul" and i == 1 and not weight:
-                continue  # weight already behind a DequantizeLinear (or not constant): leave it
             deq = dq_of(n.input[i], n.name, weight)
             if deq is not None:
                 n.input[i] = deq
@@ -305,7 +344,7 @@ def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tu
         del g.node[:]
         g.node.extend(ordered)
         used = {x for n in g.node for x in n.input}
-        keep = [i for i in g.initializer if i.name in used]  # fp32 weights now stored as fp8
+        keep = [i for i in g.initializer if i.name in used]  # high-precision copies of fp8 weights go
         del g.initializer[:]
         g.initializer.extend(keep)
     return m, stats
@@ -339,8 +378,8 @@ METHODS = {
     "fp16": "mixed fp16 (onnxruntime.transformers.float16, node block list), float32 I/O",
     "int8": "ORT quantize_static, QDQ, u8 activations (MinMax on real trajectories), s8 per-channel weights",
     "int8-dynamic": "ORT quantize_dynamic, s8 per-channel weights, u8 activations quantized at run time",
-    "fp8": "explicit QuantizeLinear/DequantizeLinear float8e4m3fn, per-tensor scales (amax/448) from real "
-           "trajectories; weights stored fp8",
+    "fp8": "explicit QuantizeLinear/DequantizeLinear float8e4m3fn on the fp16 graph, per-tensor scales "
+           "(amax/448) from real trajectories; weights stored fp8",
 }
 
 
@@ -378,11 +417,12 @@ def build_variant(precision: str, component: str, src: Path, dst: Path, calib: l
                 from .calibration import FeedsReader
 
                 to_int8_static(src, dst, sel, FeedsReader(calib))
-            else:
+            else:  # on the mixed fp16 graph: what is not fp8 runs as the fp16 variant would
                 from .calibration import tensor_amax
 
-                amax = tensor_amax(model, calib, fp8_targets(model, sel))
-                out, stats = to_fp8(model, sel, amax)
+                base, _ = to_fp16(model, component)
+                amax = tensor_amax(base, calib, fp8_targets(base, sel))
+                out, stats = to_fp8(base, sel, amax)
                 onnx.save(out, str(dst))
                 info["qdq"] = stats
         info["quantized_nodes"] = len(sel.convert)

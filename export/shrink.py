@@ -1,0 +1,120 @@
+"""Halve a bundle on disk: store large fp32 weights as fp16 and Cast them back to fp32 in the graph.
+
+Computation stays fp32 (ONNX Runtime folds the Casts at session creation, so a step costs the same);
+only the weights are rounded to fp16. Each graph is checked against its fp32 original on the exporter's
+example inputs and the error is recorded in the manifest. Used for the package's default bundle:
+
+    python -m export.shrink runs/demo/full_bundle -o harmony_rt/default_bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, sha256_file
+
+log = logging.getLogger(__name__)
+
+MIN_ELEMENTS = 1024  # smaller tensors (biases, norms) stay fp32: no size to win, some precision to lose
+FP16_STORAGE_TOLERANCE = 2e-2  # max abs error vs the fp32 graph, on unit-scale inputs
+
+
+def fp16_storage(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Rewrite float initializers with >= MIN_ELEMENTS values to fp16 + Cast; returns (model, count)."""
+    g = model.graph
+    casts, keep, n = [], [], 0
+    for init in g.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and np.prod(init.dims) >= MIN_ELEMENTS:
+            arr = numpy_helper.to_array(init)
+            if np.abs(arr).max() < 65000:  # fp16 range
+                half = numpy_helper.from_array(arr.astype(np.float16), init.name + "__fp16")
+                keep.append(half)
+                casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT,
+                                              name=init.name + "__cast"))
+                n += 1
+                continue
+        keep.append(init)
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(casts + nodes)
+    return model, n
+
+
+def _example_feeds(sess: ort.InferenceSession, bundle: Bundle, name: str, seed: int = 0) -> dict:
+    """Unit-scale inputs sized from the contract (symbolic dims get small sizes)."""
+    rng = np.random.default_rng(seed)
+    g = bundle.geometry
+    sizes = dict(N=2, F=2, S=g.S, T=g.audio_frames_for(2), R=3, L=5, LA=4, P=7, FP=2 * g.video_t_stride,
+                 W=g.audio_frames_for(2) * g.audio_hop)
+    feeds = {}
+    for t in bundle.specs[name].inputs:
+        shape = [sizes[d] if isinstance(d, str) else d for d in t.shape]
+        if t.dtype == "int64":
+            feeds[t.name] = rng.integers(3, 20, shape).astype(np.int64)
+        elif t.name.endswith("_mask"):
+            feeds[t.name] = np.ones(shape, np.float32)
+        elif t.name.startswith("t_"):
+            feeds[t.name] = rng.random(shape).astype(np.float32)
+        else:
+            feeds[t.name] = np.clip(rng.standard_normal(shape), -3, 3).astype(np.float32) * (0.5 if t.name == "waveform" else 1.0)
+    return feeds
+
+
+def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STORAGE_TOLERANCE) -> Path:
+    src, out = Path(src), Path(out)
+    bundle = Bundle.load(src)
+    manifest = json.loads((src / MANIFEST).read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        for name, comp in manifest["components"].items():
+            comp.pop("variants", None)  # the shipped bundle carries the main graphs only
+            path = bundle.component_path(name)
+            model, n = fp16_storage(onnx.load(str(path)))
+            dst = tmp / comp["file"]
+            onnx.save(model, str(dst))
+            ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            new = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+            feeds = _example_feeds(ref, bundle, name)
+            err = max(float(np.abs(a - b).max()) for a, b in zip(ref.run(None, feeds), new.run(None, feeds)))
+            if not err <= tolerance:
+                raise ValueError(f"{name}: fp16 weight storage changes outputs by {err:.3g} > {tolerance}")
+            log.info("%s: %d weights stored fp16, max abs err vs fp32 weights %.2e", name, n, err)
+            comp.update(sha256=sha256_file(dst), weight_storage="fp16", weight_storage_max_abs_err=err)
+        for entry in manifest.get("files", {}).values():
+            shutil.copyfile(src / entry["file"], tmp / entry["file"])
+        atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
+        Bundle.load(tmp)  # the result must verify
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle")
+    ap.add_argument("-o", "--out", required=True)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    shrink_bundle(a.bundle, a.out)
+
+
+if __name__ == "__main__":
+    main()
