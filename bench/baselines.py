@@ -21,7 +21,7 @@ class TorchWorker:
     """One torch process holding the denoiser of `checkpoint` and the feeds; `step()` -> seconds."""
 
     def __init__(self, checkpoint: Path, feeds: dict[str, np.ndarray], workdir: Path, malloc: str = "default",
-                 threads: int = 2, flush_denormal: bool = False):
+                 threads: int = 2, flush_denormal: bool = False, omp_wait: str | None = None):
         self.feeds_path = Path(workdir) / "feeds.npz"
         if not self.feeds_path.exists():
             np.savez(self.feeds_path, **feeds)
@@ -29,6 +29,8 @@ class TorchWorker:
         env.pop("GLIBC_TUNABLES", None)
         if MALLOC[malloc]:
             env["GLIBC_TUNABLES"] = MALLOC[malloc]
+        if omp_wait:  # OpenMP idle threads: ACTIVE spins, PASSIVE sleeps (libgomp's default spins a while)
+            env["OMP_WAIT_POLICY"] = omp_wait
         self.malloc = malloc
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.torch_worker", str(checkpoint), str(self.feeds_path), "--threads", str(threads)]

@@ -59,6 +59,7 @@ def train_small(out: Path) -> Path:
     from train.train import TrainConfig, train
 
     if (out / "model.safetensors").is_file():
+        log.info("reusing the checkpoint cached in %s", out)
         return out
     tc = TrainConfig(size="tiny", clips=24, seconds=2.0, kinds=("ambient",), ae_steps=100, steps=160, batch=4, seed=0)
     return train(tc, out)
@@ -118,9 +119,12 @@ def timing_model(size: str, work: Path, threads: int, rounds: int) -> dict:
 
     ckpt = work / f"ckpt_{size}"
     if not (ckpt / "model.safetensors").is_file():
-        train(TrainConfig(size=size, clips=2, seconds=2.0, kinds=("ambient",), ae_steps=0, steps=0, batch=1, seed=0), ckpt)
+        tc = TrainConfig(size=size, clips=2, seconds=2.0, kinds=("ambient",), ae_steps=0, steps=0, batch=1, seed=0)
+        train(tc, ckpt)
     bundle = work / f"bundle_{size}"
-    if not (bundle / "manifest.json").is_file():
+    if (bundle / "manifest.json").is_file():
+        log.info("reusing the %s bundle and variants cached in %s", size, bundle)
+    else:
         export_bundle(ckpt, bundle)
         add_variants(bundle, "fp16,int8,fp8", prompts=calibration.CALIBRATION_PROMPTS[:1], steps=4)
     return time_step(bundle, threads, rounds, n_feeds=2, steps=4)
@@ -132,6 +136,7 @@ def fmt(x: float, spec: str = ".1f") -> str:
 
 def write_report(path: Path, cmd: str, manifest: dict, e2e: dict, timing: dict, big: dict | None, meta: dict) -> None:
     comps = manifest["components"]
+    plugin = comps["denoiser"].get("variants", {}).get("fp32-plugin", {})
     lines = [
         "# Precision variants: error and CPU speed vs fp32",
         "",
@@ -141,10 +146,13 @@ def write_report(path: Path, cmd: str, manifest: dict, e2e: dict, timing: dict, 
         "",
         f"Model: `{meta['checkpoint']}` ({meta['model']}). Calibration: the fp32 bundle's own sampler trajectories "
         f"for {len(manifest['precision_export']['calibration_prompts'])} prompts; errors on a held-out prompt/seed.",
+        *([f"Reused from an earlier run of the same command (in --work): {', '.join(meta['cached'])}; the main "
+           "export, its errors and every timing below are from this run."] if meta["cached"] else []),
         "",
         "## Per component (held-out real inputs; rel = max |variant - fp32| / max |fp32|)",
         "",
-        "| component | precision | max abs err | max rel err | quantized / converted nodes | kept high precision (matrix ops + norms) |",
+        "| component | precision | max abs err | max rel err | quantized / converted nodes "
+        "| kept high precision (matrix ops + norms) |",
         "|---|---|---|---|---|---|",
     ]
     for name, c in comps.items():
@@ -159,7 +167,7 @@ def write_report(path: Path, cmd: str, manifest: dict, e2e: dict, timing: dict, 
         "",
         "fp32-plugin: the denoiser with RoPEAlignedAttention nodes, run through the numpy reference "
         "(onnxruntime-extensions) and compared with the decomposed graph; "
-        f"vs PyTorch {comps['denoiser']['variants'].get('fp32-plugin', {}).get('parity_max_abs_err', float('nan')):.1e} max abs.",
+        f"vs PyTorch {plugin.get('parity_max_abs_err', float('nan')):.1e} max abs.",
         "",
         "## End to end (same prompt and seed as fp32; components without the variant run fp32)",
         "",
@@ -188,10 +196,11 @@ def write_report(path: Path, cmd: str, manifest: dict, e2e: dict, timing: dict, 
         "## Notes",
         "",
         "- fp16 and fp8 target GPUs (TensorRT builds strongly typed engines from these graphs); on ORT CPU fp16 "
-        "adds casts and fp8 Q/DQ is simulated (quantize + dequantize in fp32), so both are expected to be slower "
-        "here; their CPU role is accuracy checking.",
+        "adds casts and fp8 Q/DQ is simulated (each Q/DQ pair quantizes and dequantizes, the GEMMs still run in "
+        "fp16/fp32), so both are slower here; their CPU role is accuracy checking.",
         "- int8 (static QDQ and dynamic) is the CPU precision. Only MatMuls inside the transformer blocks are "
-        "quantized (adaLN, timestep MLPs, input embeddings and the final projections stay fp32).",
+        "quantized (adaLN, timestep MLPs, input embeddings and the final projections stay fp32). Static ranges "
+        "are MinMax: ORT's Percentile / Entropy calibrators fail on feeds of varying shapes (batch 1 and 3 calls).",
         "",
     ]
     path.write_text("\n".join(lines))
@@ -199,7 +208,8 @@ def write_report(path: Path, cmd: str, manifest: dict, e2e: dict, timing: dict, 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", type=Path, default=None, help="training checkpoint (default: train a small tiny one)")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="training checkpoint (default: train a small tiny-size one)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/harmony_precision_report"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS_PRECISION.md")
     ap.add_argument("--threads", type=int, default=2)
@@ -209,20 +219,26 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     t0 = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
+    cached = [str(p) for p in (args.work / "ckpt", args.work / f"bundle_{args.timing_size}")
+              if (p / "model.safetensors").is_file() or (p / "manifest.json").is_file()]
     ckpt = args.checkpoint or train_small(args.work / "ckpt")
     bundle = export_bundle(ckpt, args.work / "bundle", precisions="fp32,fp16,int8,fp8", custom_op=True)
     manifest = json.loads((bundle / "manifest.json").read_text())
     e2e = end_to_end(bundle, args.threads)
     timing = time_step(bundle, args.threads, args.rounds, n_feeds=8)
-    big = timing_model(args.timing_size, args.work, args.threads, max(3, args.rounds // 2)) if args.timing_size else None
+    big = None
+    if args.timing_size:
+        big = timing_model(args.timing_size, args.work, args.threads, max(3, args.rounds // 2))
     cfg = manifest["model_config"]
     meta = {
         "date": time.strftime("%Y-%m-%d"), "seconds": time.time() - t0, "threads": args.threads,
         "cpu": f"{platform.machine()} x{os.cpu_count()}", "checkpoint": str(ckpt), "timing_size": args.timing_size,
+        "cached": [c for c in cached if args.checkpoint is None or not c.endswith("/ckpt")],
         "model": f"dim {cfg['video_dim']}/{cfg['audio_dim']}, {cfg['layers']} layers, {cfg['height']}x{cfg['width']}, "
                  f"trained {manifest.get('training', {}).get('step', '?')} steps",
     }
-    cmd = "python bench/precision_report.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    cmd = "python bench/precision_report.py " + " ".join(shlex.quote(a) for a in given)
     write_report(args.out, cmd.strip(), manifest, e2e, timing, big, meta)
     log.info("wrote %s", args.out)
     return 0

@@ -32,7 +32,7 @@ print(json.dumps({"imported": t_imported, "loaded": t_loaded, "first_step": time
 
 
 def torch_cold(checkpoint, feeds_path, threads) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), GLIBC_TUNABLES=TUNED_MALLOC)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), GLIBC_TUNABLES=TUNED_MALLOC, OMP_WAIT_POLICY="PASSIVE")
     launch = time.time()
     r = subprocess.run([sys.executable, "-c", _TORCH_COLD, str(checkpoint), str(feeds_path), str(threads)],
                        capture_output=True, text=True, env=env, cwd=ROOT, check=True)
@@ -55,7 +55,7 @@ def test_cold_start_and_memory(model, threads, report, tmp_path):
     for key, what in (("import", "imports"), ("load", "load weights / verify + session"),
                       ("first_step", "process start to first step")):
         o, t = med([r[key] for r in ort_runs]), med([r[key] for r in torch_runs])
-        report(Row(g, what, o, baseline="torch eager (tuned malloc)", base_value=t, ratio=t / o))
+        report(Row(g, what, o, baseline="torch eager (tuned malloc, passive OpenMP)", base_value=t, ratio=t / o))
     o, t = med([r["rss"] for r in ort_runs]), med([r["rss"] for r in torch_runs])
     report(Row(g, "peak RSS at first step", o, unit="MB", baseline="torch eager", base_value=t, ratio=t / o,
                note="ratio = torch / harmony-rt"))

@@ -131,7 +131,8 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
     except ValueError as e:
         raise ExportError(str(e)) from None
     if custom_op and importlib.util.find_spec("onnxruntime_extensions") is None:
-        raise ExportError("--custom-op checks the plugin graph with onnxruntime-extensions: pip install onnxruntime-extensions")
+        raise ExportError("--custom-op checks the plugin graph with onnxruntime-extensions: "
+                          "pip install onnxruntime-extensions")
     try:
         model, _, state = load_checkpoint(checkpoint)
     except (FileNotFoundError, ValueError, KeyError) as e:
@@ -241,7 +242,8 @@ def add_variants(bundle_dir: str | os.PathLike, precisions, prompts=calibration.
                 "max_abs_err": abs_err, "max_rel_err": rel_err,
                 "error_inputs": f"{len(feeds)} held-out real {name} call(s)",
             }
-            log.info("%s %s: max abs err %.2e, rel %.2e vs fp32 (%.1f s)", name, prec, abs_err, rel_err, time.time() - t0)
+            log.info("%s %s: max abs err %.2e, rel %.2e vs fp32 (%.1f s)", name, prec, abs_err, rel_err,
+                     time.time() - t0)
     manifest["precision_export"] = {
         "calibration_prompts": [vars(p) for p in prompts], "held_out_prompt": vars(eval_prompt), "steps": steps,
         "max_rel_err": "max |variant - fp32| / max |fp32| per output, worst over outputs and calls",

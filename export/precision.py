@@ -315,7 +315,8 @@ def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tu
             g.initializer.extend([numpy_helper.from_array(np.array(sc, dtype), scale_name), zp])
             qn = f"{base}__fp8_q"
             nodes = [
-                helper.make_node("QuantizeLinear", [name, scale_name, zp_name], [qn], name=f"{base}__fp8_Q", saturate=1),
+                helper.make_node("QuantizeLinear", [name, scale_name, zp_name], [qn], name=f"{base}__fp8_Q",
+                                 saturate=1),
                 helper.make_node("DequantizeLinear", [qn, scale_name, zp_name], [deq], name=f"{base}__fp8_DQ"),
             ]
             stats["activations"] += 1

@@ -166,6 +166,23 @@ def info(bundle):
         size = b.component_path(name).stat().st_size
         click.echo(f"  {name:15s} {c['precision']:5s} {size / 1e6:7.2f} MB  parity {c.get('parity_max_abs_err', float('nan')):.1e}")
 
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", default="fp16", show_default=True, help="fp16 | fp8 (the graph carries the types).")
+@click.option("--max-frames", type=int, default=None, help="Largest video latent frame count to build for.")
+@click.option("--max-batch", type=int, default=None, help="Largest batch (guidance branches x samples).")
+@click.option("--force", is_flag=True, help="Rebuild even when the engines are up to date.")
+@handle_errors
+def build(bundle, precision, max_frames, max_batch, force):
+    """Build TensorRT engines for BUNDLE (needs an NVIDIA GPU and TensorRT >= 10.8)."""
+    try:
+        from engines.build import build_engines
+    except ImportError as e:
+        raise HarmonyError(f"engine building needs the repository's engines package ({e.name} missing)") from None
+    for path in build_engines(bundle, precision, max_frames=max_frames, max_batch=max_batch, force=force):
+        click.echo(f"engine {path}")
+
+
 from .bench import bench_command; main.add_command(bench_command, "bench")  # noqa: E402, E702  (harmony_rt/bench.py)
 
 if __name__ == "__main__":

@@ -183,11 +183,12 @@ class GuidedDenoiser:
 
     split: "batched" = one call on all N rows; "sequential" = one call per branch (B rows), outputs
     concatenated -- same inputs, same numbers; "auto" = choose per (mode, input shapes) key by measuring
-    real work: the first 2 x `repeats` calls of a key alternate batched / sequential (each call's output is
-    the step's result, so measuring costs no extra denoiser calls), then the faster by best time is kept in
-    `decisions` (key -> "batched" | "sequential"; best seconds in `timings`). Measuring up front instead
-    cost about three extra steps per generation (bench/RESULTS.md). Safe to call from several threads:
-    measured calls run one at a time. `clock` is injectable for tests.
+    real work: the first 2 x `repeats` calls of a key run batched / sequential in the order b s s b b s ...
+    (each call's output is the step's result, so measuring costs no extra denoiser calls; the order
+    balances drift in the machine's load), then the split with the better best time is kept in `decisions`
+    (key -> "batched" | "sequential"; best seconds in `timings`). Measuring both up front instead cost
+    about three extra steps per generation (bench/RESULTS.md). Safe to call from several threads: measured
+    calls run one at a time. `clock` is injectable for tests.
     """
 
     def __init__(
@@ -196,7 +197,7 @@ class GuidedDenoiser:
         mode: str = "sync",
         scales: GuidanceScales | None = None,
         split: str = "auto",
-        repeats: int = 2,
+        repeats: int = 3,
         clock: Callable[[], float] = time.perf_counter,
     ):
         branches(mode)  # validates
@@ -242,7 +243,8 @@ class GuidedDenoiser:
             if key in self.decisions:
                 return self._run(self.decisions[key], feeds, B)
             samples = self._samples.setdefault(key, {"batched": [], "sequential": []})
-            split = min(samples, key=lambda s: len(samples[s]))  # batched first, then alternate
+            done = len(samples["batched"]) + len(samples["sequential"])
+            split = "batched" if done % 4 in (0, 3) else "sequential"  # b s s b b s s b ...
             start = self.clock()
             out = self._run(split, feeds, B)
             samples[split].append(self.clock() - start)

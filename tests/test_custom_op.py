@@ -101,7 +101,8 @@ def test_plugin_graph_matches_pytorch(plugin_bundle, plugin_graph, model):
 
     from export.custom_op import PLUGIN_VARIANT, plugin_session
 
-    entry = json.loads((plugin_bundle / "manifest.json").read_text())["components"]["denoiser"]["variants"][PLUGIN_VARIANT]
+    manifest = json.loads((plugin_bundle / "manifest.json").read_text())
+    entry = manifest["components"]["denoiser"]["variants"][PLUGIN_VARIANT]
     assert entry["parity_max_abs_err"] <= entry["parity_tolerance"] <= 1e-3
     assert entry["plugin"]["nodes"] == len(model.denoiser.gldi) * 2 + model.cfg.layers
     f = _feeds(model, seed=9)

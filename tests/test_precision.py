@@ -16,7 +16,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("torch")
 
-from onnx import TensorProto, numpy_helper  # noqa: E402
+from onnx import TensorProto  # noqa: E402
 
 from harmony_rt.backends.ort import OrtBackend  # noqa: E402
 from harmony_rt.bundle import Bundle, sha256_file  # noqa: E402
@@ -82,9 +82,9 @@ def test_manifest_lists_verified_variants_with_errors(prec_bundle):
 
 def test_variant_errors_on_fresh_inputs(prec_bundle):
     """Independent of the exporter's numbers: a new batch size, shape and timesteps."""
-    from export.precision import graph_error
-
     import onnxruntime as ort
+
+    from export.precision import graph_error
 
     b = Bundle.load(prec_bundle, verify=False)
     g = b.geometry
@@ -103,7 +103,7 @@ def test_variant_errors_on_fresh_inputs(prec_bundle):
     sess = lambda p: ort.InferenceSession(str(b.component_path("denoiser", p)), providers=["CPUExecutionProvider"])  # noqa: E731
     ref = sess(None)
     for prec in ("fp16", "int8", "int8-dynamic", "fp8"):
-        abs_err, rel_err = graph_error(ref, sess(prec), [feeds])
+        _, rel_err = graph_error(ref, sess(prec), [feeds])
         assert 0 < rel_err <= BOUNDS[prec], (prec, rel_err)
 
 
@@ -233,7 +233,8 @@ def test_fp16_keeps_norms_timestep_and_final_fp32(prec_bundle, fp32_graph):
             assert all(types[w] == TensorProto.FLOAT16 for w in weights), (n.name, s)
     assert checked > 0
     attn = [n for n in h.graph.node if n.op_type == "Attention"]
-    assert attn and all(any(a.name == "softmax_precision" and a.i == TensorProto.FLOAT for a in n.attribute) for n in attn)
+    fp32_softmax = lambda n: any(a.name == "softmax_precision" and a.i == TensorProto.FLOAT for a in n.attribute)  # noqa: E731
+    assert attn and all(fp32_softmax(n) for n in attn)
 
 
 def test_cli_export_rejects_unknown_precision_and_generate_takes_one(prec_bundle, tmp_path):

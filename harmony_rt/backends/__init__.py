@@ -6,9 +6,13 @@ from ..errors import HarmonyError
 from .base import Backend
 
 
+TENSORRT_PRECISIONS = (None, "fp16", "fp8")  # what engines are built in (engines/build.py)
+
+
 def make_backend(name: str, bundle, **kw) -> Backend:
+    """auto: TensorRT when it is usable for this bundle and precision, else ONNX Runtime."""
     if name in ("auto", "ort"):
-        if name == "auto":
+        if name == "auto" and kw.get("precision") in TENSORRT_PRECISIONS:
             try:
                 from .tensorrt import TensorRTBackend, tensorrt_available
 

@@ -54,7 +54,8 @@ class OrtBackend:
         self.graph_precision = {name: self._pick(name) for name in bundle.manifest["components"]}
         if precision is not None and precision not in self.graph_precision.values():
             have = sorted({p for n in self.graph_precision for p in self._runnable(n)})
-            raise HarmonyError(f"bundle {bundle.path} has no {precision} graphs for ONNX Runtime (has {', '.join(have)})")
+            raise HarmonyError(f"bundle {bundle.path} has no {precision} graphs for ONNX Runtime "
+                               f"(has {', '.join(have)})")
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
