@@ -101,7 +101,7 @@ _G = dict(fps=8.0, height=32, width=32, sample_rate=16000)  # the tiny geometry
     (dict(scheduler=["euler"]), "unknown scheduler"),
     (dict(audio=np.zeros(16000, np.float32), video=np.zeros((8, 32, 32, 3), np.uint8)), "at most one of audio"),
     (dict(ref_audio=np.zeros(100, np.float32)), "reference audio must be 0.5-10 s"),
-    (dict(audio=np.full(16000, np.nan, np.float32)), "produced NaN or Inf"),
+    (dict(audio=np.full(16000, np.nan, np.float32)), "NaN"),
 ])
 def test_bad_arguments_are_harmony_errors(pipe, kw, needle):
     kw = {"prompt": "a red ball", "steps": 1, "seconds": 0.5, **kw}
