@@ -139,6 +139,7 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
         la = (rec_a - w).abs().mean() + 0.1 * stft_loss(rec_a, w)
         opt.zero_grad()
         (lv + la).backward()
+        _sync_grads(params)
         opt.step()
         logs = {"ae_video": lv.item(), "ae_audio": la.item()}
         if step % 50 == 0 or step == tc.ae_steps - 1:
@@ -146,6 +147,9 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
     with torch.no_grad():
         fit_latent_norm(model.video_ae, model.video_ae.encoder(frames), channel_dim=1)
         fit_latent_norm(model.audio_ae, model.audio_ae.encoder(wavs[:, None]).transpose(1, 2), channel_dim=2)
+    if torch.distributed.is_initialized():  # every rank uses rank 0's latent normalisation
+        for buf in (model.video_ae.shift, model.video_ae.scale, model.audio_ae.shift, model.audio_ae.scale):
+            torch.distributed.broadcast(buf, 0)
     return logs
 
 
@@ -246,6 +250,18 @@ def stage_of(step: int, tc: TrainConfig) -> str:
     return "audio" if x < a else "timbre" if x < a + b else "joint"
 
 
+def _sync_grads(params) -> None:
+    """Average gradients over processes (torchrun): every trained module -- autoencoders, encoders,
+    denoiser -- stays identical on all ranks without wrapping each in DDP."""
+    if not torch.distributed.is_initialized():
+        return
+    world = torch.distributed.get_world_size()
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
 def _dist():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
@@ -257,8 +273,8 @@ def _dist():
 def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, clips=None) -> Path:
     """Train (or resume) and write a checkpoint folder to `out`; returns its path."""
     rank, world = _dist()
-    torch.manual_seed(tc.seed + rank)
-    gen = torch.Generator().manual_seed(tc.seed + 1000 * rank)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
+    gen = torch.Generator().manual_seed(tc.seed + 1000 * rank)  # each rank its own batches and noise
     state = {"ae_done": False, "step": 0, "train_config": asdict(tc)}
     if resume:
         model, opt_sd, state = load_checkpoint(resume)
@@ -286,8 +302,6 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     if opt_sd is not None and state.get("phase") == "denoiser":
         opt.load_state_dict(opt_sd)
     denoiser = model.denoiser
-    if world > 1:
-        denoiser = torch.nn.parallel.DistributedDataParallel(denoiser, find_unused_parameters=True)
     state["phase"] = "denoiser"
     model.train()
     for step in range(state["step"], tc.steps):
@@ -304,6 +318,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
             loss, logs = audio_only_loss(denoiser, batch, cfg, gen)
         opt.zero_grad()
         loss.backward()
+        _sync_grads(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         state["step"] = step + 1
