@@ -18,9 +18,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# (registry size, config overrides). bench-large as registered takes about 1 s per guided step (3 rows,
-# its default 4 s clip) with ORT on the 2-core dev VM (bench/RESULTS.md), so it runs unchanged.
-LARGE = ("bench-large", {})
+# (registry size, config overrides). bench-large as registered takes ~0.47 s per guided step (3 rows, its
+# 4 s default clip) with ORT on the idle 2-core dev VM (~1 s only while the VM is busy): twice the layers
+# bring it to the ~1 s it is meant for (bench/RESULTS.md).
+LARGE = ("bench-large", {"layers": 4})
 TINY = ("tiny", {})
 
 

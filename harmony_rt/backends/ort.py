@@ -77,12 +77,14 @@ class OrtBackend:
 
     def options(self) -> ort.SessionOptions:
         """Session settings, each kept because it measured faster (bench/RESULTS.md):
-        - all graph optimizations (fuses Gelu, SkipLayerNorm, MatMul + Add; ONNX Attention runs as one kernel);
+        - all graph optimizations (Gelu, SkipLayerNorm fusions; ONNX Attention runs as one kernel);
         - denormals flushed to zero: a masked softmax (GLDI's window, padded captions) leaves probabilities
-          near 1e-38 that become denormal, and the following MatMul then runs several times slower
-          on x86; flushing changes values below 1.2e-38 only;
-        - no spinning: idle pool threads otherwise busy-wait (~20 ms of CPU after every run, and between
-          operators), taking the cores from the thread doing the work whenever anything else runs."""
+          near 1e-38 that become denormal, and the following MatMul then runs several times slower on x86
+          (masked attention 2.5x in isolation, 3-4 % of a bench-large step); flushing changes values below
+          1.2e-38 only;
+        - idle pool threads sleep instead of spinning. With one other busy process on 2 cores, ORT's
+          default spinning was 1.1-1.9x slower (spinning at most 200 us: 1.04-1.7x); on an idle machine
+          it was 1.03-1.23x faster. No spinning is never far behind, spinning sometimes is."""
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.set_denormal_as_zero", "1")
