@@ -80,8 +80,7 @@ class OrtBackend:
         - all graph optimizations (Gelu, SkipLayerNorm fusions; ONNX Attention runs as one kernel);
         - denormals flushed to zero: a masked softmax (GLDI's window, padded captions) leaves probabilities
           near 1e-38 that become denormal, and the following MatMul then runs several times slower on x86
-          (masked attention 2.5x in isolation, 3-4 % of a bench-large step); flushing changes values below
-          1.2e-38 only;
+          (one masked attention 2.3x, whole steps 1.06-1.27x); flushing changes values below 1.2e-38 only;
         - idle pool threads sleep instead of spinning. With one other busy process on 2 cores, ORT's
           default spinning was 1.1-1.9x slower (spinning at most 200 us: 1.04-1.7x); on an idle machine
           it was 1.03-1.23x faster. No spinning is never far behind, spinning sometimes is."""
