@@ -1,0 +1,1 @@
+"""Benchmarks: `pytest bench/` (see conftest.py) and helper scripts; nothing here is a correctness test."""

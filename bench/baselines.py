@@ -33,7 +33,8 @@ class TorchWorker:
             env["OMP_WAIT_POLICY"] = omp_wait
         self.malloc = malloc
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.torch_worker", str(checkpoint), str(self.feeds_path), "--threads", str(threads)]
+            [sys.executable, "-m", "bench.torch_worker", str(checkpoint), str(self.feeds_path),
+             "--threads", str(threads)]
             + (["--flush-denormal"] if flush_denormal else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT,
         )

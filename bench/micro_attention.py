@@ -77,7 +77,10 @@ def child(engine: str, steps: int, threads: int) -> dict[str, float]:
     """Median seconds per case for one engine, in this process."""
     out = {}
     for label, feeds in cases():
-        run = _torch_runner(feeds, threads) if engine == "torch SDPA" else _ort_runner(feeds, engine == "ORT, DAZ on", threads)
+        if engine == "torch SDPA":
+            run = _torch_runner(feeds, threads)
+        else:
+            run = _ort_runner(feeds, engine == "ORT, DAZ on", threads)
         out[label] = med(interleave({"x": run}, rounds=steps, warmup=1, pause=0.0)["x"])
     return out
 

@@ -37,7 +37,8 @@ def time_by_line(step: OrtStep, path: Path, runs: int = 3) -> list[tuple[str, fl
     prof = Path(step.end_profiling())
     events = json.loads(prof.read_text())
     prof.unlink(missing_ok=True)
-    spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][1:]
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    spans = [(e["ts"], e["ts"] + e["dur"]) for e in runs[1:]]
     acc: collections.Counter = collections.Counter()
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):

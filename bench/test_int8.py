@@ -35,8 +35,9 @@ def test_int8_step(model, rounds, threads, report, tmp_path):
         steps[prec] = OrtStep(bundle, feeds, threads, path=_variant(model, prec, feeds))
     with TorchWorker(model.checkpoint, feeds, tmp_path, "tuned", threads) as w, \
             TorchWorker(model.checkpoint, feeds, tmp_path, "tuned", threads, omp_wait="PASSIVE") as wp:
-        t = interleave({**{k: s.run for k, s in steps.items()}, "torch": SelfTimed(w.step), "torch-passive": SelfTimed(wp.step)},
-                       rounds=rounds)
+        cands = {**{k: s.run for k, s in steps.items()},
+                 "torch": SelfTimed(w.step), "torch-passive": SelfTimed(wp.step)}
+        t = interleave(cands, rounds=rounds)
     torch_best = min(("torch", "torch-passive"), key=lambda k: med(t[k]))
     ref = steps["fp32"].run()
     g = f"{model.label} int8 denoiser step ({threads} threads)"
@@ -45,6 +46,6 @@ def test_int8_step(model, rounds, threads, report, tmp_path):
         rel = max(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12)) for a, b in zip(ref, out))
         report(Row(g, f"ORT {prec}", med(t[prec]), baseline="ORT fp32", base_value=med(t["fp32"]),
                    ratio=speedup(t[prec], t["fp32"]), note=f"max rel diff vs fp32 {rel:.1e} (random weights)"))
-        report(Row(g, f"ORT {prec}", med(t[prec]), baseline="torch eager fp32 at its best", base_value=med(t[torch_best]),
-                   ratio=speedup(t[prec], t[torch_best]),
+        report(Row(g, f"ORT {prec}", med(t[prec]), baseline="torch eager fp32 at its best",
+                   base_value=med(t[torch_best]), ratio=speedup(t[prec], t[torch_best]),
                    note=f"tuned malloc, {'passive' if torch_best == 'torch-passive' else 'default'} OpenMP wait"))

@@ -75,11 +75,13 @@ def test_step_flops(model, threads, peak, record_peak, report):
     kernel = sum(d["seconds"] for d in ops.values())
     top = sorted(ops.items(), key=lambda kv: -kv[1]["seconds"])[:4]
     report(Row(g, "kernel time by op (profiled step)", kernel, note=", ".join(
-        f"{op} {d['seconds'] / kernel:.0%}" + (f" @ {d['flops'] / d['seconds'] / 1e9:.0f} GFLOP/s" if d["flops"] else "")
+        f"{op} {d['seconds'] / kernel:.0%}"
+        + (f" @ {d['flops'] / d['seconds'] / 1e9:.0f} GFLOP/s" if d["flops"] else "")
         for op, d in top)))
     lines = time_by_line(OrtStep(bundle, feeds, threads, profile=str(model.bundle_path.parent / "prof")),
                          bundle.component_path("denoiser"))
-    report(Row(g, "kernel time by model source line", kernel, note="; ".join(f"{share:.0%} {where}" for where, share in lines[:5])))
+    note = "; ".join(f"{share:.0%} {where}" for where, share in lines[:5])
+    report(Row(g, "kernel time by model source line", kernel, note=note))
 
 
 def test_ort_settings(model, rounds, threads, report):
@@ -100,8 +102,10 @@ def test_ort_settings(model, rounds, threads, report):
         if k != "runtime":
             report(Row(g, f"runtime settings vs {k}", med(t["runtime"]), baseline=k, base_value=med(t[k]),
                        ratio=speedup(t["runtime"], t[k]), note="one process, interleaved steps"))
-    fresh = process_rounds(model.bundle_path, {"runtime": {}, "stock": {"stock": True}, "no DAZ": {"denormal_as_zero": False}},
-                           rounds=3, steps=2 if model.label != "tiny" else 20, threads=threads)
+    variants = {"runtime": {}, "stock": {"stock": True}, "no DAZ": {"denormal_as_zero": False}}
+    fresh = process_rounds(model.bundle_path, variants, rounds=3, steps=2 if model.label != "tiny" else 20,
+                           threads=threads)
     for k in ("stock", "no DAZ"):
         report(Row(g, f"runtime settings vs {k}", med(fresh["runtime"]), baseline=k, base_value=med(fresh[k]),
-                   ratio=speedup(fresh["runtime"], fresh[k]), note="each in a fresh process, 3 interleaved processes each"))
+                   ratio=speedup(fresh["runtime"], fresh[k]),
+                   note="each in a fresh process, 3 interleaved processes each"))

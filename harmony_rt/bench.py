@@ -48,9 +48,9 @@ class SelfTimed:
 def interleave(cands: dict[str, Callable], rounds: int, warmup: int = 1, pause: float = 0.1) -> dict[str, list[float]]:
     """Run every candidate once per round, in turn; returns seconds per round for each.
 
-    Candidates are timed here unless wrapped in `SelfTimed`. `pause`: an ORT session's idle workers spin
-    for 10-20 ms of CPU after a run (longer in wall time on a busy machine); the pause lets them go to
-    sleep so they do not slow the next candidate down.
+    Candidates are timed here unless wrapped in `SelfTimed`. `pause`: idle worker threads that spin (ORT
+    with spinning on: 10-20 ms of CPU after a run; libgomp in a torch worker) get to go to sleep before the
+    next candidate starts, so they do not slow it down.
     """
     times: dict[str, list[float]] = {k: [] for k in cands}
     for r in range(warmup + rounds):
@@ -173,7 +173,8 @@ def session_options(bundle: Bundle, threads: int | None, **variant):
 
     variant keys: stock (True: plain SessionOptions, only the thread count set), level ("all" | "extended" |
     "basic" | "disabled"), spinning (bool), spin_us (spin at most this long, µs), spin_backoff (int),
-    block_base (session.dynamic_block_base: adaptive work splitting), arena (bool), mem_pattern (bool), denormal_as_zero (bool),
+    block_base (session.dynamic_block_base: adaptive work splitting), arena (bool), mem_pattern (bool),
+    denormal_as_zero (bool),
     profile (file prefix: enable ORT's profiler).
     """
     import onnxruntime as ort
@@ -188,8 +189,9 @@ def session_options(bundle: Bundle, threads: int | None, **variant):
             so.intra_op_num_threads = threads
     else:
         so = OrtBackend(bundle, threads=threads).options()
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    opt = ort.GraphOptimizationLevel
+    levels = {"all": opt.ORT_ENABLE_ALL, "extended": opt.ORT_ENABLE_EXTENDED, "basic": opt.ORT_ENABLE_BASIC,
+              "disabled": opt.ORT_DISABLE_ALL}
     if "level" in variant:
         so.graph_optimization_level = levels[variant["level"]]
     if "spinning" in variant:
@@ -482,7 +484,8 @@ def cold_start(bundle_path: Path, threads: int = 2, generate: bool = False, env:
     """A fresh `python` process: seconds from launch to imports done, bundle verified + denoiser session
     made, first denoiser step done; peak RSS (after one full generate when `generate`)."""
     launch = time.time()
-    r = subprocess.run([sys.executable, "-c", _COLD, str(bundle_path), str(threads), "generate" if generate else "step"],
+    what = "generate" if generate else "step"
+    r = subprocess.run([sys.executable, "-c", _COLD, str(bundle_path), str(threads), what],
                        capture_output=True, text=True, env=env, check=True)
     out = json.loads(r.stdout.strip().splitlines()[-1])
     return {"import": out["imported"] - launch, "load": out["loaded"] - out["imported"],
@@ -606,8 +609,9 @@ def generate_rows(bundle_path: Path | None, label: str, rounds: int, threads: in
     rows.insert(2, Row(g, "  of it: denoiser calls", s["denoiser"], baseline="ODE loop", base_value=s["ode_loop"],
                        ratio=s["denoiser"] / s["ode_loop"], note="the rest: guidance + scheduler numpy"))
     rows.append(Row(g, "total", s["total"], note=f"guidance split: {', '.join(set(s['split'].values())) or 'n/a'}"))
-    rows.append(Row(g, "first generate of a new Pipeline", s["first_total"], baseline="later ones", base_value=s["total"],
-                    ratio=s["total"] / s["first_total"], note="includes session loads and the split measurement"))
+    rows.append(Row(g, "first generate of a new Pipeline", s["first_total"], baseline="later ones",
+                    base_value=s["total"], ratio=s["total"] / s["first_total"],
+                    note="includes session loads and the split measurement"))
     return rows
 
 
@@ -639,11 +643,13 @@ def run_runtime(bundle_path: Path | None = None, threads: int | None = None, rou
     bundle = Bundle.load(path)
     label = path.name
     info = {"machine": machine(), "bundle": str(path), "threads": threads, "rounds": rounds}
+    log.info("denoiser step: runtime vs stock settings, IO binding, int8, GFLOP/s")
     rows, step = step_rows(bundle, label, rounds, threads, frames)
-    peak = step["peak"]
-    info["step"] = {"flops": step["flops"], "peak": peak, "shape": step["shape"]}
+    info["step"] = {"flops": step["flops"], "peak": step["peak"], "shape": step["shape"]}
+    log.info("guidance split")
     rows += guidance_rows(bundle, label, max(2, rounds // 2), threads, frames)
     if not quick:
+        log.info("end-to-end generate, cold start")
         rows += generate_rows(path, label, 2, threads)
         rows += cold_rows(path, label, threads)
     rows += size_rows()
@@ -652,12 +658,14 @@ def run_runtime(bundle_path: Path | None = None, threads: int | None = None, rou
 
 
 @click.command("bench")
-@click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: the shipped demo).")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Bundle folder (default: the shipped demo).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: ONNX Runtime's, one per core).")
 @click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds per comparison.")
 @click.option("--frames", type=int, default=None, help="Video latent frames of the step (default: the bundle's clip).")
 @click.option("--quick", is_flag=True, help="Skip end-to-end, cold start and memory.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write rows + machine here.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write rows + machine here.")
 def bench_command(bundle, threads, rounds, frames, quick, json_out):
     """Time the runtime on this machine (no torch): denoiser step, ORT settings, SyncCFG batching,
     end-to-end stages, cold start, memory, installed size. Ratios come from interleaved rounds."""
@@ -669,8 +677,8 @@ def bench_command(bundle, threads, rounds, frames, quick, json_out):
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     m = info["machine"]
-    click.echo(f"{m['cpu']}, {m['cores']} cores, load {m['load']} -> {m['load_after']}, onnxruntime {m['onnxruntime']}, "
-               f"threads {threads or 'default'}, {rounds} rounds")
+    click.echo(f"{m['cpu']}, {m['cores']} cores, load {m['load']} -> {m['load_after']}, "
+               f"onnxruntime {m['onnxruntime']}, threads {threads or 'default'}, {rounds} rounds")
     click.echo(format_table(rows))
     if json_out is not None:
         json_out.write_text(json.dumps({"info": info, "rows": [r.to_dict() for r in rows]}, indent=2))

@@ -82,8 +82,9 @@ class OrtBackend:
           near 1e-38 that become denormal, and the following MatMul then runs several times slower on x86
           (one masked attention 2.3x, whole steps 1.06-1.27x); flushing changes values below 1.2e-38 only;
         - idle pool threads sleep instead of spinning. With one other busy process on 2 cores, ORT's
-          default spinning was 1.1-1.9x slower (spinning at most 200 us: 1.04-1.7x); on an idle machine
-          it was 1.03-1.23x faster. No spinning is never far behind, spinning sometimes is."""
+          default spinning was 1.1-1.9x slower (spinning at most 200 us: 1.1-1.7x); on an idle machine it
+          ranged from 1.3x slower (tiny) to 1.2x faster (demo bundle). No spinning loses little where
+          spinning wins, and wins a lot where spinning loses (bench/spin_matrix.py)."""
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.set_denormal_as_zero", "1")
