@@ -3,12 +3,15 @@ profile per component from the I/O contract, a persistent timing cache, cached a
 
     build_engines("bundle/", "fp16")  ->  [bundle/engines/denoiser.fp16.sm90.trt11.4.engine, ...]
 
-RoPEAlignedAttention nodes run through the AOT Triton plugin (`plugin="triton"`, default: engines are
-self-contained) or the native IPluginV3 library built by CMake (`plugin="native"`, `plugin_library=`;
-the runtime must then load the same library).
+Where the bundle has a plugin graph at the chosen precision (`fp16-plugin`, `fp32-plugin`: graphs.py) it
+is built from that by default (`plugin_graphs=False`, `harmony-rt build --no-plugin`: the decomposed
+graphs). Its RoPEAlignedAttention nodes run through the AOT Triton plugin (`plugin="triton"`, default:
+engines are self-contained) or the native IPluginV3 library built by CMake (`plugin="native"`,
+`plugin_library=`; the runtime must then load the same library). The engine's record in engines.json
+names the graph (`settings["graph"]`, `settings["graph_file"]`); switching graphs rebuilds the engine.
 
-The pure parts (profiles, naming, rebuild decision, graph choice) live in profiles.py, records.py,
-graphs.py and are tested without TensorRT. NOTE: `build_engines` past the TensorRT import has NOT run
+`plan_engines` (graph choice, plugin nodes, profiles) runs without TensorRT, as do profiles.py,
+records.py and graphs.py, and is tested so. NOTE: `build_engines` past the TensorRT import has NOT run
 on the development machines (no GPU, no TensorRT); it follows the TensorRT 10.8+/11 Python API.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from harmony_rt.backends.tensorrt import ENGINE_DIR, engine_filename, gpu_sm, trt_tag
@@ -61,6 +65,8 @@ def build_settings(component: str, precision: str, graph: graphs.GraphChoice, pr
     return {
         "component": component,
         "precision": precision,
+        "graph": graph.variant,
+        "graph_file": graph.path.name,
         "graph_precision": graph.precision,
         "profile": {k: [list(s) for s in v] for k, v in sorted(profile.items())},
         "limits": limits.to_dict(),
@@ -81,25 +87,65 @@ def _import_trt():
     return trt
 
 
-def build_engines(bundle_path, precision: str = "fp16", max_frames: int | None = None,
-                  max_batch: int | None = None, timing_cache=None, force: bool = False,
-                  components: list[str] | None = None, plugin: str = "triton",
-                  plugin_library: str | os.PathLike | None = None, opt_level: int = 3,
-                  workspace_bytes: int | None = None) -> list[Path]:
-    """Build (or keep, when up to date) one engine per component; return their paths."""
+def _check_precision(precision: str) -> None:
     if precision not in ("fp16", "fp8"):
         raise HarmonyError(f"precision must be fp16 or fp8, got {precision!r}")
-    trt = _import_trt()
-    bundle = Bundle.load(bundle_path)
-    sm = gpu_sm()
-    if sm is None:
-        raise HarmonyError("no NVIDIA GPU found (cuda-python cannot see one): engines are built on the GPU they run on")
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """One engine to build: the graph it comes from, that graph's plugin nodes and the optimization profile."""
+
+    component: str
+    precision: str  # the build's (the engine file's), not necessarily the graph's
+    graph: graphs.GraphChoice
+    plugin_nodes: int  # RoPEAlignedAttention nodes in the graph (0: no plugin needed)
+    profile: dict  # input name -> (min, opt, max) shapes
+    limits: profiles.Limits
+
+    def describe(self) -> str:
+        """'denoiser  fp16  denoiser.fp16-plugin.onnx (fp16-plugin, RoPEAlignedAttention plugin), 6 plugin nodes'."""
+        nodes = f", {self.plugin_nodes} plugin node{'s' * (self.plugin_nodes != 1)}" if self.plugin_nodes else ""
+        return f"{self.component:15s} {self.precision:5s} {self.graph.describe()}{nodes}"
+
+
+def plan_engines(bundle: Bundle, precision: str = "fp16", max_frames: int | None = None,
+                 max_batch: int | None = None, components: list[str] | None = None,
+                 plugin_graphs: bool = True) -> list[EnginePlan]:
+    """What `build_engines` builds, per component, without TensorRT: the graph (a plugin graph where the bundle
+    has one at the chosen precision, unless `plugin_graphs=False`), its plugin node count and the profile."""
+    _check_precision(precision)
     limits = profiles.resolve_limits(bundle.manifest, bundle.geometry, max_frames, max_batch)
     ranges = profiles.dim_ranges(bundle.geometry, limits, bundle.manifest.get("geometry"))
     names = list(components or bundle.manifest["components"])
     unknown = [c for c in names if c not in bundle.manifest["components"]]
     if unknown:
         raise HarmonyError(f"bundle has no component(s) {unknown}")
+    plans = []
+    for comp in names:
+        graph = graphs.select_graph(bundle, comp, precision, plugin=plugin_graphs)
+        n_plugin = len(graphs.plugin_nodes(graphs.load_graph(graph.path)))
+        if graph.plugin and not n_plugin:
+            log.warning("%s: plugin graph %s has no RoPEAlignedAttention node", comp, graph.path.name)
+        prof = profiles.component_profile(bundle.specs[comp], ranges)
+        plans.append(EnginePlan(comp, precision, graph, n_plugin, prof, limits))
+    return plans
+
+
+def build_engines(bundle_path, precision: str = "fp16", max_frames: int | None = None,
+                  max_batch: int | None = None, timing_cache=None, force: bool = False,
+                  components: list[str] | None = None, plugin: str = "triton",
+                  plugin_library: str | os.PathLike | None = None, opt_level: int = 3,
+                  workspace_bytes: int | None = None, plugin_graphs: bool = True) -> list[Path]:
+    """Build (or keep, when up to date) one engine per component; return their paths.
+    plugin_graphs: build from the bundle's plugin graphs where it has them (False: the decomposed graphs)."""
+    _check_precision(precision)
+    trt = _import_trt()
+    bundle = Bundle.load(bundle_path)
+    sm = gpu_sm()
+    if sm is None:
+        raise HarmonyError("no NVIDIA GPU found (cuda-python cannot see one): engines are built on the GPU they run on")
+    plans = plan_engines(bundle, precision, max_frames, max_batch, components, plugin_graphs)
 
     out_dir = Path(bundle.path) / ENGINE_DIR
     out_dir.mkdir(exist_ok=True)
@@ -107,23 +153,23 @@ def build_engines(bundle_path, precision: str = "fp16", max_frames: int | None =
     index = records.load_index(bundle.path)
     builder = _Builder(trt, cache_path, opt_level, workspace_bytes, plugin, plugin_library)
     built = []
-    for comp in names:
-        graph = graphs.select_graph(bundle, comp, precision)
-        model = graphs.load_graph(graph.path)
-        n_plugin = len(graphs.plugin_nodes(model))
-        plug = plugin_fingerprint(plugin, plugin_library) if n_plugin else None
-        prof = profiles.component_profile(bundle.specs[comp], ranges)
+    for plan in plans:
+        comp, graph = plan.component, plan.graph
+        plug = plugin_fingerprint(plugin, plugin_library) if plan.plugin_nodes else None
         target = engine_path(bundle.path, comp, precision, sm, trt.__version__)
-        settings = build_settings(comp, precision, graph, prof, limits, plug, trt.__version__, sm, opt_level)
+        settings = build_settings(comp, precision, graph, plan.profile, plan.limits, plug, trt.__version__, sm,
+                                  opt_level)
         why = records.needs_rebuild(index, target, graph.digest, settings, force)
         if why is None:
-            log.info("%s: up to date", target.name)
+            log.info("%s: up to date (from %s)", target.name, graph.describe())
             built.append(target)
             continue
-        log.info("%s: building (%s)", target.name, why)
-        if n_plugin:
+        log.info("%s: building from %s (%s)", target.name, graph.describe(), why)
+        model = None
+        if plan.plugin_nodes:
+            model = graphs.load_graph(graph.path)
             graphs.mark_plugin_nodes(model, aot=plugin == "triton")
-        builder.build(comp, graph.path, model if n_plugin else None, prof, target)
+        builder.build(comp, graph.path, model, plan.profile, target)
         records.record(index, target, comp, graph.digest, settings)
         records.save_index(bundle.path, index)  # after each engine: an interrupted run keeps what finished
         built.append(target)
@@ -153,7 +199,7 @@ class _Builder:
 
             if not trt_plugin.available():
                 raise HarmonyError("the Triton plugin needs tensorrt.plugin (TensorRT >= 10.8) and triton: "
-                                   "pip install triton")
+                                   "pip install triton (or build from the decomposed graphs: --no-plugin)")
             trt_plugin.register()
         else:
             self.builder.get_plugin_registry().load_library(str(self.plugin_library))

@@ -4,6 +4,11 @@ TensorRT 11 networks are strongly typed: precision lives in the graph. A manifes
 (`file`, `sha256`, `precision`) and may list others under `variants` ({"fp8": {"file", "sha256", ...}}).
 `select_graph` takes the exact precision when present; an fp8 build falls back to the fp16 graph for
 components without an fp8 variant (decoders, encoders stay high precision), else to the main graph.
+
+Variants flagged `plugin` (`fp32-plugin`, `fp16-plugin`: every RoPE attention one RoPEAlignedAttention
+node, run by the fused plugin) are graphs of the precision they declare. At the precision chosen as above,
+a plugin graph is preferred to the decomposed one unless `plugin=False`; the precision comes first (an fp8
+build takes the decomposed fp8 graph over an fp16 plugin graph).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ log = logging.getLogger(__name__)
 
 PLUGIN_NAMESPACE = TRT_PLUGIN_ID.split("::")[0]
 FALLBACK = {"fp8": ("fp8", "fp16"), "fp16": ("fp16",)}
+MAIN = "main"  # GraphChoice.variant of a component's main graph
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,13 @@ class GraphChoice:
     path: Path
     digest: str  # sha256 of the graph (and of its external data, when any)
     precision: str  # what the graph itself declares
+    variant: str = MAIN  # its key under the component's `variants` (MAIN: the main graph)
+    plugin: bool = False  # a plugin graph (RoPEAlignedAttention nodes)
+
+    def describe(self) -> str:
+        """'denoiser.fp16-plugin.onnx (fp16-plugin, RoPEAlignedAttention plugin)'."""
+        kind = ", RoPEAlignedAttention plugin" if self.plugin else ""
+        return f"{self.path.name} ({self.variant if self.variant != MAIN else f'main {self.precision}'}{kind})"
 
 
 def _digest(entry: dict) -> str:
@@ -39,23 +52,41 @@ def _digest(entry: dict) -> str:
     return hashlib.sha256(json.dumps([entry["sha256"], *ext]).encode()).hexdigest()
 
 
-def select_graph(bundle, component: str, precision: str, verify_variants: bool = True) -> GraphChoice:
-    """The graph to build `component` at `precision` from (see module doc)."""
+def candidates(comp: dict) -> tuple[dict, dict]:
+    """(decomposed, plugin) graphs of a manifest component, each {declared precision: (variant key, entry)}."""
+    main_prec = comp.get("precision", "fp32")
+    decomposed, plugin = {}, {}
+    for key, entry in comp.get("variants", {}).items():
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("plugin"):
+            plugin.setdefault(entry.get("precision", main_prec), (key, entry))
+        else:
+            decomposed[key] = (key, entry)
+    decomposed.setdefault(main_prec, (MAIN, comp))
+    return decomposed, plugin
+
+
+def select_graph(bundle, component: str, precision: str, verify_variants: bool = True,
+                 plugin: bool = True) -> GraphChoice:
+    """The graph to build `component` at `precision` from (see module doc); `plugin=False`: never a plugin graph."""
     comp = bundle.manifest["components"].get(component)
     if comp is None:
         raise BundleError(f"{bundle.path}: bundle has no component {component!r}")
-    candidates = {**{k: v for k, v in comp.get("variants", {}).items() if isinstance(v, dict)}}
-    candidates.setdefault(comp.get("precision", "fp32"), comp)
+    decomposed, plugins = candidates(comp)
+    if not plugin:
+        plugins = {}
     for want in FALLBACK.get(precision, (precision,)):
-        entry = candidates.get(want)
-        if entry is not None:
+        if want in plugins or want in decomposed:
             break
     else:
-        want, entry = comp.get("precision", "fp32"), comp
+        want = comp.get("precision", "fp32")
         log.warning("%s: no %s graph; building from the %s graph", component, precision, want)
-    path = safe_path(bundle.path, entry["file"], f"component {component} ({want})")
+    key, entry = plugins.get(want) or decomposed[want]
+    label = want if key == MAIN else key
+    path = safe_path(bundle.path, entry["file"], f"component {component} ({label})")
     if not path.is_file():
-        raise BundleError(f"{path}: graph of component {component} ({want}) is missing")
+        raise BundleError(f"{path}: graph of component {component} ({label}) is missing")
     if entry is not comp and verify_variants:  # Bundle.load verified the main graph, not the variants
         files = [(path, entry.get("sha256"))]
         for ext in entry.get("external_data", []):
@@ -63,8 +94,10 @@ def select_graph(bundle, component: str, precision: str, verify_variants: bool =
             files.append((xp, ext.get("sha256")))
         for p, digest in files:
             if not p.is_file() or sha256_file(p) != digest:
-                raise BundleError(f"{p}: missing or sha256 mismatch (component {component}, {want} variant)")
-    return GraphChoice(path, _digest(entry), want)
+                raise BundleError(f"{p}: missing or sha256 mismatch (component {component}, {label} variant)")
+    choice = GraphChoice(path, _digest(entry), want, key, bool(entry.get("plugin")))
+    log.debug("%s at %s: %s", component, precision, choice.describe())
+    return choice
 
 
 def plugin_nodes(model) -> list:

@@ -5,7 +5,9 @@ export leaves the old bundle (or nothing), never a half-written one. The manifes
 
 Precision variants (`add_variants`) sit beside each fp32 main graph as `<component>.<precision>.onnx`,
 listed under the component's `variants` with their error vs fp32 measured on a held-out real sampler run;
-the plugin graph (`--custom-op`) is the denoiser's `fp32-plugin` variant (export/custom_op.py).
+the plugin graph (`--custom-op`) is the denoiser's `fp32-plugin` variant (export/custom_op.py), and the
+passes of `precision.PLUGIN_PRECISIONS` over it are its `<precision>-plugin` variants (`--custom-op
+--precision fp16` writes `fp16-plugin`), each flagged `plugin` like `fp32-plugin`.
 """
 
 from __future__ import annotations
@@ -210,6 +212,9 @@ def add_variants(bundle_dir: str | os.PathLike, precisions, prompts=calibration.
     """Write the variants `precisions` ('fp16,int8,fp8' or a list) of every component they suit
     (`precision.PLAN`) into an fp32 bundle folder and update its manifest in place (atomically).
 
+    A component with a plugin graph (`fp32-plugin`, from `add_plugin_graph`) also gets `<precision>-plugin`
+    for each precision in `precision.PLUGIN_PRECISIONS` (`_add_plugin_variant`).
+
     Calibration (int8 static, fp8): denoiser feeds recorded from fp32 generations of `prompts`.
     Errors: every variant vs its fp32 graph on the feeds of one held-out generation (`eval_prompt`).
     steps: ODE steps of those generations (default: the bundle's)."""
@@ -244,12 +249,44 @@ def add_variants(bundle_dir: str | os.PathLike, precisions, prompts=calibration.
             }
             log.info("%s %s: max abs err %.2e, rel %.2e vs fp32 (%.1f s)", name, prec, abs_err, rel_err,
                      time.time() - t0)
+        if prec in precision.PLUGIN_PRECISIONS:
+            for name in (c for c in comps if custom_op.PLUGIN_VARIANT in comps[c].get("variants", {})):
+                feeds = calibration.subsample(held_out.get(name, []), EVAL_CALLS)
+                _add_plugin_variant(bundle_dir, name, comps[name], prec, feeds)
     manifest["precision_export"] = {
         "calibration_prompts": [vars(p) for p in prompts], "held_out_prompt": vars(eval_prompt), "steps": steps,
         "max_rel_err": "max |variant - fp32| / max |fp32| per output, worst over outputs and calls",
     }
     atomic_write_bytes(bundle_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
     return manifest
+
+
+def _add_plugin_variant(bundle_dir: Path, name: str, comp: dict, prec: str, feeds: list[dict]) -> None:
+    """Variant `<prec>-plugin` of component `name` (manifest entry `comp`, updated in place): the `prec` pass
+    over its `fp32-plugin` graph, with its error vs the fp32 main graph on the held-out `feeds`; ORT runs the
+    custom nodes through the numpy reference (fp16 ones as `custom_op.HALF_CHECK` says)."""
+    t0 = time.time()
+    key = precision.plugin_variant(prec)
+    source = comp["variants"][custom_op.PLUGIN_VARIANT]
+    dst = bundle_dir / f"{name}.{key}.onnx"
+    info = precision.build_variant(key, name, bundle_dir / source["file"], dst, None)
+    io_types = precision.plugin_io_types(onnx.load(str(dst)))
+    sess = custom_op.plugin_session(dst)
+    abs_err, rel_err = precision.graph_error(_cpu_session(bundle_dir / comp["file"]), sess, feeds)
+    if not np.isfinite(abs_err):
+        raise ExportError(f"{name} ({key}): the variant produces non-finite outputs")
+    names = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16"}
+    combos = sorted({tuple(names.get(t, str(t)) for t in ts) for ts in io_types})  # distinct, ideally one
+    comp["variants"][key] = {
+        "file": dst.name, "sha256": sha256_file(dst), **info,
+        "plugin": {**source["plugin"], "nodes": len(io_types), "source": custom_op.PLUGIN_VARIANT,
+                   "io_order": ", ".join(custom_op.INPUTS) + " -> out", "io_types": [list(c) for c in combos]},
+        "max_abs_err": abs_err, "max_rel_err": rel_err,
+        "error_inputs": f"{len(feeds)} held-out real {name} call(s)",
+        "error_runtime": custom_op.HALF_CHECK if info["plugin_types"]["fp16_nodes"] else "numpy reference",
+    }
+    log.info("%s %s: %d RoPEAlignedAttention nodes, max abs err %.2e, rel %.2e vs fp32 (%.1f s)", name, key,
+             len(io_types), abs_err, rel_err, time.time() - t0)
 
 
 def add_plugin_graph(bundle_dir: str | os.PathLike, model: HarmonyModel, tolerance: float = FP32_TOLERANCE) -> dict:

@@ -14,6 +14,11 @@ recorded per variant in the manifest (`high_precision`):
            built on the fp16 graph (what TensorRT runs outside the fp8 GEMMs). Embeddings, norms, the
            timestep path and the final projection are never quantized.
 
+Plugin graphs (the `fp32-plugin` variant, every RoPE attention one `com.harmony_rt::RoPEAlignedAttention`
+node: export/custom_op.py) get the passes in `PLUGIN_PRECISIONS` too, as variants `<precision>-plugin`: the
+same rule set, then `set_plugin_types` gives each custom node the types the plugin takes (q, k, v and the
+output fp16 where the node computes in fp16, rotary tables and positions fp32; engines/plugin/__init__.py).
+
 Module scopes come from the exporter's `pkg.torch.onnx.name_scopes` node metadata.
 """
 
@@ -28,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from engines.plugin import N_QKV, OP_DOMAIN, OP_NAME
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,12 @@ PLAN = {"fp16": None, "int8": ("denoiser",), "int8-dynamic": ("denoiser",), "fp8
 PRECISIONS = ("fp32", *PLAN)
 
 FP8_MAX = 448.0  # largest finite float8e4m3fn
+
+# passes that also run over a plugin graph (variant `<precision>-plugin`). Not fp8: its Q/DQ pairs would sit
+# in front of the fused attention, which takes no fp8, and calibrating through the custom node needs ORT
+# sessions calibration.tensor_amax does not build.
+PLUGIN_SUFFIX = "-plugin"
+PLUGIN_PRECISIONS = ("fp16",)
 
 
 def parse_precisions(spec: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -197,8 +210,18 @@ def to_fp16(model: onnx.ModelProto, component: str) -> tuple[onnx.ModelProto, Se
         op_block_list=list(DEFAULT_OP_BLOCK_LIST), node_block_list=keep,
     )
     _fp32_softmax(out, set(sel.convert))
+    _drop_initializer_value_info(out.graph)
     toposort(out.graph)  # the converter appends its input casts at the end
     return out, sel
+
+
+def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
+    """The converter retypes every float value_info to fp16, including those naming initializers it keeps fp32;
+    an initializer declares its own type, so those entries go (strict type inference then agrees)."""
+    inits = {i.name for i in graph.initializer}
+    keep = [v for v in graph.value_info if v.name not in inits]
+    del graph.value_info[:]
+    graph.value_info.extend(keep)
 
 
 def toposort(graph: onnx.GraphProto) -> None:
@@ -351,6 +374,121 @@ def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tu
     return m, stats
 
 
+# ---------------------------------------------------------------------------------------------- plugin graphs
+
+_TYPE_TAG = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16"}
+
+
+def plugin_variant(precision: str) -> str:
+    """'fp16' -> 'fp16-plugin': the variant key of a pass over the plugin graph."""
+    return f"{precision}{PLUGIN_SUFFIX}"
+
+
+def plugin_base(variant: str) -> str | None:
+    """'fp16-plugin' -> 'fp16'; None for a variant that is not a plugin graph."""
+    return variant[: -len(PLUGIN_SUFFIX)] if variant.endswith(PLUGIN_SUFFIX) else None
+
+
+def is_plugin_node(node: onnx.NodeProto) -> bool:
+    """A `com.harmony_rt::RoPEAlignedAttention` node."""
+    return node.op_type == OP_NAME and node.domain == OP_DOMAIN
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor as the graph declares it (inputs, outputs, value_info, initializers).
+    Unlike `elem_types`, this reaches past custom nodes, whose outputs only the exporter's value_info types."""
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.value_info, *g.input, *g.output)}
+    types.update({i.name: i.data_type for i in g.initializer})
+    return types
+
+
+def plugin_io_types(model: onnx.ModelProto) -> list[tuple[int, ...]]:
+    """(input types..., output type) of every RoPEAlignedAttention node, as declared (`value_types`)."""
+    types = value_types(model)
+    return [tuple(types.get(x) for x in (*n.input, *n.output)) for n in model.graph.node if is_plugin_node(n)]
+
+
+def set_plugin_types(model: onnx.ModelProto, half: set[str]) -> dict:
+    """Give every RoPEAlignedAttention node the types the plugin takes, in place: q, k, v and the output fp16
+    for nodes named in `half` (fp32 for the others), the six rotary tables / positions fp32.
+
+    A table the fp16 converter put behind a Cast to fp16 is read from that Cast's fp32 source (the Cast goes
+    when nothing else reads it); any other mismatch gets a Cast. Returns counts for the manifest."""
+    g = model.graph
+    if any(is_plugin_node(n) for f in model.functions for n in f.node):
+        raise ValueError("RoPEAlignedAttention nodes inside local functions are not supported")
+    types = value_types(model)
+    vinfo = {v.name: v for v in (*g.value_info, *g.input, *g.output)}
+    producer = {o: n for n in g.node for o in n.output}
+    stats = {"nodes": 0, "fp16_nodes": 0, "reused_fp32_sources": 0, "casts": 0}
+    casts: dict[tuple[str, int], str] = {}  # (source, type) -> cast output, shared by every reader
+    new_nodes: list[onnx.NodeProto] = []
+    bypassed: list[onnx.NodeProto] = []
+
+    def declare(name: str, like: str, elem: int) -> None:
+        vi = onnx.ValueInfoProto()
+        if like in vinfo:
+            vi.CopyFrom(vinfo[like])
+        vi.name = name
+        vi.type.tensor_type.elem_type = elem
+        g.value_info.append(vi)
+        vinfo[name], types[name] = vi, elem
+
+    def cast(src: str, dst: str, elem: int) -> None:
+        new_nodes.append(helper.make_node("Cast", [src], [dst], to=elem, name=f"{dst}__Cast"))
+        stats["casts"] += 1
+
+    for n in [n for n in g.node if is_plugin_node(n)]:
+        act = TensorProto.FLOAT16 if n.name in half else TensorProto.FLOAT
+        stats["nodes"] += 1
+        stats["fp16_nodes"] += act == TensorProto.FLOAT16
+        for i, x in enumerate(n.input):
+            want = act if i < N_QKV else TensorProto.FLOAT
+            have = types.get(x)
+            if have == want:
+                continue
+            if have not in _TYPE_TAG:
+                raise ValueError(f"{n.name}: input {x!r} has type {have}, not float32 / float16")
+            p = producer.get(x)
+            if p is not None and p.op_type == "Cast" and types.get(p.input[0]) == want:
+                n.input[i] = p.input[0]
+                bypassed.append(p)
+                stats["reused_fp32_sources"] += 1
+                continue
+            if (x, want) not in casts:
+                casts[x, want] = f"{x}__plugin_{_TYPE_TAG[want]}"
+                declare(casts[x, want], x, want)
+                cast(x, casts[x, want], want)
+            n.input[i] = casts[x, want]
+        out, have = n.output[0], types.get(n.output[0])
+        if have is None:  # no declared type: declare the plugin's (shape as q's)
+            declare(out, n.input[0], act)
+        elif have != act:  # readers expect `have`: the node writes `act`, a Cast restores `have`
+            n.output[0] = f"{out}__plugin_{_TYPE_TAG[act]}"
+            declare(n.output[0], out, act)
+            cast(n.output[0], out, have)
+    g.node.extend(new_nodes)
+    _drop_unread(g, bypassed)
+    toposort(g)
+    return stats
+
+
+def _drop_unread(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Remove those of `nodes` whose outputs nothing reads (and their value_info)."""
+    read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+    dead = {id(n) for n in nodes if not any(o in read for o in n.output)}
+    if not dead:
+        return
+    gone = {o for n in graph.node if id(n) in dead for o in n.output}
+    keep = [n for n in graph.node if id(n) not in dead]
+    del graph.node[:]
+    graph.node.extend(keep)
+    vis = [v for v in graph.value_info if v.name not in gone]
+    del graph.value_info[:]
+    graph.value_info.extend(vis)
+
+
 # ---------------------------------------------------------------------------------------------- int8
 
 def to_int8_dynamic(src: Path, dst: Path, sel: Selection) -> None:
@@ -381,6 +519,8 @@ METHODS = {
     "int8-dynamic": "ORT quantize_dynamic, s8 per-channel weights, u8 activations quantized at run time",
     "fp8": "explicit QuantizeLinear/DequantizeLinear float8e4m3fn on the fp16 graph, per-tensor scales "
            "(amax/448) from real trajectories; weights stored fp8",
+    "fp16-plugin": "mixed fp16 as the fp16 variant, over the fp32-plugin graph; RoPEAlignedAttention nodes take "
+                   "q, k, v and give their output in fp16, rotary tables and positions fp32 (the plugin's types)",
 }
 
 
@@ -398,11 +538,17 @@ def _quiet_root(level=logging.ERROR):
 
 def build_variant(precision: str, component: str, src: Path, dst: Path, calib: list[dict] | None) -> dict | None:
     """Write the `precision` variant of graph `src` to `dst`; return its manifest details (None: nothing to do).
+    `precision` '<p>-plugin' (p in PLUGIN_PRECISIONS) takes a plugin graph `src` (the `fp32-plugin` variant).
     `calib`: recorded real feeds of this component (int8 static and fp8 ranges)."""
     model = onnx.load(str(src))
-    info: dict = {"precision": precision, "method": METHODS[precision]}
-    if precision == "fp16":
+    base = plugin_base(precision)
+    if base is not None and base not in PLUGIN_PRECISIONS:
+        raise ValueError(f"no {precision} variant: plugin graphs take {', '.join(PLUGIN_PRECISIONS)} only")
+    info: dict = {"precision": base or precision, "method": METHODS[precision]}
+    if (base or precision) == "fp16":
         out, sel = to_fp16(model, component)
+        if base is not None:  # q, k, v in fp16 where the node computes in fp16; tables fp32
+            info["plugin_types"] = set_plugin_types(out, set(sel.convert))
         onnx.save(out, str(dst))
         info["converted_nodes"] = len(sel.convert)
     else:

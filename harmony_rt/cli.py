@@ -97,16 +97,19 @@ def _check_output(path: Path) -> None:
               help="Graph variant: fp16 | int8 | int8-dynamic | fp8 (ORT), fp16 | fp8 (TensorRT); components "
                    "without it run fp32 (default: the main graphs).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle (faster load).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for ONNX Runtime (default: ORT's choice, one per core). On a machine busy with "
+                   "other work, fewer threads can be faster.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @handle_errors
-def generate(prompt, output, bundle, stems, backend, precision, no_verify, quiet, num_samples, **kw):
+def generate(prompt, output, bundle, stems, backend, precision, no_verify, threads, quiet, num_samples, **kw):
     """Generate a video with synchronized audio from PROMPT."""
     from tqdm import tqdm
 
     from .pipeline import Pipeline
 
     _check_output(output)
-    pipe = Pipeline.from_bundle(bundle, verify=not no_verify, backend=backend, precision=precision)
+    pipe = Pipeline.from_bundle(bundle, verify=not no_verify, backend=backend, precision=precision, threads=threads)
     bar = None
 
     def progress(done, total):  # the bar starts with the first step, after the inputs were validated
@@ -135,7 +138,8 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, quiet
               help="Comma list of fp32, fp16, int8 (writes int8 static and int8-dynamic), int8-dynamic, fp8; "
                    "fp32 is always the main graph, the others become variants.")
 @click.option("--custom-op", is_flag=True,
-              help="Also write the denoiser with RoPEAlignedAttention plugin nodes (variant fp32-plugin, TensorRT).")
+              help="Also write the denoiser with RoPEAlignedAttention plugin nodes (variant fp32-plugin; with "
+                   "--precision fp16 also fp16-plugin), which harmony-rt build uses by default.")
 @handle_errors
 def export(checkpoint, output, precision, custom_op):
     """Export a training CHECKPOINT to a bundle (ONNX graphs + manifest), checked against PyTorch."""
@@ -175,14 +179,25 @@ def info(bundle):
 @click.option("--max-frames", type=int, default=None, help="Largest video latent frame count to build for.")
 @click.option("--max-batch", type=int, default=None, help="Largest batch (guidance branches x samples).")
 @click.option("--force", is_flag=True, help="Rebuild even when the engines are up to date.")
+@click.option("--plugin/--no-plugin", default=True, show_default=True,
+              help="Build from the bundle's plugin graphs (fused RoPEAlignedAttention, export --custom-op) where "
+                   "it has them at the precision; --no-plugin: the decomposed graphs.")
+@click.option("--dry-run", is_flag=True, help="Only show the graph each engine would be built from (no TensorRT).")
 @handle_errors
-def build(bundle, precision, max_frames, max_batch, force):
+def build(bundle, precision, max_frames, max_batch, force, plugin, dry_run):
     """Build TensorRT engines for BUNDLE (needs an NVIDIA GPU and TensorRT >= 10.8)."""
     try:
-        from engines.build import build_engines
+        from engines.build import build_engines, plan_engines
     except ImportError as e:
         raise HarmonyError(f"engine building needs the repository's engines package ({e.name} missing)") from None
-    for path in build_engines(bundle, precision, max_frames=max_frames, max_batch=max_batch, force=force):
+    if dry_run:
+        from .bundle import Bundle
+
+        for plan in plan_engines(Bundle.load(bundle), precision, max_frames, max_batch, plugin_graphs=plugin):
+            click.echo(plan.describe())
+        return
+    for path in build_engines(bundle, precision, max_frames=max_frames, max_batch=max_batch, force=force,
+                              plugin_graphs=plugin):
         click.echo(f"engine {path}")
 
 

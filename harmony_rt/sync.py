@@ -203,6 +203,35 @@ def sync_score(frames: np.ndarray, audio: np.ndarray, sample_rate: float, fps: f
     return score_signals(v, a, max_offset)
 
 
+def detect_events(signal: np.ndarray, rel: float = 0.35, floor: float = 0.0) -> np.ndarray:
+    """Frames of the events in a per-frame signal [T]: local maxima at or above max(rel * peak, floor).
+
+    A plateau counts once (its first frame). Use with :func:`motion_energy` (visual impacts) and
+    :func:`onset_envelope` (audio onsets); `floor` keeps a near-silent or near-still clip from having events.
+    """
+    x = np.asarray(signal, np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"signal must be 1-D, got shape {x.shape}")
+    if len(x) == 0 or x.max() <= 0:
+        return np.zeros(0, np.int64)
+    thr = max(rel * float(x.max()), floor)
+    prev = np.concatenate([[-np.inf], x[:-1]])
+    nxt = np.concatenate([x[1:], [-np.inf]])
+    return np.flatnonzero((x >= thr) & (x > prev) & (x >= nxt)).astype(np.int64)
+
+
+def match_events(a: np.ndarray, b: np.ndarray, tol: int = 1) -> int:
+    """How many events of `a` have an unused event of `b` within +-tol frames (greedy, in time order)."""
+    free = sorted(int(f) for f in b)
+    n = 0
+    for f in sorted(int(f) for f in a):
+        hit = next((g for g in free if abs(g - f) <= tol), None)
+        if hit is not None:
+            free.remove(hit)
+            n += 1
+    return n
+
+
 def shuffled_control(frames: np.ndarray, audio: np.ndarray, sample_rate: float, fps: float, kind: str,
                      rng: np.random.Generator, n: int = 20, max_offset: int = 3,
                      mode: str = "shift") -> ControlResult:

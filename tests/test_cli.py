@@ -82,6 +82,39 @@ def test_unwritable_output(tiny_bundle, tmp_path):
     _assert_clean_error(r, tmp_path, "does not exist")
 
 
+def test_generate_threads_reach_onnx_runtime(tiny_bundle, tmp_path, monkeypatch):
+    """--threads N: every ORT session of the run is made with N intra-op threads; without it ORT chooses."""
+    from click.testing import CliRunner
+
+    from harmony_rt.backends.ort import OrtBackend
+    from harmony_rt.cli import main
+
+    seen = []
+    options = OrtBackend.options
+
+    def spy(self):
+        so = options(self)
+        seen.append(so.intra_op_num_threads)
+        return so
+
+    monkeypatch.setattr(OrtBackend, "options", spy)
+    for threads, want in (("1", {1}), (None, {0})):
+        seen.clear()
+        out = tmp_path / f"t{threads}.mp4"
+        args = ["generate", "x", "--bundle", str(tiny_bundle), "--steps", "1", "-o", str(out), "--quiet"]
+        r = CliRunner().invoke(main, args + (["--threads", threads] if threads else []))
+        assert r.exit_code == 0, r.output
+        assert out.is_file()
+        assert seen and set(seen) == want, seen
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_generate_rejects_bad_threads(tiny_bundle, tmp_path, value):
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "o.mp4", "--threads", value)
+    assert r.returncode == 2 and "--threads" in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("*.mp4"))
+
+
 def test_usage_error_exit_2(tmp_path):
     r = cli("generate")
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -224,6 +224,50 @@ def test_external_data_changes_the_digest(bundle):
     assert graphs.select_graph(bundle, "text_encoder", "fp16").digest != before
 
 
+def _add_variant(bundle, component, key, data: bytes, **fields) -> None:
+    (bundle.path / f"{component}.{key}.onnx").write_bytes(data)
+    bundle.manifest["components"][component].setdefault("variants", {})[key] = {
+        "file": f"{component}.{key}.onnx", "sha256": _sha(data), **fields}
+
+
+PLUGIN = {"op": "com.harmony_rt::RoPEAlignedAttention", "nodes": 2}
+
+
+def test_select_graph_prefers_the_plugin_graph_at_the_chosen_precision(bundle):
+    _add_variant(bundle, "denoiser", "fp16-plugin", b"graph denoiser fp16 plugin", precision="fp16", plugin=PLUGIN)
+    d16 = graphs.select_graph(bundle, "denoiser", "fp16")
+    assert d16.path.name == "denoiser.fp16-plugin.onnx" and d16.precision == "fp16"
+    assert d16.variant == "fp16-plugin" and d16.plugin and "RoPEAlignedAttention plugin" in d16.describe()
+    forced = graphs.select_graph(bundle, "denoiser", "fp16", plugin=False)  # --no-plugin
+    assert forced.path.name == "denoiser.onnx" and forced.variant == graphs.MAIN and not forced.plugin
+    assert forced.digest != d16.digest
+    d8 = graphs.select_graph(bundle, "denoiser", "fp8")  # the precision comes first: decomposed fp8
+    assert d8.path.name == "denoiser.fp8.onnx" and not d8.plugin
+    del bundle.manifest["components"]["denoiser"]["variants"]["fp8"]
+    d8 = graphs.select_graph(bundle, "denoiser", "fp8")  # no fp8 graph: the fp16 fallback, as a plugin graph
+    assert d8.variant == "fp16-plugin" and d8.precision == "fp16"
+    dec = graphs.select_graph(bundle, "audio_decoder", "fp16")  # no plugin graph: the decomposed one
+    assert dec.path.name == "audio_decoder.onnx" and not dec.plugin
+
+
+def test_select_graph_plugin_graph_of_another_precision_is_not_taken(bundle):
+    """An fp32 plugin graph (export --custom-op alone) does not displace the fp16 graph of an fp16 build."""
+    _add_variant(bundle, "denoiser", "fp32-plugin", b"graph denoiser fp32 plugin", precision="fp32", plugin=PLUGIN)
+    g = graphs.select_graph(bundle, "denoiser", "fp16")
+    assert g.path.name == "denoiser.onnx" and g.precision == "fp16" and not g.plugin
+    decomposed, plugins = graphs.candidates(bundle.manifest["components"]["denoiser"])
+    assert set(plugins) == {"fp32"} and plugins["fp32"][0] == "fp32-plugin"
+    assert set(decomposed) == {"fp16", "fp8"} and decomposed["fp16"][0] == graphs.MAIN
+
+
+def test_select_graph_verifies_plugin_variants(bundle):
+    _add_variant(bundle, "denoiser", "fp16-plugin", b"graph denoiser fp16 plugin", precision="fp16", plugin=PLUGIN)
+    (bundle.path / "denoiser.fp16-plugin.onnx").write_bytes(b"tampered")
+    with pytest.raises(BundleError, match="sha256 mismatch .*fp16-plugin"):
+        graphs.select_graph(bundle, "denoiser", "fp16")
+    assert graphs.select_graph(bundle, "denoiser", "fp16", plugin=False).path.name == "denoiser.onnx"
+
+
 def _model_with_plugin_nodes():
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
@@ -270,6 +314,76 @@ def test_load_graph_keeps_external_data_external(tmp_path):
     assert m.graph.initializer[0].data_location == onnx.TensorProto.EXTERNAL  # weights not pulled into memory
 
 
+# --- build plan (runs without TensorRT) --------------------------------------------------------------------------
+
+@pytest.fixture
+def graph_bundle(bundle):
+    """The fake bundle with parseable graphs: an Identity graph per component, a plugin graph as fp16-plugin."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def plain(name):
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], name,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return helper.make_model(g).SerializeToString()
+
+    for name, comp in bundle.manifest["components"].items():
+        data = plain(name)
+        (bundle.path / comp["file"]).write_bytes(data)
+        comp["sha256"] = _sha(data)
+    bundle.manifest["components"]["denoiser"]["variants"] = {}
+    model, _ = _model_with_plugin_nodes()
+    _add_variant(bundle, "denoiser", "fp16-plugin", model.SerializeToString(), precision="fp16", plugin=PLUGIN)
+    assert onnx.load(str(bundle.path / "denoiser.fp16-plugin.onnx"))
+    return bundle
+
+
+def test_plan_engines_reports_the_graph_each_engine_is_built_from(graph_bundle):
+    plans = build.plan_engines(graph_bundle, "fp16", max_batch=2)
+    by = {p.component: p for p in plans}
+    assert list(by) == ["text_encoder", "denoiser", "audio_decoder"]
+    den = by["denoiser"]
+    assert den.graph.variant == "fp16-plugin" and den.graph.plugin and den.plugin_nodes == 2
+    assert "denoiser.fp16-plugin.onnx" in den.describe() and "2 plugin nodes" in den.describe()
+    assert den.limits.max_batch == 2
+    ranges = profiles.dim_ranges(graph_bundle.geometry, den.limits)
+    assert den.profile == profiles.component_profile(graph_bundle.specs["denoiser"], ranges)
+    assert by["text_encoder"].plugin_nodes == 0 and not by["text_encoder"].graph.plugin
+
+    forced = {p.component: p for p in build.plan_engines(graph_bundle, "fp16", plugin_graphs=False)}
+    assert forced["denoiser"].graph.path.name == "denoiser.onnx" and forced["denoiser"].plugin_nodes == 0
+    assert "plugin" not in forced["denoiser"].describe()
+
+    only = build.plan_engines(graph_bundle, "fp8", components=["denoiser"])  # no fp8 graph: fp16 plugin graph
+    assert [(p.component, p.precision, p.graph.variant) for p in only] == [("denoiser", "fp8", "fp16-plugin")]
+    with pytest.raises(HarmonyError, match="no component"):
+        build.plan_engines(graph_bundle, "fp16", components=["vocoder"])
+    with pytest.raises(HarmonyError, match="fp16 or fp8"):
+        build.plan_engines(graph_bundle, "int8")
+
+
+def test_engine_record_names_its_graph(graph_bundle, tmp_path):
+    """The settings stored in engines.json say which graph an engine came from; switching graphs rebuilds."""
+    plug, dec = (next(p for p in build.plan_engines(graph_bundle, "fp16", plugin_graphs=flag)
+                      if p.component == "denoiser") for flag in (True, False))
+    fp = build.plugin_fingerprint("triton")
+    s_plug = build.build_settings("denoiser", "fp16", plug.graph, plug.profile, plug.limits, fp, "11.4", 90, 3)
+    s_dec = build.build_settings("denoiser", "fp16", dec.graph, dec.profile, dec.limits, None, "11.4", 90, 3)
+    assert (s_plug["graph"], s_plug["graph_file"]) == ("fp16-plugin", "denoiser.fp16-plugin.onnx")
+    assert (s_dec["graph"], s_dec["graph_file"]) == (graphs.MAIN, "denoiser.onnx")
+    eng = build.engine_path(tmp_path, "denoiser", "fp16", 90, "11.4")  # one engine file either way
+    eng.parent.mkdir()
+    eng.write_bytes(b"engine")
+    index = records.load_index(tmp_path)
+    records.record(index, eng, "denoiser", plug.graph.digest, s_plug)
+    records.save_index(tmp_path, index)
+    rec = records.load_index(tmp_path)["engines"][eng.name]
+    assert rec["settings"]["graph"] == "fp16-plugin" and rec["settings"]["plugin"]["kind"] == "triton"
+    assert records.needs_rebuild(index, eng, plug.graph.digest, s_plug) is None
+    assert records.needs_rebuild(index, eng, dec.graph.digest, s_dec) == "ONNX graph changed"
+
+
 # --- without TensorRT ----------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed here")
@@ -282,6 +396,13 @@ def test_build_engines_without_tensorrt_is_a_harmony_error(bundle):
 def test_build_engines_rejects_unknown_precision(bundle):
     with pytest.raises(HarmonyError, match="fp16 or fp8"):
         build.build_engines(bundle.path, "int8")
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed here")
+def test_build_engines_with_or_without_plugin_graphs_needs_tensorrt(graph_bundle):
+    for flag in (True, False):
+        with pytest.raises(HarmonyError, match="TensorRT is not installed"):
+            build.build_engines(graph_bundle.path, "fp16", plugin_graphs=flag)
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed here")

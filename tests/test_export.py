@@ -69,3 +69,88 @@ def test_export_is_atomic_and_refuses_a_bad_checkpoint(tmp_path):
         export_bundle(tmp_path / "ck", tmp_path / "b")
     assert not (tmp_path / "b").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+# ---------------------------------------------------------------- the exported denoiser's formulation
+
+
+def _times(fp, hw, pt, f, t, s):
+    import torch
+
+    tv = torch.arange(fp, dtype=torch.float32)[:, None].expand(fp, hw).reshape(-1) * pt
+    ta = (torch.arange(t, dtype=torch.float32) * (f / t)).repeat(s)
+    return tv, ta
+
+
+@pytest.mark.parametrize("window", [0.0, 0.5, 1.0, 1.5, 2.3])
+@pytest.mark.parametrize("pt", [1, 2])
+def test_gldi_blocks_keep_exactly_the_window(window, pt):
+    """Block-local GLDI attends to exactly the (query, key) pairs the masked form keeps, each once, and
+    every audio token's output comes back to its place, at many frame / audio lengths and windows."""
+    import torch
+
+    from train.model.dit import gldi_blocks
+    from train.model.layers import window_bias
+
+    rng = np.random.default_rng(int(window * 10) + pt)
+    hw = 2
+    for f in range(pt, 21, 1 if pt == 1 else 3):
+        fp = f // pt
+        for t in {max(1, f * 125 // 8), max(1, f * 125 // 16), int(rng.integers(1, 5 * f + 3)), f, 2 * f + 1}:
+            for s in (1, 2):
+                tv, ta = _times(fp, hw, pt, f, t, s)
+                b = gldi_blocks(fp, hw, pt, f, t, s, tv, ta, window)
+                want = torch.isfinite(window_bias(tv.reshape(fp, hw)[:, 0], ta[:t], window)).numpy()
+                keep = (b.a2v_bias[0, :, 0] == 0).numpy()  # [fp, ka]
+                idx = b.a2v_idx.reshape(fp, -1).numpy()
+                got = np.zeros((fp, t), bool)
+                for i in range(fp):
+                    js = idx[i][keep[i]]
+                    assert len(set(js)) == len(js), (f, t, i)
+                    got[i, js] = True
+                assert (got == want).all(), ("a2v", f, t, s)
+                # v2a: every audio token of every stream in one group slot, its kept frames = the window
+                want = torch.isfinite(window_bias(ta, tv.reshape(fp, hw)[:, 0], window)).numpy()  # [s*t, fp]
+                inv, q = b.v2a_inv.numpy(), b.v2a_q.numpy()
+                assert sorted(inv) == sorted(set(inv)) and (q[inv] == np.arange(s * t)).all()
+                frames = b.v2a_frames.reshape(b.groups, b.kf).numpy()
+                kept = (b.v2a_bias[0, :, :, ::hw] == 0).numpy()  # [G, qa, kf]
+                assert ((b.v2a_bias[0].reshape(b.groups, b.qa, b.kf, hw) == 0).all(-1) == torch.from_numpy(kept)).all()
+                for tok, pos in enumerate(inv):
+                    g, p = divmod(int(pos), b.qa)
+                    fs = frames[g][kept[g, p]]
+                    assert len(set(fs)) == len(fs)
+                    assert set(fs) == set(np.flatnonzero(want[tok])), ("v2a", f, t, s, tok)
+
+
+def test_block_local_gldi_matches_the_masked_form():
+    """Same weights and inputs: the denoiser with block-local GLDI against the masked full attention, every
+    parameter random (GLDI's zero-initialised outputs too), Harmony and Unison, several lengths."""
+    import torch
+
+    from bench.gldi_parity import compare, feeds, randomise, run
+    from train.configs import get_config, unison
+    from train.model import HarmonyDenoiser
+
+    for cfg in (get_config("tiny"), unison(get_config("tiny"))):
+        den = HarmonyDenoiser(cfg).eval()
+        randomise(den, seed=3)
+        for f, t, err, scale in compare(den, (1, 2, 5, 8), n=2):
+            assert err < 1e-5 and scale > 0.1, (cfg.audio_streams, f, t, err)
+        # by default PyTorch eager (training, the torch sampler) runs the masked form, bit for bit
+        x = feeds(cfg, 2, 5, seed=1)
+        for a, b in zip(run(den, x, "export"), run(den, x, False)):
+            assert torch.equal(a, b)
+
+
+def test_denoiser_graph_uses_rotary_embedding_and_block_local_gldi(tiny_bundle):
+    """The exported denoiser rotates with ONNX RotaryEmbedding nodes (not the slice / multiply / concatenate
+    chain) and gathers GLDI's key / query blocks."""
+    m = onnx.load(str(tiny_bundle / "denoiser.onnx"), load_external_data=False)
+    ops = [n.op_type for n in m.graph.node]
+    cfg = json.loads((tiny_bundle / "manifest.json").read_text())["model_config"]
+    gldi = len(range(0, cfg["layers"], cfg["gldi_every"]))
+    # video self-attention q, k and audio joint attention q, k per layer; a2v and v2a q, k per GLDI layer
+    assert ops.count("RotaryEmbedding") == 4 * cfg["layers"] + 4 * gldi
+    # per GLDI layer: a2v k, v; v2a q, k, v and the outputs back; plus the block tables once
+    assert ops.count("Gather") >= 6 * gldi

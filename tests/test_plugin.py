@@ -96,6 +96,36 @@ def test_reference_rejects_odd_head_dim():
         ref.rope_aligned_attention(**c)
 
 
+@pytest.mark.parametrize("window", [-1.0, 0.0, 1.0])
+def test_reference_half_is_the_reference_with_fp16_roundings(window):
+    """The fp16 emulation (what ORT checks fp16 plugin graphs with) stays within fp16 error of the reference."""
+    c = _case(6, 2, 2, 20, 33, 16)
+    half = ref.rope_aligned_attention_half(**c, window=window)
+    exact = ref.rope_aligned_attention(**c, window=window)
+    assert half.dtype == np.float16 and half.shape == exact.shape and np.isfinite(half).all()
+    err = np.abs(half.astype(np.float64) - exact).max()
+    assert 0 < err < 1e-2, err
+    masked = np.all(exact == 0, axis=-1)  # rows with no key in the window
+    assert np.all(half[masked] == 0) and (window != 0.0 or masked.any())
+    c16 = {**c, **{n: c[n].astype(np.float16) for n in ("q", "k", "v")}}
+    np.testing.assert_array_equal(ref.rope_aligned_attention_half(**c16, window=window), half)  # fp16 in: same
+
+
+def test_type_constraints_are_shared():
+    """One statement of the plugin's types (engines/plugin/__init__.py) for the TensorRT autotune list, the
+    Triton kernel signature and the graphs export writes."""
+    from engines.plugin import INPUTS, N_QKV, trt_plugin, type_combinations
+
+    combos = type_combinations()
+    assert combos == [("FP32",) * 10, ("FP16",) * 3 + ("FP32",) * 6 + ("FP16",)]
+    assert INPUTS == ARGS and N_QKV == 3
+    for combo in combos:
+        sig = trt_plugin.kernel_signature(combo[0].lower())
+        assert [sig[n][1:].upper() for n in (*trt_plugin.KERNEL_INPUTS, *trt_plugin.KERNEL_OUTPUTS)] == list(combo)
+    src = Path(trt_plugin.__file__).read_text()
+    assert "type_combinations()" in src  # the autotune list is built from it (register() needs TensorRT)
+
+
 # --- native build (CPU core, CUDA kernel) ----------------------------------------------------------------
 
 def _have_cxx() -> bool:
@@ -260,23 +290,28 @@ def test_trt_plugin_module_imports_without_tensorrt():
 
 
 def _plugin_graph(c, window):
-    """A one-node ONNX graph: the custom op, marked for TensorRT's parser as engines/build.py does."""
+    """A one-node ONNX graph: the custom op, marked for TensorRT's parser as engines/build.py does; q, k, v and
+    the output take c["q"]'s type (fp32 or fp16), the tables are fp32."""
     from onnx import TensorProto, helper
 
     from engines import graphs
     from engines.plugin import OP_DOMAIN, OP_NAME
 
+    act = TensorProto.FLOAT16 if c["q"].dtype == np.float16 else TensorProto.FLOAT
     node = helper.make_node(OP_NAME, list(ARGS), ["out"], domain=OP_DOMAIN, window=float(window))
-    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, c[n].shape) for n in ARGS]
-    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, c["q"].shape)
+    ins = [helper.make_tensor_value_info(n, act if n in ("q", "k", "v") else TensorProto.FLOAT, c[n].shape)
+           for n in ARGS]
+    out = helper.make_tensor_value_info("out", act, c["q"].shape)
     model = helper.make_model(helper.make_graph([node], "g", ins, [out]),
                               opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(OP_DOMAIN, 1)])
     graphs.mark_plugin_nodes(model, aot=True)
     return model
 
 
-def test_trt_plugin_engine_matches_reference():
-    """Parse -> build (AOT Triton inside the engine) -> run, against the reference. Needs the full GPU stack."""
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_trt_plugin_engine_matches_reference(dtype):
+    """Parse -> build (AOT Triton inside the engine) -> run, against the reference (fp16: q, k, v, out in fp16,
+    tables fp32, the fp16-plugin graph's types). Needs the full GPU stack."""
     from engines.plugin import trt_plugin
     from harmony_rt.backends import tensorrt as rt
 
@@ -290,6 +325,8 @@ def test_trt_plugin_engine_matches_reference():
     trt_plugin.register()  # idempotent
     cudart = rt._cudart()
     c, window = _case(20, 2, 2, 37, 61, 64), 1.0
+    if dtype == "fp16":
+        c.update({n: c[n].astype(np.float16) for n in ("q", "k", "v")})
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -316,4 +353,9 @@ def test_trt_plugin_engine_matches_reference():
     finally:
         for ptr in ptrs:
             cudart.cudaFree(ptr)
-    np.testing.assert_allclose(out, ref.rope_aligned_attention(**c, window=window), atol=1e-4, rtol=0)
+    if dtype == "fp16":
+        assert out.dtype == np.float16
+        np.testing.assert_allclose(out.astype(np.float32), ref.rope_aligned_attention_half(**c, window=window),
+                                   atol=1e-2, rtol=0)
+    else:
+        np.testing.assert_allclose(out, ref.rope_aligned_attention(**c, window=window), atol=1e-4, rtol=0)

@@ -237,6 +237,24 @@ def test_fp16_keeps_norms_timestep_and_final_fp32(prec_bundle, fp32_graph):
     assert attn and all(fp32_softmax(n) for n in attn)
 
 
+def test_fp16_declared_types_agree_with_inference(prec_bundle):
+    """No stale value_info: strict type inference accepts the fp16 graph as written (the converter retypes the
+    value_info of initializers it keeps fp32; to_fp16 drops those), for every component."""
+    for name in COMPONENTS:
+        h = onnx.load(str(prec_bundle / _variant(prec_bundle, name, "fp16")["file"]))
+        inits = {i.name for i in h.graph.initializer}
+        assert not any(v.name in inits for v in h.graph.value_info), name
+        onnx.shape_inference.infer_shapes(h, strict_mode=True)
+
+
+def test_plugin_variant_names():
+    from export.precision import PLUGIN_PRECISIONS, plugin_base, plugin_variant
+
+    assert plugin_variant("fp16") == "fp16-plugin" and plugin_base("fp16-plugin") == "fp16"
+    assert plugin_base("fp32-plugin") == "fp32" and plugin_base("fp16") is None and plugin_base("int8-dynamic") is None
+    assert PLUGIN_PRECISIONS == ("fp16",)  # fp8 over a plugin graph: not written (see export/precision.py)
+
+
 def test_cli_export_rejects_unknown_precision_and_generate_takes_one(prec_bundle, tmp_path):
     from click.testing import CliRunner
 

@@ -129,3 +129,32 @@ def test_speech_metric_on_other_geometry():
     hop = int(round(cfg.sample_rate / cfg.fps))
     late = np.concatenate([np.zeros(2 * hop, np.float32), c.audio[:-2 * hop]])
     assert sync.sync_score(c.frames, late, cfg.sample_rate, cfg.fps, "speech").offset == 2
+
+
+def test_detect_events_finds_peaks_above_threshold_and_floor():
+    x = np.array([0, 1, 5, 2, 2, 6, 6, 1, 0.5, 1.5, 0], np.float32)
+    assert sync.detect_events(x).tolist() == [2, 5]  # 1.5 < 0.35 * 6; the 6, 6 plateau counts once
+    assert sync.detect_events(x, rel=0.2).tolist() == [2, 5, 9]
+    assert sync.detect_events(x, floor=10).tolist() == []
+    assert sync.detect_events(np.zeros(5)).tolist() == []
+    with pytest.raises(ValueError):
+        sync.detect_events(np.zeros((2, 2)))
+
+
+def test_match_events_is_one_to_one_within_tolerance():
+    assert sync.match_events([2, 5, 9], [3, 5, 12]) == 2
+    assert sync.match_events([2, 3], [2]) == 1  # one event of b matches once
+    assert sync.match_events([2], [4]) == 0 and sync.match_events([2], [4], tol=2) == 1
+    assert sync.match_events([], [1, 2]) == 0
+
+
+def test_impacts_and_onsets_of_canonical_clips_coincide():
+    from train.data.synth import canonical_clip
+
+    for seed in range(4):
+        c = canonical_clip(CFG, seed)
+        impacts = sync.detect_events(sync.motion_energy(c.frames), floor=0.01)
+        onsets = sync.detect_events(sync.onset_envelope(c.audio, SR, FPS, len(c.frames)))
+        truth = [int(round(t * FPS)) for t in c.events]
+        assert onsets.tolist() == truth, (seed, onsets, truth)
+        assert sync.match_events(onsets, impacts, tol=0) == len(truth)

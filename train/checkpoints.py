@@ -41,9 +41,10 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 
 def save_checkpoint(
     path: str | os.PathLike, model: HarmonyModel, optimizer: torch.optim.Optimizer | None = None,
-    state: dict | None = None, tokenizers: dict[str, str] | None = None,
+    state: dict | None = None, tokenizers: dict[str, str] | None = None, ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically. `tokenizers` maps file name -> tokenizer JSON text."""
+    """Write a checkpoint folder atomically. `tokenizers` maps file name -> tokenizer JSON text; `ema` maps
+    parameter names to their exponential moving averages (ema.safetensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -51,6 +52,8 @@ def save_checkpoint(
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
         (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
+        if ema:
+            save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
         if optimizer is not None:
             tensors, meta = _flatten_optimizer(optimizer)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -71,14 +74,27 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None = None):
-    """-> (model, optimizer state dict or None, training state). No pickle: safetensors + JSON only."""
+def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None = None, ema: bool = True):
+    """-> (model, optimizer state dict or None, training state). No pickle: safetensors + JSON only.
+
+    ema: use the EMA weights where the checkpoint has them (what export and evaluation want); training
+    resumes with ema=False (the raw weights) and reads the averages with `load_ema`.
+    """
     path = Path(path)
     if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a harmony-rt checkpoint (model.safetensors + config.json)")
     cfg = HarmonyConfig.from_dict(json.loads((path / "config.json").read_text()))
     model = HarmonyModel(cfg)
     model.load_state_dict(load_file(str(path / "model.safetensors")))
+    if ema and (path / "ema.safetensors").is_file():
+        averages = load_ema(path)
+        params = dict(model.named_parameters())
+        unknown = sorted(set(averages) - set(params))
+        if unknown:
+            raise ValueError(f"{path}: ema.safetensors has unknown parameters {unknown[:3]}")
+        with torch.no_grad():
+            for k, v in averages.items():
+                params[k].copy_(v)
     state = json.loads((path / "state.json").read_text()) if (path / "state.json").exists() else {}
     opt_sd = None
     if (path / "optimizer.safetensors").exists():
@@ -86,3 +102,9 @@ def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None 
             load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text())
         )
     return model, opt_sd, state
+
+
+def load_ema(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The EMA weights of a checkpoint ({} when it has none)."""
+    f = Path(path) / "ema.safetensors"
+    return load_file(str(f)) if f.is_file() else {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, load_ema, save_checkpoint
 from .configs import HarmonyConfig, get_config
 from .losses import CTSBatch, cts_loss, forcing_loss, noise_to, sample_t
 from .model import HarmonyModel
@@ -49,6 +50,9 @@ class TrainConfig:
     ref_seconds: tuple = (0.5, 1.0)
     seed: int = 0
     ckpt_every: int = 0  # 0: only at the end
+    ema_decay: float = 0.999  # EMA of the trained weights (what export uses); 0: none
+    warmup: int = 100  # linear LR warm-up steps, then cosine decay to lr_min_frac * lr at `steps`
+    lr_min_frac: float = 0.1
     overrides: dict = field(default_factory=dict)  # HarmonyConfig fields
 
 
@@ -262,6 +266,27 @@ def _sync_grads(params) -> None:
             p.grad /= world
 
 
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Learning rate of a denoiser step: linear warm-up, then cosine decay to lr_min_frac * lr."""
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    x = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
+    return tc.lr * (tc.lr_min_frac + (1 - tc.lr_min_frac) * 0.5 * (1 + math.cos(math.pi * x)))
+
+
+class EMA:
+    """Exponential moving average of named parameters; decay ramps up as (1 + n) / (10 + n) early on."""
+
+    def __init__(self, named: dict[str, torch.Tensor], decay: float, state: dict[str, torch.Tensor] | None = None):
+        self.named, self.decay = named, decay
+        self.avg = {k: (state[k].clone() if state and k in state else p.detach().clone()) for k, p in named.items()}
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(list(self.avg.values()), [p.detach() for p in self.named.values()], 1 - d)
+
+
 def _dist():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
@@ -277,7 +302,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     gen = torch.Generator().manual_seed(tc.seed + 1000 * rank)  # each rank its own batches and noise
     state = {"ae_done": False, "step": 0, "train_config": asdict(tc)}
     if resume:
-        model, opt_sd, state = load_checkpoint(resume)
+        model, opt_sd, state = load_checkpoint(resume, ema=False)
         log.info("resumed from %s at step %d", resume, state["step"])
     else:
         model = HarmonyModel(get_config(tc.size, **tc.overrides))
@@ -297,8 +322,10 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     for p in list(model.video_ae.parameters()) + list(model.audio_ae.parameters()):
         p.requires_grad_(False)
     lat = encode_clips(model, clips)
-    trainable = [p for n, p in model.named_parameters() if p.requires_grad]
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    trainable = list(named.values())
     opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=0.0)
+    ema = EMA(named, tc.ema_decay, load_ema(resume) if resume else None) if tc.ema_decay > 0 else None
     if opt_sd is not None and state.get("phase") == "denoiser":
         opt.load_state_dict(opt_sd)
     denoiser = model.denoiser
@@ -320,16 +347,27 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         loss.backward()
         _sync_grads(trainable)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, tc)
         opt.step()
+        if ema is not None:
+            ema.update(step)
         state["step"] = step + 1
         if step % 25 == 0 or step == tc.steps - 1:
             log.info("step %d [%s] loss %.4f %s (%.0f s)", step, stage, loss.item(), logs, time.time() - t0)
         if rank == 0 and tc.ckpt_every and (step + 1) % tc.ckpt_every == 0 and step + 1 < tc.steps:
-            save_checkpoint(out, model, opt, state, tok_files)
+            save_checkpoint(out, model, opt, state, tok_files, ema.avg if ema else None)
     state["train_seconds"] = state.get("train_seconds", 0) + time.time() - t0
     if rank == 0:
-        save_checkpoint(out, model, opt, state, tok_files)
+        save_checkpoint(out, model, opt, state, tok_files, ema.avg if ema else None)
     return Path(out)
+
+
+def _fractions(text: str) -> tuple:
+    f = tuple(float(x) for x in text.split(","))
+    if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1) > 1e-6:
+        raise SystemExit(f"--stages needs three fractions summing to 1, got {text!r}")
+    return f
 
 
 def main(argv=None):
@@ -343,6 +381,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (0: none)")
+    ap.add_argument("--stages", default="0.15,0.15,0.7", help="fractions of --steps: audio,timbre,joint")
     ap.add_argument("--no-cts", action="store_true", help="ablation: train the joint task only")
     ap.add_argument("--unison", action="store_true", help="Unison variant: speech + SFX streams, forcing")
     ap.add_argument("--seed", type=int, default=0)
@@ -357,7 +397,8 @@ def main(argv=None):
         overrides["audio_streams"] = 2
     tc = TrainConfig(
         size=a.size, clips=a.clips, seconds=a.seconds, kinds=tuple(a.kinds.split(",")), ae_steps=a.ae_steps,
-        steps=a.steps, batch=a.batch, lr=a.lr, use_cts=not a.no_cts, seed=a.seed, ckpt_every=a.ckpt_every,
+        steps=a.steps, batch=a.batch, lr=a.lr, ema_decay=a.ema, use_cts=not a.no_cts,
+        stage_fractions=_fractions(a.stages), seed=a.seed, ckpt_every=a.ckpt_every,
         overrides=overrides,
     )
     train(tc, a.out, resume=a.resume)

@@ -55,6 +55,29 @@ def rope_aligned_attention(q, k, v, cos_q, sin_q, cos_k, sin_k, t_q, t_k, window
     return out.astype(out_dtype)
 
 
+def rope_aligned_attention_half(q, k, v, cos_q, sin_q, cos_k, sin_k, t_q, t_k, window: float = -1.0) -> np.ndarray:
+    """The reference with the fp16 kernels' roundings: q, k, v taken as fp16, rot(q)/sqrt(D) and rot(k) rounded
+    to fp16 before the score dot, the softmax weights (fp32 statistics) rounded to fp16 before the dot with v,
+    the output rounded to fp16. Dots accumulate wide, as the kernels' fp32 accumulators do. Emulates
+    triton_kernel.py's arithmetic up to its online-softmax order (weights relative to the running, not the
+    final, row max). Shapes as `rope_aligned_attention`; returns float16."""
+    h16 = lambda a: np.asarray(a, np.float16).astype(np.float64)  # noqa: E731
+    q, k, v = h16(q), h16(k), h16(v)
+    D = q.shape[-1]
+    f = lambda a: np.asarray(a, np.float32).astype(np.float64)  # noqa: E731
+    qr = h16(rotate_half(q, f(cos_q), f(sin_q)) / np.sqrt(D))  # [N,H,Lq,D]
+    kr = h16(rotate_half(k, f(cos_k), f(sin_k)))  # [N,H,Lk,D]
+    s = qr @ np.swapaxes(kr, -1, -2)  # [N,H,Lq,Lk]
+    mask = window_mask(t_q, t_k, float(window))
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)  # [N,H,Lq,1]
+    p = np.exp(s - np.where(np.isfinite(m), m, 0.0))
+    denom = p.sum(axis=-1, keepdims=True)
+    out = (h16(p) @ v) / np.where(denom > 0, denom, 1.0)  # all-masked rows: 0 / 1
+    return out.astype(np.float16)
+
+
 def rope_tables(pos: np.ndarray, dim: int, theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin [L, dim/2] for 1D positions `pos` [L] (test helper; the graph builds its own tables)."""
     inv = 1.0 / theta ** (np.arange(0, dim // 2, dtype=np.float64) * 2 / dim)  # [dim/2]

@@ -24,7 +24,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 
-from . import OP_NAME, TRT_PLUGIN_ID
+from . import OP_NAME, TRT_PLUGIN_ID, type_combinations
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ def register() -> None:
     @trtp.autotune(TRT_PLUGIN_ID)
     def _autotune(q, k, v, cos_q, sin_q, cos_k, sin_k, t_q, t_k, window: float, outputs) -> list:
         combos = []
-        for t in ("FP32", "FP16"):  # q, k, v, 4 tables + 2 positions (always FP32), out
-            c = trtp.AutoTuneCombination(", ".join([t] * 3 + ["FP32"] * 6 + [t]))
+        for types in type_combinations():  # q, k, v alike, 4 tables + 2 positions (always FP32), out as q
+            c = trtp.AutoTuneCombination(", ".join(types))
             c.tactics(sorted(TACTICS))
             combos.append(c)
         return combos

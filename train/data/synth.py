@@ -33,10 +33,10 @@ from .speech import LANGUAGE_WORD, SENTENCES, SPEAKERS, Speaker, fit_sentence, r
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when clips change: invalidates on-disk caches
+GENERATOR_VERSION = 2  # bump when clips change: invalidates on-disk caches
 KINDS = ("ambient", "speech", "complex")
 CANONICAL_PROMPT = "a red ball bounces twice"
-CANONICAL_FRACTION = 0.05  # share of random ambient clips that show exactly the canonical prompt
+CANONICAL_FRACTION = 0.15  # share of random ambient clips that show exactly the canonical prompt
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.16, 0.16), "orange": (0.96, 0.55, 0.12), "yellow": (0.94, 0.86, 0.16),

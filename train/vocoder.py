@@ -1,0 +1,108 @@
+"""Fine-tune the audio decoder (the vocoder) of a checkpoint on a spectral loss, encoder frozen.
+
+    python -m train.vocoder runs/demo/full --steps 800 -o runs/demo/full_voc
+
+The joint training stops the autoencoders early and its waveform L1 term pulls a decoder that cannot match
+the phase of noisy impact sounds towards silence (output ~10x too quiet). With the encoder frozen the audio
+latents -- and so the trained denoiser -- stay valid, and the decoder can learn to make sound with the right
+spectral envelope from them: multi-resolution STFT magnitude (log and linear) plus an RMS-envelope term.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoints import load_checkpoint, load_ema, save_checkpoint
+from .train import TrainConfig, _clip_arrays, make_clips, stft_loss
+
+log = logging.getLogger(__name__)
+
+
+def envelope_loss(x: torch.Tensor, y: torch.Tensor, win: int = 256) -> torch.Tensor:
+    """L1 between log RMS envelopes of waveforms [B, W] on windows of `win` samples (onsets and loudness)."""
+    def env(a):
+        return torch.log(a[:, : a.shape[1] // win * win].reshape(a.shape[0], -1, win).pow(2).mean(-1) + 1e-6)
+    return (env(x) - env(y)).abs().mean()
+
+
+def finetune_decoder(model, wavs: torch.Tensor, steps: int, batch: int = 8, lr: float = 1e-3, seed: int = 0,
+                     seg_frames: int = 32) -> dict:
+    """Train model.audio_ae.decoder on crops of wavs [C, W]; the encoder and its normalisation are unchanged."""
+    ae, hop = model.audio_ae, model.cfg.audio_hop
+    for p in ae.parameters():
+        p.requires_grad_(False)
+    for p in ae.decoder.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(ae.decoder.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    seg = hop * seg_frames
+    logs: dict = {}
+    for step in range(steps):
+        idx = torch.randint(len(wavs), (min(batch, len(wavs)),), generator=gen)
+        off = int(torch.randint(max(1, wavs.shape[1] - seg) // hop, (1,), generator=gen)) * hop
+        w = wavs[idx, off: off + seg]
+        with torch.no_grad():
+            z = ae.encode(w)  # [B, T, C_a], normalised as the denoiser sees it
+        rec = ae.decode(z)
+        ls, le = stft_loss(rec, w), envelope_loss(rec, w)
+        loss = ls + le
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ae.decoder.parameters(), 1.0)
+        opt.step()
+        logs = {"stft": ls.item(), "envelope": le.item()}
+        if step % 50 == 0 or step == steps - 1:
+            log.info("vocoder step %d %s", step, logs)
+    for p in ae.parameters():
+        p.requires_grad_(False)
+    return logs
+
+
+def copy_decoder(model, source: str | os.PathLike) -> None:
+    """Load the audio decoder of another checkpoint whose audio encoder (and normalisation) is identical."""
+    other, _, _ = load_checkpoint(source, ema=False)
+    mine, theirs = model.audio_ae.state_dict(), other.audio_ae.state_dict()
+    for k, v in mine.items():
+        if not k.startswith("decoder.") and not torch.equal(v, theirs[k]):
+            raise SystemExit(f"{source}: its audio encoder differs from this checkpoint's ({k})")
+    model.audio_ae.decoder.load_state_dict(other.audio_ae.decoder.state_dict())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("-o", "--out", required=True)
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--decoder-from", default=None,
+                    help="start from the audio decoder of this checkpoint (same audio encoder required)")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    model, _, state = load_checkpoint(a.checkpoint, ema=False)
+    tc = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["train_config"].items()})
+    if a.decoder_from:
+        copy_decoder(model, a.decoder_from)
+        state["vocoder_from"] = str(a.decoder_from)
+    clips = make_clips(tc, model.cfg) if a.steps else []
+    t0 = time.time()
+    if a.steps:
+        wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in clips])  # [C*S, W]
+        state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
+    state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
+    log.info("vocoder fine-tuned in %.0f s", time.time() - t0)
+    src = Path(a.checkpoint)
+    tok = {n: (src / n).read_text() for n in ("tokenizer_text.json", "tokenizer_speech.json") if (src / n).exists()}
+    # no optimizer state: it belongs to the denoiser's training (resume from the checkpoint before this one)
+    save_checkpoint(a.out, model, None, state, tok, load_ema(src) or None)
+
+
+if __name__ == "__main__":
+    main()
