@@ -185,7 +185,7 @@ def info(bundle):
 @click.option("--dry-run", is_flag=True, help="Only show the graph each engine would be built from (no TensorRT).")
 @handle_errors
 def build(bundle, precision, max_frames, max_batch, force, plugin, dry_run):
-    """Build TensorRT engines for BUNDLE (needs an NVIDIA GPU and TensorRT >= 10.8)."""
+    """Build TensorRT engines for BUNDLE (needs an NVIDIA GPU and TensorRT 11, or >= 10.15 for RotaryEmbedding)."""
     try:
         from engines.build import build_engines, plan_engines
     except ImportError as e:

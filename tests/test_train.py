@@ -151,3 +151,25 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert all(a <= b for a, b in zip(lrs[:100], lrs[1:100]))
     assert all(a >= b for a, b in zip(lrs[100:], lrs[101:]))
     assert lrs[-1] == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_torchrun_data_parallel_keeps_ranks_identical(tmp_path):
+    """Two CPU processes under torchrun (gloo): training completes, rank 0 writes the checkpoint, and both
+    ranks end with the same weights although each saw its own clips."""
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    torchrun = shutil.which("torchrun") or pytest.skip("torchrun not on PATH")
+    out = tmp_path / "ddp"
+    r = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "train.train", "--size", "tiny", "--clips", "4",
+         "--ae-steps", "2", "--steps", "3", "--batch", "2", "-o", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    sums = dict(re.findall(r"rank (\d) of 2: weight checksum (\S+)", r.stderr + r.stdout))
+    assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], sums
+    _, _, state = load_checkpoint(out)
+    assert state["step"] == 3

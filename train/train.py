@@ -358,6 +358,9 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         if rank == 0 and tc.ckpt_every and (step + 1) % tc.ckpt_every == 0 and step + 1 < tc.steps:
             save_checkpoint(out, model, opt, state, tok_files, ema.avg if ema else None)
     state["train_seconds"] = state.get("train_seconds", 0) + time.time() - t0
+    if world > 1:  # every rank must end with the same weights (gradients all-reduced each step)
+        digest = sum(float(p.detach().double().sum()) for p in model.parameters())
+        log.info("rank %d of %d: weight checksum %.10e", rank, world, digest)
     if rank == 0:
         save_checkpoint(out, model, opt, state, tok_files, ema.avg if ema else None)
     return Path(out)
