@@ -82,9 +82,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     checks = run(a.bundle, a.seeds, a.guidance, a.steps)
     for i, c in enumerate(checks):
-        print(f"seed {i}: impacts {c.impacts.tolist()} onsets {c.onsets.tolist()} matched {c.matched}/{c.explained} "
+        print(f"seed {i}: impacts {c.impacts.tolist()} onsets {c.onsets.tolist()} "
+              f"onsets on an impact {c.matched}/{len(c.onsets)} impacts with an onset {c.explained}/{len(c.impacts)} "
               f"conf {c.confidence:.3f} offset {c.offset:+d} control {c.control:.3f}")
     print(summary(checks))
+    print(f"clips whose confidence beats their own control: {sum(c.confidence > c.control for c in checks)}"
+          f"/{len(checks)}")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,20 @@ def test_resume_continues_from_step(tiny_checkpoint, tmp_path):
     assert state2["step"] == 8
 
 
+def test_stop_after_and_keep_every_split_a_run_into_resumable_parts(tiny_checkpoint, tmp_path):
+    """A run stopped early keeps its snapshots and resumes on the same LR schedule to the end."""
+    from train.train import TrainConfig, train
+
+    tc = TrainConfig(size="tiny", clips=6, kinds=("ambient",), ae_steps=8, steps=10, batch=2, keep_every=2,
+                     stop_after=8)
+    out = train(tc, tmp_path / "run", resume=tiny_checkpoint)  # tiny_checkpoint is at step 6
+    assert load_checkpoint(out)[2]["step"] == 8
+    assert load_checkpoint(tmp_path / "run_8")[2]["step"] == 8 and not (tmp_path / "run_10").exists()
+    tc.stop_after = 0
+    assert load_checkpoint(train(tc, tmp_path / "run", resume=out))[2]["step"] == 10
+    assert (tmp_path / "run_10").exists()
+
+
 def test_size_registry():
     assert {"tiny", "demo", "harmony-5b"} <= set(SIZES)
     big = get_config("harmony-5b")

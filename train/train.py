@@ -50,6 +50,8 @@ class TrainConfig:
     ref_seconds: tuple = (0.5, 1.0)
     seed: int = 0
     ckpt_every: int = 0  # 0: only at the end
+    keep_every: int = 0  # also keep a copy of the checkpoint every N steps in OUT_<step> (0: none)
+    stop_after: int = 0  # end this run after this step (the LR schedule still spans `steps`; 0: run to the end)
     ema_decay: float = 0.999  # EMA of the trained weights (what export uses); 0: none
     warmup: int = 100  # linear LR warm-up steps, then cosine decay to lr_min_frac * lr at `steps`
     lr_min_frac: float = 0.1
@@ -331,7 +333,8 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     denoiser = model.denoiser
     state["phase"] = "denoiser"
     model.train()
-    for step in range(state["step"], tc.steps):
+    last = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
+    for step in range(state["step"], last):
         stage = stage_of(step, tc)
         idx = torch.randint(len(lat), (min(tc.batch, len(lat)),), generator=gen).tolist()
         batch = make_batch(model, lat, idx, toks, tc, stage, gen)
@@ -357,6 +360,8 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
             log.info("step %d [%s] loss %.4f %s (%.0f s)", step, stage, loss.item(), logs, time.time() - t0)
         if rank == 0 and tc.ckpt_every and (step + 1) % tc.ckpt_every == 0 and step + 1 < tc.steps:
             save_checkpoint(out, model, opt, state, tok_files, ema.avg if ema else None)
+        if rank == 0 and tc.keep_every and (step + 1) % tc.keep_every == 0:
+            save_checkpoint(f"{out}_{step + 1}", model, opt, state, tok_files, ema.avg if ema else None)
     state["train_seconds"] = state.get("train_seconds", 0) + time.time() - t0
     if world > 1:  # every rank must end with the same weights (gradients all-reduced each step)
         digest = sum(float(p.detach().double().sum()) for p in model.parameters())
@@ -390,6 +395,9 @@ def main(argv=None):
     ap.add_argument("--unison", action="store_true", help="Unison variant: speech + SFX streams, forcing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-every", type=int, default=0)
+    ap.add_argument("--keep-every", type=int, default=0, help="also save a copy every N steps to OUT_<step>")
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="stop after this step (schedule still spans --steps); resume later to go on")
     ap.add_argument("--resume", default=None)
     ap.add_argument("--set", action="append", default=[], help="config override KEY=JSON, e.g. --set layers=4")
     a = ap.parse_args(argv)
@@ -402,6 +410,7 @@ def main(argv=None):
         size=a.size, clips=a.clips, seconds=a.seconds, kinds=tuple(a.kinds.split(",")), ae_steps=a.ae_steps,
         steps=a.steps, batch=a.batch, lr=a.lr, ema_decay=a.ema, use_cts=not a.no_cts,
         stage_fractions=_fractions(a.stages), seed=a.seed, ckpt_every=a.ckpt_every,
+        keep_every=a.keep_every, stop_after=a.stop_after,
         overrides=overrides,
     )
     train(tc, a.out, resume=a.resume)
