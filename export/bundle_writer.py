@@ -29,7 +29,7 @@ import torch
 from torch.export import Dim
 
 from harmony_rt import __version__
-from harmony_rt.bundle import MANIFEST, atomic_write_bytes, sha256_file
+from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, sha256_file
 from harmony_rt.contract import FORMAT_VERSION, resolve
 from harmony_rt.errors import HarmonyError
 from train.checkpoints import load_checkpoint
@@ -172,23 +172,12 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
             add_plugin_graph(tmp, model)
         if extra:
             add_variants(tmp, extra)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("bundle written to %s", out)
     return out
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move folder `src` to `dst`; an existing `dst` is swapped out and removed only after the move."""
-    if dst.exists() or dst.is_symlink():
-        old = dst.parent / f".{dst.name}.old.{os.getpid()}"
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
 
 
 # ------------------------------------------------------------------------------------------------ variants

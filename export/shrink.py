@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, sha256_file
+from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, replace_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,7 @@ def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STOR
             shutil.copyfile(src / entry["file"], tmp / entry["file"])
         atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
         Bundle.load(tmp)  # the result must verify
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,12 +13,15 @@ Graphs are read with a minimal protobuf walker (`scan_onnx`), not the `onnx` pac
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import logging
 import math
 import mmap
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +76,41 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not glibc >= 2.28 / not Linux
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):  # kernel or filesystem without the flag
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move folder `src` to `dst`, replacing an existing `dst` atomically where the OS can: the two are
+    swapped in one step (readers see the old or the new folder, never none) and the old one is removed.
+    Elsewhere two renames: a crash between them leaves `dst` absent and the old copy at `.<name>.old.*`."""
+    src, dst = Path(src), Path(dst)
+    if not (dst.exists() or dst.is_symlink()):
+        os.replace(src, dst)
+        return
+    if dst.is_dir() and not dst.is_symlink() and _exchange(src, dst):
+        shutil.rmtree(src, ignore_errors=True)  # src now holds the old folder
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+    os.replace(dst, old / "x")
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- ONNX scan

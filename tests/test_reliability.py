@@ -278,76 +278,131 @@ def test_sigkill_during_export_leaves_old_or_complete_bundle(tiny_checkpoint, ti
     assert any(k for _, k, _ in states), states
 
 
+# Kill the process inside harmony_rt.bundle.replace_dir, at the point `mode` names:
+#   "before" / "after": around the one-step swap (renameat2 RENAME_EXCHANGE);
+#   "rename1" / "rename2": at the first / second os.replace of the two-rename fallback (no exchange).
+_KILL_SWAP = r"""
+import os, signal
+import harmony_rt.bundle as hb
+real_exchange, real_replace, calls = hb._exchange, os.replace, [0]
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
+def exchange(a, b):
+    if MODE == "before":
+        kill()
+    if MODE == "after":
+        assert real_exchange(a, b), "RENAME_EXCHANGE unsupported here"
+        kill()
+    return False
+def replace(a, b):
+    if TARGET in (os.path.abspath(str(a)), os.path.abspath(str(b))):
+        calls[0] += 1
+        if MODE == "rename%d" % calls[0]:
+            kill()
+    return real_replace(a, b)
+hb._exchange, os.replace = exchange, replace
+"""
+
 _EXPORT_KILL = r"""
-import os, shutil, signal, sys
-ckpt, out, graphs, nth = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+import os, shutil, sys
+ckpt, out, graphs, MODE = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+TARGET = os.path.abspath(out)
 import export.bundle_writer as bw
 # Fast stand-ins for tracing and parity (the atomic assembly is what is under test): copy the exported graphs.
 bw.export_component = lambda name, module, spec, model, path: shutil.copyfile(os.path.join(graphs, name + ".onnx"),
                                                                               path)
 bw.parity = lambda *a: 0.0
-real, calls = os.replace, [0]
-def replace(a, b):
-    if os.path.abspath(str(b)) == os.path.abspath(out) or os.path.abspath(str(a)) == os.path.abspath(out):
-        calls[0] += 1
-        if calls[0] == nth:
-            os.kill(os.getpid(), signal.SIGKILL)
-    return real(a, b)
-os.replace = replace
+""" + _KILL_SWAP + r"""
 bw.export_bundle(ckpt, out)
 """
 
+# what the target holds after a kill at each point of the swap
+_AFTER_KILL = {"before": "old", "after": "new", "rename1": "old", "rename2": "absent"}
 
-@pytest.mark.parametrize("nth", [1, 2])
-def test_sigkill_while_the_export_swaps_bundles(tiny_checkpoint, tiny_bundle, tmp_path, nth):
-    """Kill at the first rename of _replace_dir (old -> .old) and at the second (new -> target). The target is
-    the old bundle, or absent (with the old one kept beside it as .<name>.old.<pid>): never half-written."""
+
+def _need_exchange(tmp_path, mode):
+    """The one-step modes need RENAME_EXCHANGE from this OS and filesystem."""
+    from harmony_rt.bundle import _exchange
+
+    a, b = tmp_path / ".probe_a", tmp_path / ".probe_b"
+    a.mkdir(), b.mkdir()
+    ok = _exchange(a, b)
+    a.rmdir(), b.rmdir()
+    if mode in ("before", "after") and not ok:
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not supported here (needs Linux >= 3.15, glibc >= 2.28)")
+
+
+@pytest.mark.parametrize("mode", list(_AFTER_KILL))
+def test_sigkill_while_the_export_swaps_bundles(tiny_checkpoint, tiny_bundle, tmp_path, mode):
+    """Kill around the swap of the new bundle for the old one. With the one-step exchange (Linux) the target
+    is the old or the new bundle, never absent; with the two-rename fallback it may be absent between the
+    renames, the old one kept beside it as .<name>.old.*: never half-written either way."""
     pytest.importorskip("torch")
+    _need_exchange(tmp_path, mode)
     out = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, out)
     old_manifest = (out / "manifest.json").read_text()
-    r = subprocess.run([PY, "-c", _EXPORT_KILL, str(tiny_checkpoint), str(out), str(tiny_bundle), str(nth)],
+    r = subprocess.run([PY, "-c", _EXPORT_KILL, str(tiny_checkpoint), str(out), str(tiny_bundle), mode],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-    state = _bundle_state(out, old_manifest)
-    assert state == ("old" if nth == 1 else "absent")
-    kept = [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.")]
-    if state == "absent":  # the old bundle was moved aside, not deleted: recoverable by hand
-        olds = [p for p in kept if ".old." in p.name]
+    assert _bundle_state(out, old_manifest) == _AFTER_KILL[mode]
+    kept = [p for p in tmp_path.iterdir() if p.name != "bundle"]
+    assert all(p.name.startswith(".bundle.") for p in kept), kept  # leftovers are hidden temp folders
+    if mode == "rename2":  # the old bundle was moved aside, not deleted: recoverable by hand
+        olds = [p / "x" for p in kept if ".old." in p.name]
         assert len(olds) == 1 and (olds[0] / "manifest.json").read_text() == old_manifest
-    assert all(p.name.startswith(".bundle.") for p in tmp_path.iterdir() if p.name != "bundle")
 
 
 _CKPT_KILL = r"""
-import os, signal, sys
-path, nth = sys.argv[1], int(sys.argv[2])
+import os, sys
+path, MODE = sys.argv[1], sys.argv[2]
+TARGET = os.path.abspath(path)
 from train.checkpoints import load_checkpoint, save_checkpoint
+""" + _KILL_SWAP + r"""
 model, _, state = load_checkpoint(path)
-real, calls = os.replace, [0]
-def replace(a, b):
-    calls[0] += 1
-    if calls[0] == nth:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(a, b)
-os.replace = replace
 state["step"] = -1
 save_checkpoint(path, model, state=state)
 """
 
 
-@pytest.mark.parametrize("nth", [1, 2])
-def test_sigkill_while_saving_a_checkpoint(tiny_checkpoint, tmp_path, nth):
+@pytest.mark.parametrize("mode", list(_AFTER_KILL))
+def test_sigkill_while_saving_a_checkpoint(tiny_checkpoint, tmp_path, mode):
     pytest.importorskip("torch")
     from train.checkpoints import load_checkpoint
 
+    _need_exchange(tmp_path, mode)
     ck = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ck)
     old_state = json.loads((ck / "state.json").read_text())
-    r = subprocess.run([PY, "-c", _CKPT_KILL, str(ck), str(nth)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([PY, "-c", _CKPT_KILL, str(ck), mode], capture_output=True, text=True, timeout=300)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-    if nth == 1:  # killed before anything was renamed: the old checkpoint, intact
-        load_checkpoint(ck)
-        assert json.loads((ck / "state.json").read_text()) == old_state
-    else:  # between "old -> aside" and "new -> target": the target is absent, both copies are beside it
+    expect = _AFTER_KILL[mode]
+    if expect == "absent":  # between "old -> aside" and "new -> target": both copies are beside it
         assert not ck.exists()
         assert len([p for p in tmp_path.iterdir() if p.name.startswith(".ckpt.")]) == 2
+    else:
+        load_checkpoint(ck)
+        state = json.loads((ck / "state.json").read_text())
+        assert state == old_state if expect == "old" else state["step"] == -1
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replace_dir_swaps_and_leaves_nothing_behind(tmp_path, monkeypatch, exchange):
+    import harmony_rt.bundle as hb
+
+    if exchange:
+        _need_exchange(tmp_path, "after")
+    else:
+        monkeypatch.setattr(hb, "_exchange", lambda a, b: False)
+    dst, src = tmp_path / "target", tmp_path / ".new"
+    dst.mkdir()
+    (dst / "old.txt").write_text("old")
+    src.mkdir()
+    (src / "new.txt").write_text("new")
+    hb.replace_dir(src, dst)
+    assert [p.name for p in dst.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["target"]
+    src.mkdir()
+    (src / "again.txt").write_text("x")
+    hb.replace_dir(src, tmp_path / "fresh")  # no target yet: a plain rename
+    assert (tmp_path / "fresh" / "again.txt").exists() and not src.exists()

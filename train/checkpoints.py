@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from harmony_rt.bundle import replace_dir
+
 from .configs import HarmonyConfig
 from .model import HarmonyModel
 
@@ -60,13 +62,7 @@ def save_checkpoint(
             (tmp / "optimizer.json").write_text(json.dumps(meta))
         for name, text in (tokenizers or {}).items():
             (tmp / name).write_text(text)
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, old / "ckpt")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
