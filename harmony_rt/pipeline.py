@@ -98,6 +98,44 @@ def _frames_input(name: str, x, shape: tuple) -> np.ndarray:
     return x
 
 
+@dataclass
+class _Settings:
+    """The validated sampling settings of one generate_batch call."""
+
+    mode: str  # guidance mode
+    scheduler: str
+    steps: int
+    seed: int
+    B: int  # samples
+    scales: GuidanceScales
+
+
+@dataclass
+class _Clip:
+    """The clip's length and the given media fitted to it."""
+
+    seconds: float
+    F: int  # latent frames
+    T: int  # audio latent frames
+    FP: int  # pixel frames
+    W: int  # audio samples the latent covers
+    audio: np.ndarray | None  # A2V: float32 [max(W, seconds * rate)]
+    frames: np.ndarray | None  # V2A: uint8 [FP, H, W, 3]
+    image: np.ndarray | None  # I2AV: uint8 [H, W, 3]
+    notes: list[str]
+
+
+@dataclass
+class _Held:
+    """Latents of the given media and the SyncCFG anchors, B rows each."""
+
+    audio: np.ndarray | None  # [B, S, T, C_a] held clean (A2V)
+    video: np.ndarray | None  # [B, C_v, F, h, w] held clean (V2A)
+    image: np.ndarray | None  # [B, C_v, F, h, w] of the image repeated (I2AV: its first frame is used)
+    null_v: np.ndarray  # [B, C_v, F, h, w] still video
+    null_a: np.ndarray  # [B, S, T, C_a] silence
+
+
 class Pipeline:
     """Text (+ optional audio / video / image / reference voice) -> synchronized video and audio."""
 
@@ -187,34 +225,51 @@ class Pipeline:
         `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 1-3 s). Sample i uses seed
         (seed, i): outputs do not depend on num_samples. `progress(done, total)` returning False cancels.
         """
-        g, sp = self.geometry, self.bundle.sampling
         prompt, speech = _check_text("prompt", prompt), _check_text("speech", speech)
         for name, cap in (("video_caption", video_caption), ("audio_caption", audio_caption)):
             if cap is not None:
                 _check_text(name, cap)
         if progress is not None and not callable(progress):
             raise HarmonyError("progress must be a callable (done, total) -> bool | None")
+        run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale)
+        clip = self._clip(seconds, audio, video, image)
+        cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B)
+        held = self._held(clip, run.B)
+        z_v, z_a = self._sample(run, clip, held, cond, uncond, progress)
+        return self._results(run, clip, z_v, z_a)
+
+    # ------------------------------------------------------------------ generate: its stages
+
+    def _settings(self, guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale) -> _Settings:
+        """The sampling settings, each the argument or the bundle's default, validated."""
+        sp = self.bundle.sampling
         mode = guidance if guidance is not None else sp.get("guidance", "sync")
         if mode not in MODES:
             raise HarmonyError(f"unknown guidance mode {mode!r}; choose one of {', '.join(MODES)}")
-        sched_name = scheduler if scheduler is not None else sp.get("scheduler", "euler")
-        if sched_name not in SCHEDULERS:
-            raise HarmonyError(f"unknown scheduler {sched_name!r}; choose one of {', '.join(SCHEDULERS)}")
-        steps = _check_number("steps", steps if steps is not None else sp["steps"], 1, 1000, integer=True)
-        seed = _check_number("seed", seed, 0, 2**63 - 1, integer=True)
-        B = _check_number("num_samples", num_samples, 1, 64, integer=True)
-        scales = GuidanceScales(
-            s_v=_check_number("s_v", s_v if s_v is not None else sp["s_v"], 0, 100),
-            s_a=_check_number("s_a", s_a if s_a is not None else sp["s_a"], 0, 100),
-            cfg=_check_number("cfg_scale", cfg_scale if cfg_scale is not None else sp["cfg_scale"], 0, 100),
+        sched = scheduler if scheduler is not None else sp.get("scheduler", "euler")
+        if sched not in SCHEDULERS:
+            raise HarmonyError(f"unknown scheduler {sched!r}; choose one of {', '.join(SCHEDULERS)}")
+        return _Settings(
+            mode=mode,
+            scheduler=sched,
+            steps=_check_number("steps", steps if steps is not None else sp["steps"], 1, 1000, integer=True),
+            seed=_check_number("seed", seed, 0, 2**63 - 1, integer=True),
+            B=_check_number("num_samples", num_samples, 1, 64, integer=True),
+            scales=GuidanceScales(
+                s_v=_check_number("s_v", s_v if s_v is not None else sp["s_v"], 0, 100),
+                s_a=_check_number("s_a", s_a if s_a is not None else sp["s_a"], 0, 100),
+                cfg=_check_number("cfg_scale", cfg_scale if cfg_scale is not None else sp["cfg_scale"], 0, 100),
+            ),
         )
+
+    def _clip(self, seconds, audio, video, image) -> _Clip:
+        """The clip's length (argument, given media, or the bundle default) and the given media fitted to it."""
+        g, sp = self.geometry, self.bundle.sampling
         if sum(x is not None for x in (audio, video)) > 1:
             raise HarmonyError("give at most one of audio (A2V) and video (V2A)")
         notes: list[str] = []
-
-        # --- durations -------------------------------------------------------------
         max_s = g.max_latent_frames * g.video_t_stride / g.fps
-        given_audio = given_frames = None
+        given_audio = given_frames = img = None
         if audio is not None:
             given_audio = _audio_input("audio", audio, g.sample_rate)
             if given_audio.size == 0:
@@ -235,19 +290,38 @@ class Pipeline:
         F = max(1, int(round(seconds * g.fps / g.video_t_stride)))
         T = g.audio_frames_for(F)
         FP, W = F * g.video_t_stride, T * g.audio_hop
+        if given_audio is not None:  # the clip's length in samples (at least the latent's)
+            n_out = max(W, int(round(seconds * g.sample_rate)))
+            given_audio = np.pad(given_audio, (0, max(0, n_out - len(given_audio))))[:n_out].astype(np.float32)
+        if given_frames is not None:
+            if given_frames.shape[0] < FP:
+                pad = np.repeat(given_frames[-1:], FP - given_frames.shape[0], axis=0)
+                notes.append(f"padded {given_frames.shape[0]} -> {FP} frames by repeating the last one")
+                given_frames = np.concatenate([given_frames, pad])
+            given_frames = given_frames[:FP]
+        if image is not None:
+            if isinstance(image, (str, Path)):
+                img = media.read_image(image, g.height, g.width)
+            else:
+                img = _frames_input("image", image, (g.height, g.width, 3))
+                if img.ndim != 3:
+                    raise HarmonyError(f"image must be [H, W, 3], got shape {img.shape}")
+        return _Clip(seconds, F, T, FP, W, given_audio, given_frames, img, notes)
 
-        # --- conditioning, once per generation ----------------------------------------
+    def _conditions(self, prompt, speech, video_caption, audio_caption, ref_audio, B) -> tuple[dict, dict]:
+        """Caption / transcript / reference encodings, once per generation: (cond, uncond), B rows each."""
+        g, sp = self.geometry, self.bundle.sampling
         vcap = video_caption if video_caption is not None else prompt
         acap = audio_caption if audio_caption is not None else prompt
-        caps, cap_mask = self._captions([vcap, acap, ""])
-        sp_emb, sp_mask = self._speech([speech, ""])
+        caps, cap_mask = self._captions([vcap, acap, ""])  # [3, L, D]: video caption, audio caption, empty
+        sp_emb, sp_mask = self._speech([speech, ""])  # [2, L, D]: transcript, empty
         ref, ref_mask = np.zeros((1, 1, g.C_a), np.float32), np.zeros((1, 1), np.float32)
         if ref_audio is not None:
             wav = _audio_input("ref_audio", ref_audio, g.sample_rate)
             dur = len(wav) / g.sample_rate
             if not 0.5 <= dur <= 10.0:
                 raise HarmonyError(f"reference audio must be 0.5-10 s long (1-3 s works best), got {dur:.2f} s")
-            ref = self.encode_audio(wav[: int(sp.get("max_ref_seconds", 3.0) * g.sample_rate)])
+            ref = self.encode_audio(wav[: int(sp.get("max_ref_seconds", 3.0) * g.sample_rate)])  # [1, T_ref, C_a]
             ref_mask = np.ones(ref.shape[:2], np.float32)
 
         def rows(x):  # [1, ...] -> [B, ...]
@@ -263,80 +337,82 @@ class Pipeline:
             cond, text_emb=rows(caps[2:3]), text_mask=rows(cap_mask[2:3]), audio_text_emb=rows(caps[2:3]),
             audio_text_mask=rows(cap_mask[2:3]), speech_emb=rows(sp_emb[1:2]), speech_mask=rows(sp_mask[1:2]),
         )
+        return cond, uncond
 
-        # --- held modalities and anchors ---------------------------------------------------
-        S = g.S
-        null_a = self.encode_audio(np.zeros(W, np.float32))[:, None]  # [1, 1, T, C_a] silence
-        null_a = rows(np.repeat(null_a, S, axis=1))
-        still = np.full((g.height, g.width, 3), 127, np.uint8)  # mid-grey unless a first frame is given
-        z_audio_clean = z_video_clean = z_image = None
-        if given_audio is not None:
-            n_out = max(W, int(round(seconds * g.sample_rate)))
-            given_audio = np.pad(given_audio, (0, max(0, n_out - len(given_audio))))[:n_out].astype(np.float32)
-            z_audio_clean = rows(np.repeat(self.encode_audio(given_audio[:W])[:, None], S, axis=1) / S)
-        if given_frames is not None:
-            if given_frames.shape[0] < FP:
-                pad = np.repeat(given_frames[-1:], FP - given_frames.shape[0], axis=0)
-                notes.append(f"padded {given_frames.shape[0]} -> {FP} frames by repeating the last one")
-                given_frames = np.concatenate([given_frames, pad])
-            given_frames = given_frames[:FP]
-            z_video_clean = rows(self.encode_frames(given_frames))
-            still = given_frames[0]
-        if image is not None:
-            if isinstance(image, (str, Path)):
-                img = media.read_image(image, g.height, g.width)
-            else:
-                img = _frames_input("image", image, (g.height, g.width, 3))
-                if img.ndim != 3:
-                    raise HarmonyError(f"image must be [H, W, 3], got shape {img.shape}")
-            z_image = rows(self.encode_frames(np.repeat(img[None], FP, axis=0)))
-            still = img
-        null_v = rows(self.encode_frames(np.repeat(still[None], FP, axis=0)))
+    def _held(self, clip: _Clip, B: int) -> _Held:
+        """Latents of the given media (held clean or, for the image, on its noising path) and the SyncCFG
+        anchors: silence, and a still video of the first frame (mid-grey when none is given)."""
+        g, S = self.geometry, self.geometry.S
 
-        # --- ODE loop ---------------------------------------------------------------------
-        noise_v = np.stack([np.random.default_rng([seed, i]).standard_normal(null_v.shape[1:], np.float32) for i in range(B)])
-        noise_a = np.stack([np.random.default_rng([seed, i, 1]).standard_normal(null_a.shape[1:], np.float32) for i in range(B)])
-        z_v = z_video_clean if z_video_clean is not None else noise_v
-        z_a = z_audio_clean if z_audio_clean is not None else noise_a
-        sched_v, sched_a = make_scheduler(sched_name, sp["shift"]), make_scheduler(sched_name, sp["shift"])
-        sched_v.set_timesteps(steps)
-        sched_a.set_timesteps(steps)
-        guided = self._guided_for(mode, scales)
-        for i in range(steps):
+        def rows(x):  # [1, ...] -> [B, ...]
+            return np.repeat(x, B, axis=0)
+
+        null_a = self.encode_audio(np.zeros(clip.W, np.float32))[:, None]  # [1, 1, T, C_a] silence
+        null_a = rows(np.repeat(null_a, S, axis=1))  # [B, S, T, C_a]
+        still = np.full((g.height, g.width, 3), 127, np.uint8)
+        audio = video = image = None
+        if clip.audio is not None:  # the given mix, split evenly over the streams
+            audio = rows(np.repeat(self.encode_audio(clip.audio[: clip.W])[:, None], S, axis=1) / S)
+        if clip.frames is not None:
+            video = rows(self.encode_frames(clip.frames))  # [B, C_v, F, H_lat, W_lat]
+            still = clip.frames[0]
+        if clip.image is not None:
+            image = rows(self.encode_frames(np.repeat(clip.image[None], clip.FP, axis=0)))
+            still = clip.image
+        null_v = rows(self.encode_frames(np.repeat(still[None], clip.FP, axis=0)))
+        return _Held(audio, video, image, null_v, null_a)
+
+    def _sample(self, run: _Settings, clip: _Clip, held: _Held, cond, uncond, progress) -> tuple[np.ndarray, np.ndarray]:
+        """The ODE loop from noise (sample i seeded by (seed, i)) to latents: z_v [B, C_v, F, h, w], z_a [B, S, T, C_a]."""
+        B, seed = run.B, run.seed
+        noise_v = np.stack([np.random.default_rng([seed, i]).standard_normal(held.null_v.shape[1:], np.float32) for i in range(B)])
+        noise_a = np.stack([np.random.default_rng([seed, i, 1]).standard_normal(held.null_a.shape[1:], np.float32) for i in range(B)])
+        z_v = held.video if held.video is not None else noise_v
+        z_a = held.audio if held.audio is not None else noise_a
+        shift = self.bundle.sampling["shift"]
+        sched_v, sched_a = make_scheduler(run.scheduler, shift), make_scheduler(run.scheduler, shift)
+        sched_v.set_timesteps(run.steps)
+        sched_a.set_timesteps(run.steps)
+        guided = self._guided_for(run.mode, run.scales)
+        for i in range(run.steps):
             t = float(sched_v.sigmas[i])
-            t_v = np.full(B, 0.0 if z_video_clean is not None else t, np.float32)
-            t_a = np.full(B, 0.0 if z_audio_clean is not None else t, np.float32)
-            if z_image is not None:  # I2AV: the first latent frame sits on the clean image's noising path
-                z_v[:, :, :1] = (1 - t) * z_image[:, :, :1] + t * noise_v[:, :, :1]
-            v_v, v_a = guided(z_v, z_a, t_v, t_a, cond, uncond, null_v, null_a)
-            if z_video_clean is None:
+            t_v = np.full(B, 0.0 if held.video is not None else t, np.float32)
+            t_a = np.full(B, 0.0 if held.audio is not None else t, np.float32)
+            if held.image is not None:  # I2AV: the first latent frame sits on the clean image's noising path
+                z_v[:, :, :1] = (1 - t) * held.image[:, :, :1] + t * noise_v[:, :, :1]
+            v_v, v_a = guided(z_v, z_a, t_v, t_a, cond, uncond, held.null_v, held.null_a)
+            if held.video is None:
                 z_v = sched_v.step(v_v, sched_v.timesteps[i], z_v)
-            if z_audio_clean is None:
+            if held.audio is None:
                 z_a = sched_a.step(v_a, sched_a.timesteps[i], z_a)
-            if progress is not None and progress(i + 1, steps) is False:
-                raise Cancelled(f"cancelled after {i + 1} of {steps} steps")
-        if z_image is not None:
-            z_v[:, :, :1] = z_image[:, :, :1]
+            if progress is not None and progress(i + 1, run.steps) is False:
+                raise Cancelled(f"cancelled after {i + 1} of {run.steps} steps")
+        if held.image is not None:
+            z_v[:, :, :1] = held.image[:, :, :1]
+        return z_v, z_a
 
-        # --- decode -----------------------------------------------------------------------
-        results = []
-        frames = self._decode_video(z_v) if given_frames is None else np.repeat(given_frames[None], B, axis=0)
+    def _results(self, run: _Settings, clip: _Clip, z_v: np.ndarray, z_a: np.ndarray) -> list[GenerationResult]:
+        """Decode the latents (given media are returned as given) into one GenerationResult per sample."""
+        g, S, B, T = self.geometry, self.geometry.S, run.B, clip.T
+        frames = self._decode_video(z_v) if clip.frames is None else np.repeat(clip.frames[None], B, axis=0)
         if z_a.shape[2] != T:  # the latent's length came from the audio encoder graph, T from the manifest
-            raise BundleError(f"{self.bundle.path}: audio_encoder gives {z_a.shape[2]} latent frames for {W} samples, "
-                              f"geometry.audio_hop {g.audio_hop} says {T}")
-        wav = self._decode_audio(z_a.reshape(B * S, T, -1)).reshape(B, S, -1)
-        n_samples = int(round(seconds * g.sample_rate))
+            raise BundleError(f"{self.bundle.path}: audio_encoder gives {z_a.shape[2]} latent frames for {clip.W} "
+                              f"samples, geometry.audio_hop {g.audio_hop} says {T}")
+        wav = self._decode_audio(z_a.reshape(B * S, T, -1)).reshape(B, S, -1)  # [B, S, W]
+        n_samples = int(round(clip.seconds * g.sample_rate))
+        results = []
         for b in range(B):
             stems = {}
-            if given_audio is not None:
-                mix = given_audio.copy()
+            if clip.audio is not None:
+                mix = clip.audio.copy()
             else:
                 mix = np.clip(wav[b].sum(0), -1.0, 1.0)
                 if S == 2:
                     stems = {"speech": wav[b, 0], "sfx": wav[b, 1]}
             mix = np.pad(mix, (0, max(0, n_samples - len(mix))))[:n_samples]
             stems = {k: np.pad(v, (0, max(0, n_samples - len(v))))[:n_samples] for k, v in stems.items()}
-            results.append(GenerationResult(frames[b], mix.astype(np.float32), g.fps, g.sample_rate, seed, stems, notes))
+            results.append(GenerationResult(frames[b], mix.astype(np.float32), g.fps, g.sample_rate, run.seed, stems,
+                                            list(clip.notes)))
         return results
 
     # Decoder tiles (harmony_rt.tiling): clips longer than a tile decode in overlapping temporal tiles, so

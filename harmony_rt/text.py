@@ -13,6 +13,19 @@ from .errors import BundleError, HarmonyError
 log = logging.getLogger(__name__)
 
 
+def pad_ids(seqs: list[list[int]], max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Token id lists -> (ids int64 [N, L], mask float32 [N, L]), zero-padded to the longest (cut to max_len)."""
+    length = max(len(s) for s in seqs)
+    length = min(length, max_len) if max_len is not None else length
+    ids = np.zeros((len(seqs), length), np.int64)
+    mask = np.zeros((len(seqs), length), np.float32)
+    for i, s in enumerate(seqs):
+        n = min(length, len(s))
+        ids[i, :n] = s[:n]
+        mask[i, :n] = 1.0
+    return ids, mask
+
+
 class TextTokenizer:
     """Encodes strings to ids int64 [B, L] and mask float32 [B, L] (L = longest, at most `max_len`)."""
 
@@ -35,10 +48,4 @@ class TextTokenizer:
             if unknown:
                 shown = "".join(text[a:b] + " " for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id)
                 log.warning("%s: %d unknown token(s) the model has never seen: %s", self.what, len(unknown), shown.strip())
-        length = max(len(e.ids) for e in encs)
-        ids = np.zeros((len(encs), length), np.int64)
-        mask = np.zeros((len(encs), length), np.float32)
-        for i, e in enumerate(encs):
-            ids[i, : len(e.ids)] = e.ids
-            mask[i, : len(e.ids)] = 1.0
-        return ids, mask
+        return pad_ids([e.ids for e in encs])

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harmony_rt.text import pad_ids
+
 from .checkpoints import load_checkpoint, load_ema, save_checkpoint
 from .configs import HarmonyConfig, get_config
 from .losses import CTSBatch, cts_loss, forcing_loss, noise_to, sample_t
@@ -177,15 +179,9 @@ def encode_clips(model: HarmonyModel, clips) -> list[ClipLatents]:
 
 
 def _tokens(tok, texts, max_len):
-    encs = tok.encode_batch(texts)
-    L = min(max_len, max(len(e.ids) for e in encs))
-    ids = torch.zeros(len(texts), L, dtype=torch.long)
-    mask = torch.zeros(len(texts), L)
-    for i, e in enumerate(encs):
-        n = min(L, len(e.ids))
-        ids[i, :n] = torch.tensor(e.ids[:n])
-        mask[i, :n] = 1
-    return ids, mask
+    """Token ids [N, L] (long) and mask [N, L], padded as the runtime pads them, cut to max_len."""
+    ids, mask = pad_ids([e.ids for e in tok.encode_batch(texts)], max_len)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 _SILENCE: dict = {}
