@@ -632,6 +632,9 @@ def size_rows() -> list[Row]:
     s = installed_sizes()
     rt, th = sum(s["runtime"].values()), sum(s["torch"].values())
     top = ", ".join(f"{k} {v / 1e6:.0f}" for k, v in sorted(s["runtime"].items(), key=lambda kv: -kv[1])[:4])
+    if not th:  # a runtime-only environment: nothing to compare against
+        return [Row("installed size (site-packages, RECORD)", "runtime: harmony-rt + deps", rt, unit="MB",
+                    note=f"largest MB: {top}; torch is not installed here (install it beside to compare)")]
     return [Row("installed size (site-packages, RECORD)", "runtime: harmony-rt + deps", rt, unit="MB",
                 baseline="+ torch and its deps", base_value=rt + th, ratio=(rt + th) / rt, note=f"largest MB: {top}")]
 

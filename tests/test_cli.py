@@ -123,3 +123,16 @@ def test_usage_error_exit_2(tmp_path):
 def test_info_on_bundle(tiny_bundle):
     r = cli("info", tiny_bundle)
     assert r.returncode == 0 and "denoiser" in r.stdout
+
+
+def test_size_row_without_torch_compares_nothing(monkeypatch):
+    """In a runtime-only venv `harmony-rt bench` states torch is absent instead of a 1.00x 'comparison'."""
+    from harmony_rt import bench
+
+    monkeypatch.setattr(bench, "installed_sizes", lambda: {"runtime": {"harmony-rt": 1e6, "numpy": 5e7}, "torch": {}})
+    (row,) = bench.size_rows()
+    assert row.baseline == "" and "torch is not installed" in row.note
+    assert "torch is not installed" in bench.format_table([row])
+    monkeypatch.setattr(bench, "installed_sizes", lambda: {"runtime": {"numpy": 1e8}, "torch": {"torch": 7e8}})
+    (row,) = bench.size_rows()
+    assert row.ratio == pytest.approx(8.0)
