@@ -85,6 +85,9 @@ def _check_output(path: Path) -> None:
 @click.option("--s-a", type=float, default=None, help="SyncCFG audio scale.")
 @click.option("--cfg-scale", type=float, default=None, help="Text CFG scale.")
 @click.option("--scheduler", default=None, help="euler | unipc.")
+@click.option("--step-cache", type=float, default=None,
+              help="Skip denoiser calls where the velocity changes slowly (0-1; e.g. 0.1; off by default). "
+                   "Faster, at a measured quality cost (bench/RESULTS.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--num-samples", type=int, default=1, show_default=True, help="Variations in one batched run.")
 @click.option("--audio", "audio", type=click.Path(path_type=Path), default=None, help="A2V: driving audio.")

@@ -23,6 +23,7 @@ from .bundle import Bundle, default_bundle_path
 from .errors import BundleError, Cancelled, HarmonyError
 from .guidance import MODES, GuidanceScales, GuidedDenoiser
 from .schedulers import SCHEDULERS, make_scheduler
+from .stepcache import StepCache
 from .text import TextTokenizer
 from .tiling import Tiling, decode_tiled
 
@@ -108,6 +109,7 @@ class _Settings:
     seed: int
     B: int  # samples
     scales: GuidanceScales
+    step_cache: float | None = None  # threshold, None: every step calls the denoiser
 
 
 @dataclass
@@ -210,6 +212,7 @@ class Pipeline:
         s_a: float | None = None,
         cfg_scale: float | None = None,
         scheduler: str | None = None,
+        step_cache: float | None = None,
         seed: int = 0,
         num_samples: int = 1,
         audio: str | Path | np.ndarray | None = None,
@@ -224,6 +227,8 @@ class Pipeline:
         transcript (any script). Tasks: `audio` (A2V: audio held clean, video generated), `video` (V2A),
         `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 1-3 s). Sample i uses seed
         (seed, i): outputs do not depend on num_samples. `progress(done, total)` returning False cancels.
+        `step_cache` (0-1, None: off): reuse the velocities on steps where they change slowly
+        (harmony_rt.stepcache; Euler only), a note says how many steps called the denoiser.
         """
         prompt, speech = _check_text("prompt", prompt), _check_text("speech", speech)
         for name, cap in (("video_caption", video_caption), ("audio_caption", audio_caption)):
@@ -231,7 +236,7 @@ class Pipeline:
                 _check_text(name, cap)
         if progress is not None and not callable(progress):
             raise HarmonyError("progress must be a callable (done, total) -> bool | None")
-        run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale)
+        run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache)
         clip = self._clip(seconds, audio, video, image)
         cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B)
         held = self._held(clip, run.B)
@@ -240,7 +245,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ generate: its stages
 
-    def _settings(self, guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale) -> _Settings:
+    def _settings(self, guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache=None) -> _Settings:
         """The sampling settings, each the argument or the bundle's default, validated."""
         sp = self.bundle.sampling
         mode = guidance if guidance is not None else sp.get("guidance", "sync")
@@ -249,6 +254,11 @@ class Pipeline:
         sched = scheduler if scheduler is not None else sp.get("scheduler", "euler")
         if sched not in SCHEDULERS:
             raise HarmonyError(f"unknown scheduler {sched!r}; choose one of {', '.join(SCHEDULERS)}")
+        if step_cache is not None:
+            step_cache = _check_number("step_cache", step_cache, 0, 1)
+            if sched != "euler":
+                raise HarmonyError(f"step_cache works with the euler scheduler only (its multistep history would "
+                                   f"mix reused velocities), got {sched!r}")
         return _Settings(
             mode=mode,
             scheduler=sched,
@@ -260,6 +270,7 @@ class Pipeline:
                 s_a=_check_number("s_a", s_a if s_a is not None else sp["s_a"], 0, 100),
                 cfg=_check_number("cfg_scale", cfg_scale if cfg_scale is not None else sp["cfg_scale"], 0, 100),
             ),
+            step_cache=step_cache,
         )
 
     def _clip(self, seconds, audio, video, image) -> _Clip:
@@ -374,13 +385,19 @@ class Pipeline:
         sched_v.set_timesteps(run.steps)
         sched_a.set_timesteps(run.steps)
         guided = self._guided_for(run.mode, run.scales)
+        cache = StepCache(run.steps, run.step_cache) if run.step_cache else None
         for i in range(run.steps):
             t = float(sched_v.sigmas[i])
             t_v = np.full(B, 0.0 if held.video is not None else t, np.float32)
             t_a = np.full(B, 0.0 if held.audio is not None else t, np.float32)
             if held.image is not None:  # I2AV: the first latent frame sits on the clean image's noising path
                 z_v[:, :, :1] = (1 - t) * held.image[:, :, :1] + t * noise_v[:, :, :1]
-            v_v, v_a = guided(z_v, z_a, t_v, t_a, cond, uncond, held.null_v, held.null_a)
+            if cache is not None and cache.skip(i):
+                v_v, v_a = cache.last
+            else:
+                v_v, v_a = guided(z_v, z_a, t_v, t_a, cond, uncond, held.null_v, held.null_a)
+                if cache is not None:
+                    cache.observe(i, v_v, v_a)
             if held.video is None:
                 z_v = sched_v.step(v_v, sched_v.timesteps[i], z_v)
             if held.audio is None:
@@ -389,6 +406,8 @@ class Pipeline:
                 raise Cancelled(f"cancelled after {i + 1} of {run.steps} steps")
         if held.image is not None:
             z_v[:, :, :1] = held.image[:, :, :1]
+        if cache is not None:
+            clip.notes.append(f"step cache {run.step_cache:g}: {cache.computed} of {run.steps} steps called the denoiser")
         return z_v, z_a
 
     def _results(self, run: _Settings, clip: _Clip, z_v: np.ndarray, z_a: np.ndarray) -> list[GenerationResult]:

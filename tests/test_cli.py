@@ -70,6 +70,8 @@ def test_corrupted_file(tiny_bundle, tmp_path):
         (["--steps", "0"], "steps must be"),
         (["--steps", "-2"], "steps must be"),
         (["--seconds", "1000"], "seconds must be"),
+        (["--step-cache", "2"], "step_cache must be"),
+        (["--step-cache", "0.1", "--scheduler", "unipc"], "euler scheduler only"),
     ],
 )
 def test_bad_arguments(tiny_bundle, tmp_path, args, needle):

@@ -83,7 +83,8 @@ def test_cancel_from_progress_callback(pipe):
 
 
 @pytest.mark.parametrize("kw", [dict(steps=0), dict(steps=-3), dict(guidance="louder"), dict(seconds=100.0),
-                                dict(s_v=float("nan")), dict(seed=-1), dict(scheduler="ddim"), dict(num_samples=0)])
+                                dict(s_v=float("nan")), dict(seed=-1), dict(scheduler="ddim"), dict(num_samples=0),
+                                dict(step_cache=1.5), dict(step_cache=0.1, scheduler="unipc")])
 def test_bad_arguments_raise_harmony_error(pipe, kw):
     with pytest.raises(HarmonyError):
         pipe.generate_batch("a red ball", **kw)
