@@ -187,7 +187,8 @@ class GuidedDenoiser:
     (each call's output is the step's result, so measuring costs no extra denoiser calls; the order
     balances drift in the machine's load), then the split with the better best time is kept in `decisions`
     (key -> "batched" | "sequential"; best seconds in `timings`). Measuring both up front instead cost
-    about three extra steps per generation (bench/RESULTS.md). Safe to call from several threads: measured
+    about three extra steps per generation (bench/RESULTS.md). `store` (harmony_rt.splitstore) keeps
+    decisions for later processes, which then skip the measuring. Safe to call from several threads: measured
     calls run one at a time. `clock` is injectable for tests.
     """
 
@@ -199,6 +200,7 @@ class GuidedDenoiser:
         split: str = "auto",
         repeats: int = 3,
         clock: Callable[[], float] = time.perf_counter,
+        store=None,
     ):
         branches(mode)  # validates
         if split not in SPLITS:
@@ -209,6 +211,8 @@ class GuidedDenoiser:
         self.split = split
         self.repeats = max(1, int(repeats))
         self.clock = clock
+        self.store = store  # harmony_rt.splitstore.SplitStore: decisions shared with later processes
+        self._asked: set[tuple] = set()  # keys already looked up in the store
         self.decisions: dict[tuple, str] = {}
         self.timings: dict[tuple, dict[str, float]] = {}
         self._samples: dict[tuple, dict[str, list[float]]] = {}
@@ -224,6 +228,12 @@ class GuidedDenoiser:
         if split == "auto":
             key = _shape_key(self.mode, feeds)
             split = self.decisions.get(key)
+            if split is None and self.store is not None and key not in self._asked:
+                self._asked.add(key)
+                split = self.store.get(key)
+                if split is not None:
+                    self.decisions[key] = split
+                    log.info("guidance %s: %s split, decided by an earlier run (%s)", self.mode, split, self.store.path)
             out = self._measured(key, feeds, B) if split is None else self._run(split, feeds, B)
         else:
             out = self._run(split, feeds, B)
@@ -255,6 +265,8 @@ class GuidedDenoiser:
             self.decisions[key] = choice
             self.timings[key] = best
             del self._samples[key]
+            if self.store is not None:
+                self.store.put(key, choice, best)
         log.info(
             "guidance %s, %d rows: %s (batched %.4f s, sequential %.4f s per step, best of %d)",
             self.mode, feeds["video_latent"].shape[0], choice, best["batched"], best["sequential"], self.repeats,

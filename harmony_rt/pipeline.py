@@ -23,6 +23,7 @@ from .bundle import Bundle, default_bundle_path
 from .errors import BundleError, Cancelled, HarmonyError
 from .guidance import MODES, GuidanceScales, GuidedDenoiser
 from .schedulers import SCHEDULERS, make_scheduler
+from .splitstore import SplitStore
 from .stepcache import StepCache
 from .text import TextTokenizer
 from .tiling import Tiling, decode_tiled
@@ -184,12 +185,27 @@ class Pipeline:
         x = frames.astype(np.float32).transpose(3, 0, 1, 2)[None] / 127.5 - 1.0
         return self._run("video_encoder", frames=x)["video_latent"]
 
+    def _split_context(self) -> dict:
+        """What a guidance split decision depends on besides mode and shapes (harmony_rt.splitstore)."""
+        import onnxruntime
+
+        from . import __version__
+
+        comp = self.bundle.manifest["components"]["denoiser"]
+        return {
+            "denoiser": comp.get("sha256"), "precision": self.precision, "harmony_rt": __version__,
+            "backend": getattr(self.backend, "name", type(self.backend).__name__),
+            "providers": getattr(self.backend, "providers", None), "threads": getattr(self.backend, "threads", None),
+            "onnxruntime": onnxruntime.__version__,
+        }
+
     def _guided_for(self, mode: str, scales: GuidanceScales) -> GuidedDenoiser:
         key = (mode, scales.s_v, scales.s_a, scales.cfg)
         with self._lock:
             if key not in self._guided:
                 call = lambda feeds: self.backend.run("denoiser", feeds)  # noqa: E731
-                self._guided[key] = GuidedDenoiser(call, mode, scales, split=self.split)
+                store = SplitStore.default(self._split_context()) if self.split == "auto" else None
+                self._guided[key] = GuidedDenoiser(call, mode, scales, split=self.split, store=store)
             return self._guided[key]
 
     # ------------------------------------------------------------------ generate

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# guidance split decisions (harmony_rt.splitstore) go to a folder of this run, not the user's cache
+os.environ["HARMONY_RT_CACHE"] = tempfile.mkdtemp(prefix="harmony-rt-test-cache-")
 
 
 def _have(mod: str) -> bool:

@@ -351,3 +351,42 @@ def test_mode_none_never_measures(inputs):
     g = GuidedDenoiser(rec, "none", SCALES, split="auto")
     g(**inputs)
     assert rec.rows == [B] and g.decisions == {}
+
+
+def test_split_store_lets_a_later_process_skip_the_measuring(inputs, tmp_path):
+    from harmony_rt.splitstore import SplitStore
+
+    ctx = {"denoiser": "abc", "backend": "ort", "threads": 2}
+    clock = FakeClock()
+    rec = Recorder(clock=clock, cost=lambda n: float(n * n))  # sequential is cheaper
+    first = GuidedDenoiser(rec, "sync", SCALES, split="auto", repeats=2, clock=clock,
+                           store=SplitStore(tmp_path / "s.json", ctx))
+    for _ in range(4):
+        first(**inputs)
+    assert list(first.decisions.values()) == ["sequential"]
+    # a new "process": a new denoiser and store on the same file decides on its first call, measuring nothing
+    rec.rows.clear()
+    later = GuidedDenoiser(rec, "sync", SCALES, split="auto", repeats=2, clock=clock,
+                           store=SplitStore(tmp_path / "s.json", ctx))
+    later(**inputs)
+    assert list(later.decisions.values()) == ["sequential"] and not later.timings and rec.rows == [B] * 3
+    # another graph or setting is another key: measured again
+    other = GuidedDenoiser(rec, "sync", SCALES, split="auto", repeats=2, clock=clock,
+                           store=SplitStore(tmp_path / "s.json", dict(ctx, threads=1)))
+    other(**inputs)
+    assert not other.decisions
+
+
+def test_split_store_survives_a_corrupt_file_and_can_be_switched_off(inputs, tmp_path, monkeypatch):
+    from harmony_rt import splitstore
+
+    path = tmp_path / "s.json"
+    path.write_text("{not json")
+    store = splitstore.SplitStore(path, {"x": 1})
+    assert store.get(("k",)) is None
+    store.put(("k",), "batched", {"batched": 0.1, "sequential": 0.2})
+    assert splitstore.SplitStore(path, {"x": 1}).get(("k",)) == "batched"
+    monkeypatch.setenv("HARMONY_RT_CACHE", "off")
+    assert splitstore.SplitStore.default({}) is None
+    monkeypatch.setenv("HARMONY_RT_CACHE", str(tmp_path / "c"))
+    assert splitstore.SplitStore.default({}).path == tmp_path / "c" / splitstore.FILE

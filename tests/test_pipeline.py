@@ -98,3 +98,15 @@ def test_save_writes_mp4_with_both_streams(pipe, tmp_path):
     assert abs(info["audio"]["duration"] - 2.0) < 0.07 and abs(info["video"]["duration"] - 2.0) < 1e-6
     assert (tmp_path / "clip.wav").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "clip.wav"]
+
+
+def test_a_new_pipeline_reuses_the_split_decided_by_an_earlier_one(tiny_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARMONY_RT_CACHE", str(tmp_path))
+    first = Pipeline.from_bundle(tiny_bundle, backend="ort")  # split="auto"
+    first.generate("a red ball", steps=8, seconds=1.0)
+    (g1,) = first._guided.values()
+    assert g1.timings and (tmp_path / "guidance-splits.json").is_file()
+    second = Pipeline.from_bundle(tiny_bundle, backend="ort")
+    second.generate("a red ball", steps=8, seconds=1.0)
+    (g2,) = second._guided.values()
+    assert g2.decisions == g1.decisions and not g2.timings  # decided without measuring

@@ -1,0 +1,94 @@
+"""Guidance split decisions kept on disk, so a new process does not measure them again.
+
+`GuidedDenoiser` measures batched vs sequential on a shape's first real steps (harmony_rt.guidance); that
+costs 1-3 % of a Pipeline's first generation of the shape (bench/RESULTS.md), which every `harmony-rt
+generate` process would pay. The store keeps each decision under a key of everything it depends on: the
+denoiser graph (sha256), backend, providers, precision, threads, the CPU, the onnxruntime version, the
+guidance mode and the input shapes. A stale decision costs at most the gap between the two splits, and
+deleting the file (or a new runtime version) measures again.
+
+Location: `$HARMONY_RT_CACHE/guidance-splits.json` (default `$XDG_CACHE_HOME/harmony-rt`, else
+`~/.cache/harmony-rt`); `HARMONY_RT_CACHE=off` disables it. Best effort: an unreadable or unwritable file
+only means measuring again (logged at debug level); writes are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+
+from .bundle import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+FILE = "guidance-splits.json"
+MAX_ENTRIES = 256  # oldest dropped beyond this
+
+
+def cache_dir() -> Path | None:
+    env = os.environ.get("HARMONY_RT_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in ("", "0", "off", "false", "no") else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "harmony-rt"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class SplitStore:
+    """get / put of split decisions for one (graph, backend, settings) context."""
+
+    def __init__(self, path: Path, context: dict):
+        self.path = Path(path)
+        self.context = {**context, "cpu": cpu_name(), "cores": os.cpu_count()}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def default(cls, context: dict) -> "SplitStore | None":
+        d = cache_dir()
+        return None if d is None else cls(d / FILE, context)
+
+    def _key(self, key: tuple) -> str:
+        text = json.dumps([self.context, repr(key)], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError) as e:
+            if not isinstance(e, FileNotFoundError):
+                log.debug("split store %s unreadable (%s): measuring again", self.path, e)
+            return {}
+
+    def get(self, key: tuple) -> str | None:
+        entry = self._read().get(self._key(key))
+        split = entry.get("split") if isinstance(entry, dict) else None
+        return split if split in ("batched", "sequential") else None
+
+    def put(self, key: tuple, split: str, seconds: dict[str, float]) -> None:
+        with self._lock:
+            data = self._read()
+            data.pop(self._key(key), None)
+            data[self._key(key)] = {"split": split, **{f"{k}_s": round(v, 6) for k, v in seconds.items()}}
+            while len(data) > MAX_ENTRIES:
+                data.pop(next(iter(data)))
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(self.path, json.dumps(data, indent=1).encode())
+            except OSError as e:
+                log.debug("split store %s not written (%s)", self.path, e)
