@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from export import calibration  # noqa: E402
 from export.bundle_writer import add_variants, export_bundle  # noqa: E402
+from harmony_rt.bench import psnr, snr  # noqa: E402
 from harmony_rt.bundle import Bundle  # noqa: E402
 from harmony_rt.pipeline import Pipeline  # noqa: E402
 
@@ -43,16 +43,6 @@ E2E_PROMPTS = (
     calibration.EVAL_PROMPT,
     calibration.Prompt("a man says something with a deep voice", speech="good morning", seed=12),
 )
-
-
-def psnr(ref: np.ndarray, x: np.ndarray, peak: float) -> float:
-    mse = float(np.mean((ref.astype(np.float64) - x.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
-
-
-def snr(ref: np.ndarray, x: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - x) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise)
 
 
 def train_small(out: Path) -> Path:

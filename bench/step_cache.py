@@ -15,20 +15,10 @@ import logging
 
 import numpy as np
 
-from harmony_rt.bench import interleave
+from harmony_rt.bench import interleave, psnr, snr
 from harmony_rt.pipeline import Pipeline
 
 from .demo_check import PROMPT, check_clip
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def snr(ref: np.ndarray, x: np.ndarray) -> float:
-    err = float(np.sum((ref.astype(np.float64) - x) ** 2))
-    return float("inf") if err == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / err)
 
 
 def run(bundle, thresholds: list[float], seeds: int, rounds: int) -> list[dict]:
@@ -50,7 +40,7 @@ def _row(th, clips, checks, base, calls, times) -> dict:
     ratio = float(np.median([b / t for b, t in zip(times[0.0], times[th])]))
     return {
         "threshold": th, "calls": float(calls), "speedup": ratio, "ms": 1e3 * float(np.median(times[th])),
-        "psnr": float(np.mean([psnr(c.frames, b.frames) for c, b in zip(clips, base)])),
+        "psnr": float(np.mean([psnr(b.frames, c.frames, 255.0) for c, b in zip(clips, base)])),
         "snr": float(np.mean([snr(b.audio, c.audio) for c, b in zip(clips, base)])),
         "margin": float(np.mean([k.confidence - k.control for k in checks])),
         "on_impacts": sum(k.matched for k in checks) / max(1, sum(len(k.onsets) for k in checks)),

@@ -26,6 +26,7 @@ import click
 import numpy as np
 
 from .bundle import Bundle, default_bundle_path
+from .splitstore import cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +120,21 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(out + [line(b) for b in body])
 
 
+def psnr(ref: np.ndarray, x: np.ndarray, peak: float) -> float:
+    """Peak signal-to-noise ratio of x against ref in dB (inf when equal)."""
+    mse = float(np.mean((ref.astype(np.float64) - x.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def snr(ref: np.ndarray, x: np.ndarray) -> float:
+    """Signal-to-noise ratio of x against ref in dB (inf when equal)."""
+    noise = float(np.sum((ref.astype(np.float64) - x) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise)
+
+
 def machine() -> dict:
     """CPU model, core count, load average: what a results table must state."""
-    model = ""
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                model = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     import onnxruntime as ort
 

@@ -8,6 +8,7 @@ A pipeline is safe to share between threads: sessions are shared, every call kee
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -88,6 +89,11 @@ def _audio_input(name: str, x, sample_rate: int) -> np.ndarray:
     if not np.isfinite(x).all():
         raise HarmonyError(f"{name} contains NaN or infinite samples")
     return x.astype(np.float32)
+
+
+def _rows(x: np.ndarray, B: int) -> np.ndarray:
+    """[1, ...] -> [B, ...]: one conditioning row for every sample."""
+    return np.repeat(x, B, axis=0)
 
 
 def _frames_input(name: str, x, shape: tuple) -> np.ndarray:
@@ -261,7 +267,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ generate: its stages
 
-    def _settings(self, guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache=None) -> _Settings:
+    def _settings(self, guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache) -> _Settings:
         """The sampling settings, each the argument or the bundle's default, validated."""
         sp = self.bundle.sampling
         mode = guidance if guidance is not None else sp.get("guidance", "sync")
@@ -350,10 +356,7 @@ class Pipeline:
                 raise HarmonyError(f"reference audio must be 0.5-10 s long (1-3 s works best), got {dur:.2f} s")
             ref = self.encode_audio(wav[: int(sp.get("max_ref_seconds", 3.0) * g.sample_rate)])  # [1, T_ref, C_a]
             ref_mask = np.ones(ref.shape[:2], np.float32)
-
-        def rows(x):  # [1, ...] -> [B, ...]
-            return np.repeat(x, B, axis=0)
-
+        rows = functools.partial(_rows, B=B)
         cond = dict(
             text_emb=rows(caps[0:1]), text_mask=rows(cap_mask[0:1]),
             audio_text_emb=rows(caps[1:2]), audio_text_mask=rows(cap_mask[1:2]),
@@ -370,10 +373,7 @@ class Pipeline:
         """Latents of the given media (held clean or, for the image, on its noising path) and the SyncCFG
         anchors: silence, and a still video of the first frame (mid-grey when none is given)."""
         g, S = self.geometry, self.geometry.S
-
-        def rows(x):  # [1, ...] -> [B, ...]
-            return np.repeat(x, B, axis=0)
-
+        rows = functools.partial(_rows, B=B)
         null_a = self.encode_audio(np.zeros(clip.W, np.float32))[:, None]  # [1, 1, T, C_a] silence
         null_a = rows(np.repeat(null_a, S, axis=1))  # [B, S, T, C_a]
         still = np.full((g.height, g.width, 3), 127, np.uint8)

@@ -38,7 +38,8 @@ def cache_dir() -> Path | None:
     return Path(base) / "harmony-rt"
 
 
-def cpu_name() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -46,7 +47,7 @@ def cpu_name() -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
 
 
 class SplitStore:
@@ -54,7 +55,7 @@ class SplitStore:
 
     def __init__(self, path: Path, context: dict):
         self.path = Path(path)
-        self.context = {**context, "cpu": cpu_name(), "cores": os.cpu_count()}
+        self.context = {**context, "cpu": cpu_model() or platform.processor() or platform.machine(), "cores": os.cpu_count()}
         self._lock = threading.Lock()
 
     @classmethod
