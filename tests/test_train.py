@@ -187,3 +187,53 @@ def test_torchrun_data_parallel_keeps_ranks_identical(tmp_path):
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], sums
     _, _, state = load_checkpoint(out)
     assert state["step"] == 3
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a denoiser and keeps the inputs of its last call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, None
+
+    def forward(self, zt_v, zt_a, t_v, t_a, **cond):
+        self.seen = dict(zt_v=zt_v, zt_a=zt_a, t_v=t_v, t_a=t_a, **cond)
+        return self.inner(zt_v, zt_a, t_v, t_a, **cond)
+
+
+@pytest.mark.parametrize("frac, m", [(1.0, 4), (0.5, 2), (0.25, 1)])
+def test_cts_driven_fraction_picks_rows(frac, m):
+    """Each driven task takes m = frac * B clips: B joint rows, m audio-driven (t_a = 0, the first m clips),
+    m video-driven (t_v = 0, the next m clips, cyclic), with their own conditioning."""
+    cfg = get_config("tiny")
+    rec = _Recorder(HarmonyModel(cfg).denoiser)
+    b = _batch(cfg, B=4)
+    with torch.no_grad():
+        loss, logs = cts_loss(rec, b, cfg, p_null=0.0, generator=torch.Generator().manual_seed(0), driven_frac=frac)
+    s = rec.seen
+    assert s["zt_v"].shape[0] == 4 + 2 * m
+    assert torch.all(s["t_a"][4 : 4 + m] == 0) and torch.all(s["t_v"][4 + m :] == 0)
+    assert torch.all(s["t_v"][: 4 + m] > 0) and torch.all(s["t_a"][:4] > 0) and torch.all(s["t_a"][4 + m :] > 0)
+    ad, vd = list(range(m)), [(i + m) % 4 for i in range(m)]
+    assert torch.equal(s["zt_a"][4 : 4 + m], b.z_a[ad])  # clean audio of the audio-driven clips
+    assert torch.equal(s["zt_v"][4 + m :], b.z_v[vd])  # clean video of the video-driven clips
+    assert torch.equal(s["text_emb"], b.cond["text_emb"][list(range(4)) + ad + vd])
+    expect = logs["joint"] + cfg.lambda_v * logs["audio_driven"] + cfg.lambda_a * logs["video_driven"]
+    assert abs(float(loss) - expect) < 1e-5
+
+
+def test_autoencoder_frame_crops(monkeypatch):
+    """--ae-frames: the video autoencoder trains on random crops of that many frames (per-frame at stride 1);
+    the latent normalisation is still fitted on whole clips."""
+    from train import train as tr
+
+    cfg = get_config("tiny", video_t_stride=1)
+    model = HarmonyModel(cfg)
+    shapes = []
+    model.video_ae.encoder.register_forward_pre_hook(lambda mod, args: shapes.append(tuple(args[0].shape)))
+    tc = tr.TrainConfig(size="tiny", clips=3, ae_steps=3, ae_frames=2, batch=2, kinds=("ambient",))
+    clips = tr.make_clips(tc, cfg)
+    tr.train_autoencoders(model, clips, tc, torch.Generator().manual_seed(0))
+    fp = clips[0].frames.shape[0]
+    assert [s[2] for s in shapes[:3]] == [2, 2, 2]  # training steps
+    assert shapes[-1][2] == fp  # latent normalisation on whole clips

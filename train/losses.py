@@ -39,41 +39,48 @@ class CTSBatch:
 
 def cts_loss(
     denoiser, batch: CTSBatch, cfg: HarmonyConfig, use_cts: bool = True, p_null: float = 0.1,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, driven_frac: float = 1.0,
 ) -> tuple[torch.Tensor, dict]:
-    """L = L_joint + lambda_v L_audio-driven + lambda_a L_video-driven, in ONE denoiser call on 3B rows.
+    """L = L_joint + lambda_v L_audio-driven + lambda_a L_video-driven, in ONE denoiser call.
 
-    joint: both noisy; audio-driven: clean audio (t_a = 0), loss on video; video-driven: clean video
-    (t_v = 0), loss on audio. With probability `p_null` a driven task's clean partner is replaced by its
-    null (silence / static video): these are the SyncCFG anchors, trained in distribution.
-    With use_cts=False only the joint task is trained (the ablation "w/o CTS").
+    joint: both noisy (all B clips); audio-driven: clean audio (t_a = 0), loss on video; video-driven: clean
+    video (t_v = 0), loss on audio. Each driven task takes m = round(driven_frac * B) clips (1.0: every clip,
+    3B rows; 0.25: B + B/2 rows, half the compute, each loss term still an unbiased mean over its rows); the
+    audio-driven rows are clips 0..m-1, the video-driven rows the next m (cyclically). With probability
+    `p_null` a driven task's clean partner is replaced by its null (silence / static video): these are the
+    SyncCFG anchors, trained in distribution. With use_cts=False only the joint task is trained (the
+    ablation "w/o CTS").
     """
     z_v, z_a, B = batch.z_v, batch.z_a, batch.z_v.shape[0]
-    k = 3 if use_cts else 1
-    eps_v = torch.randn(z_v.shape, generator=generator).repeat(k, 1, 1, 1, 1)
-    eps_a = torch.randn(z_a.shape, generator=generator).repeat(k, 1, 1, 1)
-    t_v = sample_t(k * B, cfg.shift, generator)
-    t_a = sample_t(k * B, cfg.shift, generator)
-    zv0, za0 = z_v.repeat(k, 1, 1, 1, 1), z_a.repeat(k, 1, 1, 1)
+    m = max(1, min(B, round(driven_frac * B))) if use_cts else 0
+    ad = torch.arange(m)  # clips of the audio-driven rows
+    vd = (torch.arange(m) + m) % B  # clips of the video-driven rows
+    rows = torch.cat([torch.arange(B), ad, vd])  # [B + 2m] clip of each row
+    n = len(rows)
+    eps_v = torch.randn(z_v.shape, generator=generator)[rows]
+    eps_a = torch.randn(z_a.shape, generator=generator)[rows]
+    t_v = sample_t(n, cfg.shift, generator)
+    t_a = sample_t(n, cfg.shift, generator)
+    zv0, za0 = z_v[rows], z_a[rows]
     if use_cts:
-        t_a[B : 2 * B] = 0.0  # audio-driven
-        t_v[2 * B :] = 0.0  # video-driven
+        t_a[B : B + m] = 0.0  # audio-driven
+        t_v[B + m :] = 0.0  # video-driven
         if batch.null_a is not None and p_null > 0:
-            m = (torch.rand(B, generator=generator) < p_null).reshape(B, 1, 1, 1)
-            za0[B : 2 * B] = torch.where(m, batch.null_a, z_a)
+            keep = (torch.rand(m, generator=generator) < p_null).reshape(m, 1, 1, 1)
+            za0[B : B + m] = torch.where(keep, batch.null_a[ad], z_a[ad])
         if batch.null_v is not None and p_null > 0:
-            m = (torch.rand(B, generator=generator) < p_null).reshape(B, 1, 1, 1, 1)
-            zv0[2 * B :] = torch.where(m, batch.null_v, z_v)
+            keep = (torch.rand(m, generator=generator) < p_null).reshape(m, 1, 1, 1, 1)
+            zv0[B + m :] = torch.where(keep, batch.null_v[vd], z_v[vd])
     zt_v, zt_a = noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a)
-    cond = {name: x.repeat(k, *([1] * (x.dim() - 1))) for name, x in batch.cond.items()}
+    cond = {name: x[rows] for name, x in batch.cond.items()}
     pv, pa = denoiser(zt_v, zt_a, t_v, t_a, **cond)
-    err_v = ((pv - (eps_v - zv0)) ** 2).flatten(1).mean(1)  # [kB]
+    err_v = ((pv - (eps_v - zv0)) ** 2).flatten(1).mean(1)  # [B + 2m]
     err_a = ((pa - (eps_a - za0)) ** 2).flatten(1).mean(1)
     l_joint = err_v[:B].mean() + err_a[:B].mean()
     logs = {"joint": l_joint.item()}
     if not use_cts:
         return l_joint, logs
-    l_ad, l_vd = err_v[B : 2 * B].mean(), err_a[2 * B :].mean()
+    l_ad, l_vd = err_v[B : B + m].mean(), err_a[B + m :].mean()
     logs.update(audio_driven=l_ad.item(), video_driven=l_vd.item())
     return l_joint + cfg.lambda_v * l_ad + cfg.lambda_a * l_vd, logs
 
