@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harmony_rt.contract import ComponentSpec
+from harmony_rt.contract import ComponentSpec, example_feeds
 from train.model import HarmonyModel
 
 
@@ -45,26 +45,7 @@ def symbol_sizes(model: HarmonyModel, variant: int) -> dict[str, int]:
 
 
 def example_inputs(name: str, spec: ComponentSpec, model: HarmonyModel, sizes: dict[str, int], seed: int):
-    """Plausible inputs for one component: ids in range, masks with padding, latents ~ N(0, 1)."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = model.cfg
-    out = []
-    for t in spec.inputs:
-        shape = [sizes[d] if isinstance(d, str) else d for d in t.shape]
-        if t.dtype == "int64":
-            vocab = cfg.text_vocab if name == "text_encoder" else cfg.speech_vocab
-            x = torch.randint(3, vocab, shape, generator=g)
-        elif t.name.endswith("_mask"):
-            x = torch.ones(shape)
-            x[1:, -2:] = 0.0  # padded tail in every row but the first
-        elif t.name.startswith("t_"):
-            x = torch.rand(shape, generator=g)
-            x[0] = 0.0  # a clean (driven) row
-        elif t.name == "frames":
-            x = torch.rand(shape, generator=g) * 2 - 1
-        elif t.name == "waveform":
-            x = (torch.rand(shape, generator=g) * 2 - 1) * 0.5
-        else:
-            x = torch.randn(shape, generator=g)
-        out.append(x)
-    return tuple(out)
+    """harmony_rt.contract.example_feeds as torch tensors, ids in the model's vocabulary."""
+    vocab = model.cfg.text_vocab if name == "text_encoder" else model.cfg.speech_vocab
+    feeds = example_feeds(spec, sizes, vocab, seed)
+    return tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, replace_dir, sha256_file
+from harmony_rt.contract import example_feeds
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +53,12 @@ def fp16_storage(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return model, n
 
 
-def _example_feeds(sess: ort.InferenceSession, bundle: Bundle, name: str, seed: int = 0) -> dict:
-    """Unit-scale inputs sized from the contract (symbolic dims get small sizes)."""
-    rng = np.random.default_rng(seed)
+def _example_feeds(bundle: Bundle, name: str, seed: int = 0) -> dict:
+    """The contract's example inputs (symbolic dims get small sizes; ids below 20: in every vocabulary)."""
     g = bundle.geometry
     sizes = dict(N=2, F=2, S=g.S, T=g.audio_frames_for(2), R=3, L=5, LA=4, P=7, FP=2 * g.video_t_stride,
                  W=g.audio_frames_for(2) * g.audio_hop)
-    feeds = {}
-    for t in bundle.specs[name].inputs:
-        shape = [sizes[d] if isinstance(d, str) else d for d in t.shape]
-        if t.dtype == "int64":
-            feeds[t.name] = rng.integers(3, 20, shape).astype(np.int64)
-        elif t.name.endswith("_mask"):
-            feeds[t.name] = np.ones(shape, np.float32)
-        elif t.name.startswith("t_"):
-            feeds[t.name] = rng.random(shape).astype(np.float32)
-        else:
-            feeds[t.name] = np.clip(rng.standard_normal(shape), -3, 3).astype(np.float32) * (0.5 if t.name == "waveform" else 1.0)
-    return feeds
+    return example_feeds(bundle.specs[name], sizes, vocab=20, seed=seed)
 
 
 def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STORAGE_TOLERANCE) -> Path:
@@ -88,7 +77,7 @@ def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STOR
             onnx.save(model, str(dst))
             ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             new = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
-            feeds = _example_feeds(ref, bundle, name)
+            feeds = _example_feeds(bundle, name)
             err = max(float(np.abs(a - b).max()) for a, b in zip(ref.run(None, feeds), new.run(None, feeds)))
             if not err <= tolerance:
                 raise ValueError(f"{name}: fp16 weight storage changes outputs by {err:.3g} > {tolerance}")

@@ -1,0 +1,31 @@
+"""export.shrink: the shipped-bundle step (fp16-stored weights, fp32 compute) keeps outputs and verifies."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+
+from export.shrink import FP16_STORAGE_TOLERANCE, _example_feeds, shrink_bundle  # noqa: E402
+from harmony_rt.bundle import Bundle  # noqa: E402
+
+
+def test_shrink_stores_fp16_weights_within_tolerance(tiny_bundle, tmp_path):
+    import onnxruntime as ort
+
+    out = shrink_bundle(tiny_bundle, tmp_path / "small")
+    manifest = json.loads((out / "manifest.json").read_text())
+    src = Bundle.load(tiny_bundle)
+    small = Bundle.load(out)  # verifies every sha256
+    for name, comp in manifest["components"].items():
+        assert comp["weight_storage"] == "fp16" and comp["weight_storage_max_abs_err"] <= FP16_STORAGE_TOLERANCE
+        assert "variants" not in comp
+        a, b = src.component_path(name), small.component_path(name)
+        assert b.stat().st_size < a.stat().st_size
+        feeds = _example_feeds(src, name, seed=3)  # other inputs than the check inside shrink used
+        ra = ort.InferenceSession(str(a), providers=["CPUExecutionProvider"]).run(None, feeds)
+        rb = ort.InferenceSession(str(b), providers=["CPUExecutionProvider"]).run(None, feeds)
+        for x, y in zip(ra, rb):
+            assert x.shape == y.shape and np.all(np.isfinite(y))
+            assert float(np.abs(x - y).max()) <= FP16_STORAGE_TOLERANCE, name
