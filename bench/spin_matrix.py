@@ -1,4 +1,4 @@
-"""ORT idle-thread policy vs machine load: one denoiser step with no spinning (the runtime's setting),
+"""ORT idle-thread policy vs machine load: one denoiser step with no spinning (the runtime's choice on a busy machine),
 spinning bounded to 200 us, and ORT's default spinning, with 0, 1 and 2 CPU-bound processes beside.
 
     python -m bench.spin_matrix --bundle DIR [--bundle DIR ...] [--rounds 20] [--threads 2]
@@ -16,8 +16,9 @@ from pathlib import Path
 
 from harmony_rt.bench import OrtStep, Row, denoiser_feeds, format_table, interleave, med, speedup
 from harmony_rt.bundle import Bundle, default_bundle_path
+from harmony_rt.cpuload import choose_spinning, other_load
 
-VARIANTS = {"no spinning": {}, "spinning at most 200 us": {"spin_us": 200},
+VARIANTS = {"no spinning": {"spinning": False}, "spinning at most 200 us": {"spin_us": 200},
             "spinning (ORT default)": {"spinning": True}}
 
 
@@ -37,11 +38,14 @@ def main(argv=None) -> None:
         procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
         time.sleep(1.0)
         try:
+            load = other_load(0.2)
+            auto = "spins" if choose_spinning(a.threads, load=lambda: load) else "sleeps"
             for name, cands in steps.items():
                 t = interleave({k: s.run for k, s in cands.items()}, rounds=a.rounds)
                 for k in list(VARIANTS)[1:]:
                     rows.append(Row(f"{name}, {busy} busy process(es) beside", "no spinning", med(t["no spinning"]),
-                                    baseline=k, base_value=med(t[k]), ratio=speedup(t["no spinning"], t[k])))
+                                    baseline=k, base_value=med(t[k]), ratio=speedup(t["no spinning"], t[k]),
+                                    note=f"other load {load:.1f} cores: the runtime {auto}"))
         finally:
             for p in procs:
                 p.kill()

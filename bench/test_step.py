@@ -92,6 +92,7 @@ def test_ort_settings(model, rounds, threads, report):
     feeds = denoiser_feeds(bundle)
     cands = {
         "runtime": OrtStep(bundle, feeds, threads),
+        "no spinning": OrtStep(bundle, feeds, threads, spinning=False),
         "spinning (ORT default)": OrtStep(bundle, feeds, threads, spinning=True),
         "spinning at most 200 us": OrtStep(bundle, feeds, threads, spin_us=200),
         "IO binding": OrtStep(bundle, feeds, threads, bound=True),

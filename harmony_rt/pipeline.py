@@ -202,7 +202,7 @@ class Pipeline:
             "denoiser": comp.get("sha256"), "precision": self.precision, "harmony_rt": __version__,
             "backend": getattr(self.backend, "name", type(self.backend).__name__),
             "providers": getattr(self.backend, "providers", None), "threads": getattr(self.backend, "threads", None),
-            "onnxruntime": onnxruntime.__version__,
+            "spinning": getattr(self.backend, "spinning", None), "onnxruntime": onnxruntime.__version__,
         }
 
     def _guided_for(self, mode: str, scales: GuidanceScales) -> GuidedDenoiser:

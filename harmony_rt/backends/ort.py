@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..contract import ComponentSpec
+from ..cpuload import choose_spinning
 from ..errors import BundleError, HarmonyError
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ class OrtBackend:
     name = "ort"
 
     def __init__(self, bundle: Bundle, providers: list[str] | None = None, threads: int | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, spinning: bool | None = None):
         self.bundle = bundle
+        self.spinning = spinning  # None: decided from the CPU load when the first session is made
         self.providers = providers or default_providers()
         self.threads = threads
         self.precision = precision
@@ -81,14 +83,17 @@ class OrtBackend:
         - denormals flushed to zero: a masked softmax (GLDI's window, padded captions) leaves probabilities
           near 1e-38 that become denormal, and the following MatMul then runs several times slower on x86
           (one masked attention 2.3x, whole steps 1.06-1.27x); flushing changes values below 1.2e-38 only;
-        - idle pool threads sleep instead of spinning. With one other busy process on 2 cores, ORT's
-          default spinning was 1.1-1.9x slower (spinning at most 200 us: 1.1-1.7x); on an idle machine it
-          ranged from 1.3x slower (tiny) to 1.2x faster (demo bundle). No spinning loses little where
-          spinning wins, and wins a lot where spinning loses (bench/spin_matrix.py)."""
+        - pool threads spin between tasks only where the cores are free (harmony_rt.cpuload: other
+          processes' load sampled once, when the first session is made; `spinning=` or
+          HARMONY_RT_SPINNING=on|off override it). With another CPU-bound process beside, ORT's default
+          spinning was 1.5-1.9x slower on both VMs measured; on an idle machine it was 1.2x (Intel) and 1.5x
+          (AMD) faster on the demo model (bench/spin_matrix.py, bench/RESULTS.md)."""
+        if self.spinning is None:
+            self.spinning = choose_spinning(self.threads)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.add_session_config_entry("session.set_denormal_as_zero", "1")
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         if self.threads:
             so.intra_op_num_threads = self.threads
         so.log_severity_level = 3
