@@ -39,7 +39,7 @@ def main(argv=None) -> None:
         time.sleep(1.0)
         try:
             load = other_load(0.2)
-            auto = "spins" if choose_spinning(a.threads, load=lambda: load) else "sleeps"
+            auto = "spins" if choose_spinning(a.threads, load=lambda x=load: x) else "sleeps"
             for name, cands in steps.items():
                 t = interleave({k: s.run for k, s in cands.items()}, rounds=a.rounds)
                 for k in list(VARIANTS)[1:]:

@@ -95,4 +95,5 @@ def test_cli_bad_spinning_env_exits_2(tiny_bundle, tmp_path, monkeypatch):
     out = tmp_path / "x.mp4"
     r = CliRunner().invoke(main, ["generate", "x", "--bundle", str(tiny_bundle), "--steps", "1", "-o", str(out)])
     assert r.exit_code == 2 and ENV in r.output and "Traceback" not in r.output
+    assert "cannot load" not in r.output  # a settings error, not a bundle error
     assert not out.exists()

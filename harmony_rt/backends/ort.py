@@ -107,8 +107,9 @@ class OrtBackend:
             sess = self._sessions.get(component)
             if sess is None:
                 path = self.bundle.component_path(component, self.graph_precision.get(component))
+                so = self.options()
                 try:
-                    sess = ort.InferenceSession(str(path), self.options(), providers=self.providers)
+                    sess = ort.InferenceSession(str(path), so, providers=self.providers)
                 except Exception as e:  # ORT raises its own exception types for corrupt / truncated graphs
                     msg = str(e).strip().splitlines()[0][:300]
                     raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({msg})") from None
