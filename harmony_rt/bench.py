@@ -364,7 +364,9 @@ def guidance_split(bundle: Bundle, frames: int | None = None, rounds: int = 3, t
                    mode: str = "sync", steps: int = 40) -> dict:
     """One guided step run batched (all branches in one call) vs sequential (one call per branch) vs
     auto (after its decision), on the runtime's own backend; and a `steps`-step run with auto, its
-    measuring steps included, vs the same run with the better split fixed in advance."""
+    measuring steps included, vs the same run with the better split fixed in advance (the measuring's
+    extra time taken from `rounds` fresh executors, each timed against as many steps of the better split
+    right after it)."""
     from .backends.ort import OrtBackend
     from .guidance import GuidedDenoiser, branches
 
@@ -377,16 +379,26 @@ def guidance_split(bundle: Bundle, frames: int | None = None, rounds: int = 3, t
     call = lambda feeds: backend.run("denoiser", feeds)  # noqa: E731
     g = {s: GuidedDenoiser(call, mode, split=s) for s in ("batched", "sequential", "auto")}
     g["batched"](*args), g["sequential"](*args)  # first runs at both shapes: arena growth, not steps
-    measuring = []
-    while not g["auto"].decisions:  # auto's first steps alternate the splits, timed (real steps)
-        start = time.perf_counter()
-        g["auto"](*args)
-        measuring.append(time.perf_counter() - start)
     times = interleave({s: (lambda s=s: g[s](*args)) for s in g}, rounds=rounds, warmup=0)
+    best_split = min(("batched", "sequential"), key=lambda s: med(times[s]))
+    # the measuring's cost: a fresh auto executor's steps until it decides vs as many steps of the better
+    # split, back to back, `rounds` times (drift in the machine's speed hits both alike)
+    extra, measuring = [], []
+    for _ in range(rounds):
+        fresh = GuidedDenoiser(call, mode, split="auto")
+        steps_auto = []
+        while not fresh.decisions:
+            start = time.perf_counter()
+            fresh(*args)
+            steps_auto.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in steps_auto:
+            g[best_split](*args)
+        extra.append(sum(steps_auto) - (time.perf_counter() - start))
+        measuring.append(len(steps_auto))
     (key, choice), = g["auto"].decisions.items()
-    best = min(med(times["batched"]), med(times["sequential"]))
-    # after deciding, auto runs exactly the chosen split: its extra cost is the measuring steps alone
-    run_auto = sum(measuring) + (steps - len(measuring)) * med(times[choice])
+    best = med(times[best_split])
+    run_auto = steps * best + med(extra)  # after deciding, auto runs exactly the chosen split
     return {"times": times, "choice": choice, "auto_measured": g["auto"].timings[key], "measuring": measuring,
             "rows": n, "run_auto": run_auto, "run_best": steps * best, "steps": steps}
 
@@ -603,7 +615,8 @@ def guidance_rows(bundle: Bundle, label: str, rounds: int, threads: int | None, 
                  f"sequential {am['sequential'] * 1e3:.1f} ms)"),
         Row(g, f"auto over a {r['steps']}-step run", r["run_auto"], baseline="better split, no measuring",
             base_value=r["run_best"], ratio=r["run_best"] / r["run_auto"],
-            note=f"its first {len(r['measuring'])} steps alternate the splits, timed"),
+            note=f"its first {min(r['measuring'])}-{max(r['measuring'])} steps alternate the splits, timed "
+                 f"(median extra over {len(r['measuring'])} fresh starts)"),
     ]
 
 

@@ -183,13 +183,15 @@ class GuidedDenoiser:
 
     split: "batched" = one call on all N rows; "sequential" = one call per branch (B rows), outputs
     concatenated -- same inputs, same numbers; "auto" = choose per (mode, input shapes) key by measuring
-    real work: the first 2 x `repeats` calls of a key run batched / sequential in the order b s s b b s ...
-    (each call's output is the step's result, so measuring costs no extra denoiser calls; the order
-    balances drift in the machine's load), then the split with the better best time is kept in `decisions`
-    (key -> "batched" | "sequential"; best seconds in `timings`). Measuring both up front instead cost
-    about three extra steps per generation (bench/RESULTS.md). `store` (harmony_rt.splitstore) keeps
-    decisions for later processes, which then skip the measuring. Safe to call from several threads: measured
-    calls run one at a time. `clock` is injectable for tests.
+    real work: the first calls of a key run batched / sequential in the order b s s b b s ... (each call's
+    output is the step's result, so measuring costs no extra denoiser calls; the order balances drift in
+    the machine's load) until both have `repeats` timings, then the split with the better best time is kept
+    in `decisions` (key -> "batched" | "sequential"; best seconds in `timings`). A clear gap decides early:
+    once one split's best is `early` times the other's (and the slower one's timing is not the key's first
+    call, which also pays the shape's warm-up), so a split much slower than the other runs only once.
+    `early=None` always measures all. `store` (harmony_rt.splitstore) keeps decisions for later processes,
+    which then skip the measuring. Safe to call from several threads: measured calls run one at a time.
+    `clock` is injectable for tests.
     """
 
     def __init__(
@@ -199,6 +201,7 @@ class GuidedDenoiser:
         scales: GuidanceScales | None = None,
         split: str = "auto",
         repeats: int = 3,
+        early: float | None = 1.25,
         clock: Callable[[], float] = time.perf_counter,
         store=None,
     ):
@@ -210,6 +213,7 @@ class GuidedDenoiser:
         self.scales = scales if scales is not None else GuidanceScales()
         self.split = split
         self.repeats = max(1, int(repeats))
+        self.early = early
         self.clock = clock
         self.store = store  # harmony_rt.splitstore.SplitStore: decisions shared with later processes
         self._asked: set[tuple] = set()  # keys already looked up in the store
@@ -258,7 +262,7 @@ class GuidedDenoiser:
             start = self.clock()
             out = self._run(split, feeds, B)
             samples[split].append(self.clock() - start)
-            if min(len(v) for v in samples.values()) < self.repeats:
+            if min(len(v) for v in samples.values()) < self.repeats and not self._clear(samples):
                 return out
             best = {s: min(v) for s, v in samples.items()}
             choice = min(best, key=best.get)
@@ -268,7 +272,16 @@ class GuidedDenoiser:
             if self.store is not None:
                 self.store.put(key, choice, best)
         log.info(
-            "guidance %s, %d rows: %s (batched %.4f s, sequential %.4f s per step, best of %d)",
-            self.mode, feeds["video_latent"].shape[0], choice, best["batched"], best["sequential"], self.repeats,
+            "guidance %s, %d rows: %s (batched %.4f s, sequential %.4f s per step, best of %d / %d)",
+            self.mode, feeds["video_latent"].shape[0], choice, best["batched"], best["sequential"],
+            len(samples["batched"]), len(samples["sequential"]),
         )
         return out
+
+    def _clear(self, samples: dict[str, list[float]]) -> bool:
+        """One split is `early` times slower than the other, on a timing that is not the warm-up call."""
+        if self.early is None or not all(samples.values()):
+            return False
+        slow, fast = sorted(samples, key=lambda s: min(samples[s]), reverse=True)
+        warm_only = slow == "batched" and len(samples[slow]) == 1  # b runs first: its one timing has the warm-up
+        return not warm_only and min(samples[slow]) >= self.early * min(samples[fast])

@@ -293,7 +293,7 @@ def test_batched_equals_sequential_equals_separate_calls(inputs, mode):
 def test_auto_measures_once_per_shape_and_picks_the_faster(inputs, cost, expected, caplog):
     clock = FakeClock()
     rec = Recorder(clock=clock, cost=cost)
-    g = GuidedDenoiser(rec, "sync", SCALES, split="auto", repeats=2, clock=clock)
+    g = GuidedDenoiser(rec, "sync", SCALES, split="auto", repeats=2, early=None, clock=clock)
     with caplog.at_level(logging.INFO, logger="harmony_rt.guidance"):
         outs = [g(**inputs) for _ in range(2 * 2)]  # the measurement runs as real steps: b s s b
     v, a = outs[0]
@@ -326,7 +326,7 @@ def test_auto_measures_once_per_shape_and_picks_the_faster(inputs, cost, expecte
 def test_auto_is_thread_safe(inputs):
     clock = FakeClock()
     rec = Recorder(clock=clock, cost=lambda n: 10.0 + n)
-    g = GuidedDenoiser(rec, "sync", SCALES, split="auto", repeats=2, clock=clock)
+    g = GuidedDenoiser(rec, "sync", SCALES, split="auto", repeats=2, early=None, clock=clock)
     results = [None] * 6
 
     def work(i):
@@ -344,6 +344,36 @@ def test_auto_is_thread_safe(inputs):
     for v, a in results[1:]:
         np.testing.assert_array_equal(v, results[0][0])
         np.testing.assert_array_equal(a, results[0][1])
+
+
+def test_auto_decides_early_on_a_clear_gap(inputs):
+    """Batched 16 vs sequential 36 time units: decided after one call of each (b s), not after 2 x repeats."""
+    clock = FakeClock()
+    rec = Recorder(clock=clock, cost=lambda n: 10.0 + n)
+    g = GuidedDenoiser(rec, "sync", SCALES, split="auto", repeats=3, clock=clock)
+    for _ in range(3):
+        g(**inputs)
+    assert list(g.decisions.values()) == ["batched"]
+    assert rec.rows == [3 * B, B, B, B, 3 * B]  # b, s (measured), then batched from the third step
+
+
+@pytest.mark.parametrize("cost,expected", [(lambda n: 10.0 + n, "batched"), (lambda n: float(n * n), "sequential")])
+def test_early_decision_is_not_fooled_by_the_warm_up_call(inputs, cost, expected):
+    """The key's first call (batched) also pays 100 units of warm-up: its one timing never decides early."""
+    clock = FakeClock()
+    calls = []
+
+    def warm(n):
+        calls.append(n)
+        return cost(n) + (100.0 if len(calls) == 1 else 0.0)
+
+    rec = Recorder(clock=clock, cost=warm)
+    g = GuidedDenoiser(rec, "sync", SCALES, split="auto", repeats=3, clock=clock)
+    for _ in range(3):  # b s s: the warmed-up batched timing is the only one of its split
+        g(**inputs)
+    assert not g.decisions
+    g(**inputs)  # b again: now a clear gap either way
+    assert list(g.decisions.values()) == [expected]
 
 
 def test_mode_none_never_measures(inputs):
