@@ -47,15 +47,19 @@ class SelfTimed:
 
 
 def interleave(cands: dict[str, Callable], rounds: int, warmup: int = 1, pause: float = 0.1) -> dict[str, list[float]]:
-    """Run every candidate once per round, in turn; returns seconds per round for each.
+    """Run every candidate once per round, in turn (the order rotates by one each round, so none always
+    follows the same other: a candidate that leaves caches or ORT's per-shape memory plans cold would
+    otherwise tax the same neighbour every round); returns seconds per round for each.
 
     Candidates are timed here unless wrapped in `SelfTimed`. `pause`: idle worker threads that spin (ORT
     with spinning on: 10-20 ms of CPU after a run; libgomp in a torch worker) get to go to sleep before the
     next candidate starts, so they do not slow it down.
     """
     times: dict[str, list[float]] = {k: [] for k in cands}
+    names = list(cands)
     for r in range(warmup + rounds):
-        for name, fn in cands.items():
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            fn = cands[name]
             time.sleep(pause)
             start = time.perf_counter()
             got = fn()
@@ -379,6 +383,8 @@ def guidance_split(bundle: Bundle, frames: int | None = None, rounds: int = 3, t
     call = lambda feeds: backend.run("denoiser", feeds)  # noqa: E731
     g = {s: GuidedDenoiser(call, mode, split=s) for s in ("batched", "sequential", "auto")}
     g["batched"](*args), g["sequential"](*args)  # first runs at both shapes: arena growth, not steps
+    while not g["auto"].decisions:  # timed below as "after its decision"; its measuring is timed apart
+        g["auto"](*args)
     times = interleave({s: (lambda s=s: g[s](*args)) for s in g}, rounds=rounds, warmup=0)
     best_split = min(("batched", "sequential"), key=lambda s: med(times[s]))
     # the measuring's cost: a fresh auto executor's steps until it decides vs as many steps of the better
