@@ -137,13 +137,18 @@ def snr(ref: np.ndarray, x: np.ndarray) -> float:
 
 
 def machine() -> dict:
-    """CPU model, core count, load average: what a results table must state."""
+    """CPU model, core count, load average and the cores other processes use right now (what decides whether
+    the runtime's threads spin, harmony_rt.cpuload): what a results table must state."""
+    from .cpuload import other_load
+
     model = cpu_model()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    busy = other_load(0.2)
     import onnxruntime as ort
 
     return {"cpu": model, "cores": os.cpu_count(), "load": [round(x, 2) for x in load], "onnxruntime": ort.__version__,
-            "numpy": np.__version__, "python": sys.version.split()[0]}
+            "numpy": np.__version__, "python": sys.version.split()[0],
+            "other_load": None if busy is None else round(busy, 2)}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -705,8 +710,8 @@ def bench_command(bundle, threads, rounds, frames, quick, json_out):
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     m = info["machine"]
-    click.echo(f"{m['cpu']}, {m['cores']} cores, load {m['load']} -> {m['load_after']}, "
-               f"onnxruntime {m['onnxruntime']}, threads {threads or 'default'}, {rounds} rounds")
+    click.echo(f"{m['cpu']}, {m['cores']} cores, load {m['load']} -> {m['load_after']}, other processes at start "
+               f"{m['other_load']} cores, onnxruntime {m['onnxruntime']}, threads {threads or 'default'}, {rounds} rounds")
     click.echo(format_table(rows))
     if json_out is not None:
         json_out.write_text(json.dumps({"info": info, "rows": [r.to_dict() for r in rows]}, indent=2))
