@@ -138,3 +138,22 @@ def test_size_row_without_torch_compares_nothing(monkeypatch):
     monkeypatch.setattr(bench, "installed_sizes", lambda: {"runtime": {"numpy": 1e8}, "torch": {"torch": 7e8}})
     (row,) = bench.size_rows()
     assert row.ratio == pytest.approx(8.0)
+
+
+def test_bench_command_prints_a_table_and_writes_json(tiny_bundle, tmp_path):
+    """`harmony-rt bench --quick`: the runtime-only suite runs on a bundle and states the machine's load."""
+    import json
+
+    from click.testing import CliRunner
+
+    from harmony_rt.cli import main
+
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(main, ["bench", "--bundle", str(tiny_bundle), "--quick", "--rounds", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "other processes at start" in r.output and "| group" in r.output
+    run = json.loads(out.read_text())
+    groups = {row["group"] for row in run["rows"]}
+    assert any("step" in g for g in groups) and any("SyncCFG" in g for g in groups), groups
+    assert all(row["value"] > 0 for row in run["rows"])
+    assert "other_load" in run["info"]["machine"]
