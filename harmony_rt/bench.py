@@ -202,8 +202,9 @@ def session_options(bundle: Bundle, threads: int | None, **variant):
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = threads
-    else:
-        so = OrtBackend(bundle, threads=threads).options()
+    else:  # a variant that fixes spinning skips the runtime's load probe (40 ms, and its verdict unused)
+        spin = True if "spin_us" in variant else variant.get("spinning")
+        so = OrtBackend(bundle, threads=threads, spinning=spin).options()
     opt = ort.GraphOptimizationLevel
     levels = {"all": opt.ORT_ENABLE_ALL, "extended": opt.ORT_ENABLE_EXTENDED, "basic": opt.ORT_ENABLE_BASIC,
               "disabled": opt.ORT_DISABLE_ALL}

@@ -66,11 +66,11 @@ def cts_loss(
         t_a[B : B + m] = 0.0  # audio-driven
         t_v[B + m :] = 0.0  # video-driven
         if batch.null_a is not None and p_null > 0:
-            keep = (torch.rand(m, generator=generator) < p_null).reshape(m, 1, 1, 1)
-            za0[B : B + m] = torch.where(keep, batch.null_a[ad], z_a[ad])
+            use_null = (torch.rand(m, generator=generator) < p_null).reshape(m, 1, 1, 1)
+            za0[B : B + m] = torch.where(use_null, batch.null_a[ad], z_a[ad])
         if batch.null_v is not None and p_null > 0:
-            keep = (torch.rand(m, generator=generator) < p_null).reshape(m, 1, 1, 1, 1)
-            zv0[B + m :] = torch.where(keep, batch.null_v[vd], z_v[vd])
+            use_null = (torch.rand(m, generator=generator) < p_null).reshape(m, 1, 1, 1, 1)
+            zv0[B + m :] = torch.where(use_null, batch.null_v[vd], z_v[vd])
     zt_v, zt_a = noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a)
     cond = {name: x[rows] for name, x in batch.cond.items()}
     pv, pa = denoiser(zt_v, zt_a, t_v, t_a, **cond)
