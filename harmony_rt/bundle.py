@@ -5,8 +5,9 @@ A bundle is untrusted input. `Bundle.load` refuses, with one BundleError naming 
     or out of range (`_check_manifest`);
   - any path (manifest entries and the external-data locations inside every graph) that is absolute, holds
     `..`, or resolves (symlinks included) outside the bundle folder;
-  - a file whose sha256 differs from the manifest (skipped with `verify=False`), or external data the
-    manifest does not list (its bytes could not be verified);
+  - a file whose sha256 differs from the manifest (skipped with `verify=False`; a digest computed by an
+    earlier process is reused while the file's stamps are unchanged: harmony_rt.digests), or external
+    data the manifest does not list (its bytes could not be verified);
   - a graph whose inputs / outputs disagree with the contract in `harmony_rt.contract`.
 Graphs are read with a minimal protobuf walker (`scan_onnx`), not the `onnx` package, and never unpickled.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -27,20 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .contract import COMPONENTS, FORMAT_VERSION, ComponentSpec, Geometry, resolve
+from .digests import DigestCache, sha256_file  # noqa: F401  (sha256_file: the export and engine builders hash with it)
 from .errors import BundleError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def safe_path(root: Path, rel: str, what: str) -> Path:
@@ -485,34 +478,38 @@ class Bundle:
             raise BundleError(f"{mpath}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
         geometry, specs = _check_manifest(mpath, manifest)
         bundle = cls(root, manifest, geometry, specs)
+        digests = DigestCache.default() if verify else None
         for name, comp in manifest["components"].items():
-            bundle._check_entry(f"component {name}", comp, verify, specs[name], comp["precision"])
+            bundle._check_entry(f"component {name}", comp, digests, specs[name], comp["precision"])
             for prec, variant in comp.get("variants", {}).items():
-                bundle._check_entry(f"component {name} ({prec})", variant, verify, specs[name], prec)
+                bundle._check_entry(f"component {name} ({prec})", variant, digests, specs[name], prec)
             declared = comp.get("io")
             if declared is not None and declared != specs[name].to_dict():
                 raise BundleError(f"{mpath}: component {name}: declared I/O disagrees with the contract")
         for key, entry in manifest.get("files", {}).items():
-            bundle._check_entry(f"file {key}", entry, verify)
+            bundle._check_entry(f"file {key}", entry, digests)
+        if digests is not None:
+            digests.save()
         return bundle
 
-    def _check_entry(self, what: str, entry: dict, verify: bool, spec: ComponentSpec | None = None,
+    def _check_entry(self, what: str, entry: dict, digests: DigestCache | None, spec: ComponentSpec | None = None,
                      precision: str = "fp32") -> None:
+        """Paths, presence, digests (`digests` None: not checked) and, for graphs, external data and I/O."""
         p = safe_path(self.path, entry["file"], what)
         if not p.is_file():
             raise BundleError(f"{p}: {what} file is missing")
-        if verify:
+        if digests is not None:
             digest = entry.get("sha256")
             if not isinstance(digest, str):
                 raise BundleError(f"{self.path / MANIFEST}: {what} has no sha256")
-            if sha256_file(p) != digest:
+            if digests.sha256(p) != digest:
                 raise BundleError(f"{p}: sha256 mismatch ({what} is corrupt or was modified)")
         listed = set()
         for ext in entry.get("external_data", []):
             xp = safe_path(self.path, ext["file"], f"{what} external data")
             if not xp.is_file():
                 raise BundleError(f"{xp}: external data of {what} is missing")
-            if verify and sha256_file(xp) != ext.get("sha256"):
+            if digests is not None and digests.sha256(xp) != ext.get("sha256"):
                 raise BundleError(f"{xp}: sha256 mismatch (external data of {what})")
             listed.add(xp)
         if spec is None:
@@ -524,7 +521,7 @@ class Bundle:
             xp = safe_path(self.path, str(rel_dir / loc) if loc else "", f"{p}: external data")
             if not xp.is_file():
                 raise BundleError(f"{p}: external data {loc!r} is missing or not a file")
-            if verify and xp not in listed:
+            if digests is not None and xp not in listed:
                 raise BundleError(f"{p}: external data {loc!r} is not listed in the manifest (cannot be verified)")
         _check_graph_io(p, info, spec, precision)
 

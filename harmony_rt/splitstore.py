@@ -7,9 +7,9 @@ denoiser graph (sha256), backend, providers, precision, threads, the CPU, the on
 guidance mode and the input shapes. A stale decision costs at most the gap between the two splits, and
 deleting the file (or a new runtime version) measures again.
 
-Location: `$HARMONY_RT_CACHE/guidance-splits.json` (default `$XDG_CACHE_HOME/harmony-rt`, else
-`~/.cache/harmony-rt`); `HARMONY_RT_CACHE=off` disables it. Best effort: an unreadable or unwritable file
-only means measuring again (logged at debug level); writes are atomic.
+Location: `$HARMONY_RT_CACHE/guidance-splits.json` (harmony_rt.usercache); `HARMONY_RT_CACHE=off` disables
+it. Best effort: an unreadable or unwritable file only means measuring again (logged at debug level);
+writes are atomic.
 """
 
 from __future__ import annotations
@@ -23,19 +23,12 @@ import threading
 from pathlib import Path
 
 from .bundle import atomic_write_bytes
+from .usercache import cache_dir
 
 log = logging.getLogger(__name__)
 
 FILE = "guidance-splits.json"
 MAX_ENTRIES = 256  # oldest dropped beyond this
-
-
-def cache_dir() -> Path | None:
-    env = os.environ.get("HARMONY_RT_CACHE")
-    if env is not None:
-        return None if env.strip().lower() in ("", "0", "off", "false", "no") else Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "harmony-rt"
 
 
 def cpu_model() -> str:
