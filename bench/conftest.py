@@ -24,7 +24,7 @@ import pytest
 THREADS = int(os.environ.get("HARMONY_BENCH_THREADS", "2"))  # intra-op threads of every engine
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", str(THREADS))  # the numpy matmul peak uses as many (if not yet loaded)
-# a fresh split store (harmony_rt.splitstore): "first generate" rows include the measuring, as on first use
+# a fresh user cache (harmony_rt.usercache): "first generate" rows include the split measuring, as on first use
 os.environ["HARMONY_RT_CACHE"] = tempfile.mkdtemp(prefix="harmony-rt-bench-cache-")
 
 from harmony_rt.bench import Row, format_table, machine, matmul_peak  # noqa: E402

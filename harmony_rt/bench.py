@@ -659,7 +659,8 @@ def cold_rows(bundle_path: Path, label: str, threads: int | None) -> list[Row]:
         Row(g, "  the same, first process", first["load"], note="no stored digests: sha256 of every file"),
         Row(g, "process start to first step", c["first_step"], note="torch imported: " + str(c["torch_loaded"])),
         Row(g, "peak RSS, first step", c["rss"], unit="MB"),
-        Row(g, "peak RSS, full generate + save", gen["rss"], unit="MB"),
+        Row(g, "peak RSS, full generate + save", gen["rss"], unit="MB",
+            note="first generate on this machine: guidance split measured"),
     ]
 
 

@@ -502,14 +502,14 @@ class Bundle:
             digest = entry.get("sha256")
             if not isinstance(digest, str):
                 raise BundleError(f"{self.path / MANIFEST}: {what} has no sha256")
-            if digests.sha256(p) != digest:
+            if not _matches(digests, p, digest):
                 raise BundleError(f"{p}: sha256 mismatch ({what} is corrupt or was modified)")
         listed = set()
         for ext in entry.get("external_data", []):
             xp = safe_path(self.path, ext["file"], f"{what} external data")
             if not xp.is_file():
                 raise BundleError(f"{xp}: external data of {what} is missing")
-            if digests is not None and digests.sha256(xp) != ext.get("sha256"):
+            if digests is not None and not _matches(digests, xp, ext.get("sha256")):
                 raise BundleError(f"{xp}: sha256 mismatch (external data of {what})")
             listed.add(xp)
         if spec is None:
@@ -524,6 +524,15 @@ class Bundle:
             if digests is not None and xp not in listed:
                 raise BundleError(f"{p}: external data {loc!r} is not listed in the manifest (cannot be verified)")
         _check_graph_io(p, info, spec, precision)
+
+
+def _matches(digests: DigestCache, path: Path, digest) -> bool:
+    if not isinstance(digest, str):
+        return False
+    try:
+        return digests.matches(path, digest)
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def default_bundle_path() -> Path:

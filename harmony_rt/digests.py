@@ -3,10 +3,16 @@
 `Bundle.load` checks every file against the manifest's sha256. Hashing runs at ~0.5 GB/s here (0.5 s for
 the 282 MB bench-large bundle; a 20 GB model would take ~40 s), and every `harmony-rt generate` process
 paid it. A digest is reused only while the file's (device, inode, size, mtime, ctime) are those it was
-computed under: writing the file, renaming another over it or resetting its mtime with utime all change
-its ctime, which user space cannot set back. As git does for its index, a file changed less than
-`RACY_S` seconds before it was hashed is not remembered (a same-size rewrite inside the file system's
-timestamp granularity could otherwise keep its stamps), nor one that changed while it was being hashed.
+computed under: writing the file or resetting its mtime with utime changes its ctime, which user space
+cannot set back on local file systems, and a file renamed over it has another inode. As git does for its
+index, a file changed less than `RACY_S` seconds before hashing began is not remembered (a same-size
+rewrite inside the file system's timestamp granularity could otherwise keep its stamps), nor one whose
+stamps changed while it was being hashed. A stored digest that disagrees with the manifest is never
+trusted: the file is hashed again before it is refused.
+
+Known limit: where stamps can repeat for different contents (file system images built with fixed mtimes
+and inode numbers, some FUSE / network file systems), a file corrupted in a way that keeps every stamp
+would pass on a stored digest; there, `HARMONY_RT_CACHE=off` hashes every time.
 
 Location: `$HARMONY_RT_CACHE/digests.json` (harmony_rt.usercache); `HARMONY_RT_CACHE=off` disables it.
 Best effort: an unreadable or unwritable file only means hashing again (logged at debug level).
@@ -28,15 +34,20 @@ log = logging.getLogger(__name__)
 
 FILE = "digests.json"
 MAX_ENTRIES = 1024  # oldest dropped beyond this
+MAX_STORE_BYTES = 4 << 20  # a larger store is ignored (and replaced on the next save)
 RACY_S = 2.0
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def _hash(f, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    with open(path, "rb") as f:
+        return _hash(f, chunk)
 
 
 def _stamp(st: os.stat_result) -> list[int]:
@@ -44,8 +55,8 @@ def _stamp(st: os.stat_result) -> list[int]:
 
 
 class DigestCache:
-    """`sha256(path)` that reuses digests stored in `store` (a JSON file; None: no store, always hash).
-    Call `save()` to write what was learned."""
+    """`sha256(path)` / `matches(path, digest)` that reuse digests stored in `store` (a JSON file; None: no
+    store, always hash). Call `save()` to write what was learned."""
 
     def __init__(self, store: Path | None):
         self.store = store
@@ -54,7 +65,7 @@ class DigestCache:
         self._lock = threading.Lock()
 
     @classmethod
-    def default(cls) -> "DigestCache":
+    def default(cls) -> DigestCache:
         d = cache_dir()
         return cls(None if d is None else d / FILE)
 
@@ -63,31 +74,49 @@ class DigestCache:
             self._entries = {}
             if self.store is not None:
                 try:
-                    data = json.loads(self.store.read_text())
-                    if isinstance(data, dict):
-                        self._entries = data
-                except (OSError, ValueError) as e:
-                    if not isinstance(e, FileNotFoundError):
-                        log.debug("digest cache %s unreadable (%s): hashing again", self.store, e)
+                    if self.store.is_file() and self.store.stat().st_size <= MAX_STORE_BYTES:
+                        data = json.loads(self.store.read_bytes())
+                        if isinstance(data, dict):
+                            self._entries = data
+                except (OSError, ValueError, RecursionError, MemoryError) as e:  # ValueError: JSON, UTF-8
+                    log.debug("digest cache %s unreadable (%s): hashing again", self.store, e)
         return self._entries
 
-    def sha256(self, path: Path) -> str:
-        """The file's sha256 hex digest; from the store when its stamps are unchanged since it was hashed."""
+    def _digest(self, path: Path, reuse: bool = True) -> tuple[str, bool]:
+        """(sha256 hex digest, whether it came from the store). Stamps are taken from the open file (fstat:
+        no path swap between stat and read, and fresh attributes on NFS)."""
         key = str(Path(path).resolve())
-        before = os.stat(path)
-        stamp = _stamp(before)
-        with self._lock:
-            entry = self._load().get(key) if self.store is not None else None
-        if isinstance(entry, list) and len(entry) == 6 and entry[:5] == stamp and isinstance(entry[5], str):
-            return entry[5]
-        digest = sha256_file(path)
-        settled = time.time() - max(before.st_mtime, before.st_ctime) >= RACY_S
-        if self.store is not None and settled and _stamp(os.stat(path)) == stamp:
+        now = time.time()
+        with open(path, "rb") as f:
+            before = os.fstat(f.fileno())
+            stamp = _stamp(before)
+            if reuse and self.store is not None:
+                with self._lock:
+                    entry = self._load().get(key)
+                if isinstance(entry, list) and len(entry) == 6 and entry[:5] == stamp and isinstance(entry[5], str):
+                    return entry[5], True
+            digest = _hash(f)
+            after = _stamp(os.fstat(f.fileno()))
+        settled = now - max(before.st_mtime, before.st_ctime) >= RACY_S
+        if self.store is not None and settled and after == stamp:
             with self._lock:
                 entries = self._load()
                 entries.pop(key, None)
                 entries[key] = self._added[key] = [*stamp, digest]
-        return digest
+        return digest, False
+
+    def sha256(self, path: Path) -> str:
+        """The file's sha256 hex digest; from the store when its stamps are unchanged since it was hashed."""
+        return self._digest(path)[0]
+
+    def matches(self, path: Path, expected: str) -> bool:
+        """Whether the file's sha256 is `expected`. A stored digest that disagrees is not trusted: the file
+        is hashed again (a store can be stale where stamps repeat, e.g. a file system image rebuilt with
+        fixed mtimes), so a wrong store never refuses a good file."""
+        digest, stored = self._digest(path)
+        if digest == expected or not stored:
+            return digest == expected
+        return self._digest(path, reuse=False)[0] == expected
 
     def save(self) -> None:
         """Write the store (atomically) if `sha256` learned anything; merges with what other processes wrote."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-# guidance split decisions (harmony_rt.splitstore) go to a folder of this run, not the user's cache
+# guidance split decisions and bundle digests (harmony_rt.usercache) go to a folder of this run, not the user's cache
 os.environ["HARMONY_RT_CACHE"] = tempfile.mkdtemp(prefix="harmony-rt-test-cache-")
 
 

@@ -1,6 +1,6 @@
 """Bundle digests remembered across processes (harmony_rt.digests): reused while a file is unchanged, never
-for a file that was rewritten (even at the same size with its mtime put back), recently written, or when the
-cache is off; a broken store only means hashing again."""
+for a file that was rewritten (even at the same size with its mtime put back), replaced, recently written or
+changed while hashed, nor when the cache is off; a stale or broken store only means hashing again."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harmony_rt import digests
-from harmony_rt.bundle import Bundle
+from harmony_rt import digests, usercache
+from harmony_rt.bundle import Bundle, default_bundle_path
 from harmony_rt.digests import DigestCache
 from harmony_rt.errors import BundleError
 
@@ -22,14 +22,14 @@ from harmony_rt.errors import BundleError
 @pytest.fixture
 def counted(monkeypatch):
     """Count the files actually read and hashed."""
-    calls: list[Path] = []
-    real = digests.sha256_file
+    calls: list[object] = []
+    real = digests._hash
 
-    def counting(path, *a, **kw):
-        calls.append(Path(path))
-        return real(path, *a, **kw)
+    def counting(f, *a, **kw):
+        calls.append(f)
+        return real(f, *a, **kw)
 
-    monkeypatch.setattr(digests, "sha256_file", counting)
+    monkeypatch.setattr(digests, "_hash", counting)
     return calls
 
 
@@ -43,6 +43,19 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def _rewrite_keeping_mtime(f: Path, data: bytes) -> None:
+    """Same inode, same size, mtime put back; skip where the file system did not move ctime (coarse clock)."""
+    st = f.stat()
+    time.sleep(0.02)
+    with open(f, "r+b") as fh:
+        fh.write(data)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    now = f.stat()
+    assert now.st_mtime_ns == st.st_mtime_ns and now.st_size == st.st_size and now.st_ino == st.st_ino
+    if now.st_ctime_ns == st.st_ctime_ns:
+        pytest.skip("this file system's ctime did not move within 20 ms")
+
+
 def test_reused_while_unchanged_across_instances(tmp_path, counted, settled):
     f = tmp_path / "w.bin"
     f.write_bytes(b"a" * 1000)
@@ -51,23 +64,18 @@ def test_reused_while_unchanged_across_instances(tmp_path, counted, settled):
     assert first.sha256(f) == _sha(f) and len(counted) == 1
     first.save()
     second = DigestCache(store)  # a later process
-    assert second.sha256(f) == _sha(f) and len(counted) == 1
+    assert second.sha256(f) == _sha(f) and second.matches(f, _sha(f)) and len(counted) == 1
     assert json.loads(store.read_text())[str(f.resolve())][5] == _sha(f)
 
 
 def test_rewrite_at_same_size_with_mtime_restored_is_hashed_again(tmp_path, counted, settled):
     f = tmp_path / "w.bin"
     f.write_bytes(b"a" * 1000)
-    st = f.stat()
     store = tmp_path / "digests.json"
     c = DigestCache(store)
     old = c.sha256(f)
     c.save()
-    time.sleep(0.01)
-    with open(f, "r+b") as fh:  # same inode, same size
-        fh.write(b"b")
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime put back; ctime moves regardless
-    assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
+    _rewrite_keeping_mtime(f, b"b")
     new = DigestCache(store).sha256(f)
     assert new == _sha(f) != old and len(counted) == 2
 
@@ -79,7 +87,9 @@ def test_replaced_file_is_hashed_again(tmp_path, counted, settled):
     c = DigestCache(store)
     c.sha256(f)
     c.save()
+    st = f.stat()
     g.write_bytes(b"c" * 100)
+    os.utime(g, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only inode (and ctime) differ
     os.replace(g, f)
     assert DigestCache(store).sha256(f) == _sha(f) and len(counted) == 2
 
@@ -96,7 +106,52 @@ def test_recently_written_file_is_not_remembered(tmp_path, counted):
     assert len(counted) == 2
 
 
-def test_cache_off_and_broken_store(tmp_path, counted, settled, monkeypatch):
+def test_file_changed_while_hashed_is_not_remembered(tmp_path, settled, monkeypatch):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 100)
+    real = digests._hash
+
+    def hash_then_write(fh, *a, **kw):
+        out = real(fh, *a, **kw)
+        time.sleep(0.02)
+        f.write_bytes(b"b" * 100)  # same inode, same size: only the stamps after hashing tell
+        return out
+
+    monkeypatch.setattr(digests, "_hash", hash_then_write)
+    c = DigestCache(tmp_path / "digests.json")
+    c.sha256(f)
+    c.save()
+    assert not (tmp_path / "digests.json").exists()
+
+
+def test_stale_stored_digest_never_refuses_a_good_file(tmp_path, counted, settled):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"good")
+    st = f.stat()
+    store = tmp_path / "digests.json"
+    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    store.write_text(json.dumps({str(f.resolve()): [*stamp, "0" * 64]}))  # matching stamps, wrong digest
+    c = DigestCache(store)
+    assert c.matches(f, _sha(f)) and len(counted) == 1  # the stored digest disagreed: hashed, not refused
+    assert not c.matches(f, "1" * 64)
+    c.save()
+    assert json.loads(store.read_text())[str(f.resolve())][5] == _sha(f)  # and the store is mended
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "[" * 100000 + "]" * 100000, '{"x": 3, "y": [1]}',
+                                     "\udcff"])
+def test_broken_store_means_hashing_again(tmp_path, counted, settled, content):
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a")
+    store = tmp_path / "digests.json"
+    store.write_bytes(content.encode("utf-8", "surrogateescape"))
+    c = DigestCache(store)
+    assert c.sha256(f) == _sha(f)
+    c.save()
+    assert json.loads(store.read_text())[str(f.resolve())][5] == _sha(f)
+
+
+def test_cache_off_store_unwritable_and_no_home(tmp_path, counted, settled, monkeypatch):
     f = tmp_path / "w.bin"
     f.write_bytes(b"a")
     monkeypatch.setenv("HARMONY_RT_CACHE", "off")
@@ -105,33 +160,46 @@ def test_cache_off_and_broken_store(tmp_path, counted, settled, monkeypatch):
     off.sha256(f), off.sha256(f)
     off.save()
     assert len(counted) == 2
-    monkeypatch.setenv("HARMONY_RT_CACHE", str(tmp_path / "cache"))
-    store = DigestCache.default().store
-    store.parent.mkdir()
-    store.write_text("{not json")
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("HARMONY_RT_CACHE", str(tmp_path / "afile"))  # the cache folder is a file
     c = DigestCache.default()
     assert c.sha256(f) == _sha(f)
-    c.save()  # a broken store is replaced, not fatal
-    assert json.loads(store.read_text())[str(f.resolve())][5] == _sha(f)
+    c.save()  # logged, not raised
+    monkeypatch.delenv("HARMONY_RT_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)  # no HOME, no passwd entry: "~" stays "~"
+    assert usercache.cache_dir() is None
 
 
-def test_bundle_load_hashes_once_and_still_refuses_tampering(tiny_bundle, tmp_path, counted, settled, monkeypatch):
+def test_bundle_load_hashes_once_and_still_refuses_tampering(tmp_path, counted, settled, monkeypatch):
     monkeypatch.setenv("HARMONY_RT_CACHE", str(tmp_path / "cache"))
     b = tmp_path / "b"
-    shutil.copytree(tiny_bundle, b)
+    shutil.copytree(default_bundle_path(), b)  # the shipped bundle: runs without torch
     Bundle.load(b)
     hashed = len(counted)
     assert hashed >= 7  # every graph and tokenizer
     Bundle.load(b)
-    assert len(counted) == hashed  # the second load reads no graph bytes for hashing
+    assert len(counted) == hashed  # the second load reads no file for hashing
+    assert Bundle.load(b, verify=False) and len(counted) == hashed  # verify=False hashes nothing
     graph = b / "denoiser.onnx"
     data = bytearray(graph.read_bytes())
-    data[-1] ^= 0xFF  # same size, one byte flipped
-    st = graph.stat()
-    time.sleep(0.01)
-    graph.write_bytes(bytes(data))
-    os.utime(graph, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _rewrite_keeping_mtime(graph, bytes([data[0] ^ 0xFF]))  # one byte flipped, stamps but ctime kept
     with pytest.raises(BundleError, match="sha256 mismatch"):
         Bundle.load(b)
-    n = len(counted)
-    assert Bundle.load(b, verify=False) and len(counted) == n  # verify=False hashes nothing
+
+
+def test_unreadable_file_is_one_bundle_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARMONY_RT_CACHE", str(tmp_path / "cache"))
+    b = tmp_path / "b"
+    shutil.copytree(default_bundle_path(), b)
+
+    def refuse(path, *a, **kw):
+        if str(path).endswith("denoiser.onnx") and "r" in (a[0] if a else kw.get("mode", "r")):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **kw)
+
+    real_open = open
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(BundleError, match="denoiser.onnx: cannot read") as ei:
+        Bundle.load(b)
+    assert len(str(ei.value).splitlines()) == 1

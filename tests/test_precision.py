@@ -168,6 +168,10 @@ def test_int8_quantizes_only_block_matmuls(prec_bundle, fp32_graph, prec):
         assert must in kept.values(), must
     ops = {n.op_type for n in q.graph.node}
     assert ("DequantizeLinear" in ops) if prec == "int8" else ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops)
+    if prec == "int8":  # MatMul outputs stay float (ORT: MatMulIntegerToFloat), never re-quantized to u8
+        matmul_out = {o for n in q.graph.node if n.op_type == "MatMul" for o in n.output}
+        requant = [n.name for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in matmul_out]
+        assert not requant, requant[:3]
 
 
 def test_fp8_qdq_placement(prec_bundle, fp32_graph):
