@@ -24,10 +24,10 @@ from harmony_rt.contract import COMPONENTS  # noqa: E402
 from harmony_rt.errors import HarmonyError  # noqa: E402
 from harmony_rt.pipeline import Pipeline  # noqa: E402
 
-# int8: max rel err of the tiny model was < 5e-2 on an AVX-512 VNNI CPU but 6.8e-2 / 9.5e-2 on an AVX2-only
-# AMD EPYC (up to 0.103 on fresh inputs; ORT's u8 x s8 kernels without VNNI saturate 16-bit sums): the bound
-# covers both CPUs.
-BOUNDS = {"fp16": 1e-2, "int8": 1.5e-1, "int8-dynamic": 1.5e-1, "fp8": 1e-1}
+# int8: max rel err of the tiny model was < 5e-2 on an AVX-512 VNNI CPU but 6.8e-2 / 9.5e-2 (up to 0.103 on
+# fresh inputs) on an AVX2-only AMD EPYC, where ORT's u8 x s8 kernels saturate 16-bit sums; with 7-bit weights
+# (export/precision.py REDUCE_RANGE) it is back under 5e-2 there too, the bound this file had at first.
+BOUNDS = {"fp16": 1e-2, "int8": 5e-2, "int8-dynamic": 5e-2, "fp8": 1e-1}
 BLOCKS = ("video_blocks.", "audio_blocks.", "gldi.")
 PROMPT = dict(prompt="a yellow ball thumps once on a stone floor", seed=3, steps=6)
 
