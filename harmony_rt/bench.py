@@ -26,6 +26,7 @@ import click
 import numpy as np
 
 from .bundle import Bundle, default_bundle_path
+from .contract import example_feeds
 from .splitstore import cpu_model
 
 log = logging.getLogger(__name__)
@@ -156,28 +157,16 @@ def machine() -> dict:
 
 def denoiser_feeds(bundle: Bundle, rows: int = 3, frames: int | None = None, text_tokens: int = 16,
                    speech_chars: int = 32, ref_frames: int = 1, seed: int = 0) -> Feeds:
-    """Denoiser inputs at generation shapes: `rows` guidance rows (sync: 3), `frames` video latent frames
-    (default: the bundle's default clip length), captions / transcript of the given token counts."""
+    """Denoiser inputs at generation shapes (the contract's `example_feeds`): `rows` guidance rows (sync: 3),
+    `frames` video latent frames (default: the bundle's default clip length), captions / transcript of the
+    given token counts."""
     g = bundle.geometry
     if frames is None:
         seconds = bundle.sampling.get("seconds", g.max_latent_frames * g.video_t_stride / g.fps)
-        frames = max(1, int(round(seconds * g.fps / g.video_t_stride)))
-    sizes = dict(N=rows, F=frames, T=g.audio_frames_for(frames), S=g.S, R=ref_frames, L=text_tokens,
-                 LA=text_tokens, P=speech_chars)
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for t in bundle.specs["denoiser"].inputs:
-        shape = tuple(sizes[d] if isinstance(d, str) else d for d in t.shape)
-        if t.name.endswith("_mask"):
-            x = np.ones(shape, np.float32)
-            if shape[1] > 2:
-                x[1:, -2:] = 0.0
-        elif t.name.startswith("t_"):
-            x = rng.uniform(0.1, 0.9, shape).astype(np.float32)
-        else:
-            x = rng.standard_normal(shape, np.float32)
-        feeds[t.name] = x
-    return feeds
+        frames = max(1, round(seconds * g.fps / g.video_t_stride))
+    sizes = {"N": rows, "F": frames, "T": g.audio_frames_for(frames), "S": g.S, "R": ref_frames,
+             "L": text_tokens, "LA": text_tokens, "P": speech_chars}
+    return example_feeds(bundle.specs["denoiser"], sizes, vocab=4, seed=seed)  # the denoiser takes no ids
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime step
