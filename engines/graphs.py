@@ -19,7 +19,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from harmony_rt.bundle import safe_path, sha256_file
+from harmony_rt.bundle import safe_path
+from harmony_rt.digests import sha256_file
 from harmony_rt.errors import BundleError
 
 from .plugin import OP_DOMAIN, OP_NAME, TRT_PLUGIN_ID

@@ -29,8 +29,9 @@ import torch
 from torch.export import Dim
 
 from harmony_rt import __version__
-from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, sha256_file
+from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir
 from harmony_rt.contract import FORMAT_VERSION, resolve
+from harmony_rt.digests import sha256_file
 from harmony_rt.errors import HarmonyError
 from train.checkpoints import load_checkpoint
 from train.model import HarmonyModel

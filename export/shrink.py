@@ -21,8 +21,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, replace_dir, sha256_file
+from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, replace_dir
 from harmony_rt.contract import example_feeds
+from harmony_rt.digests import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .contract import COMPONENTS, FORMAT_VERSION, ComponentSpec, Geometry, resolve
-from .digests import DigestCache, sha256_file  # noqa: F401  (sha256_file: the export and engine builders hash with it)
+from .digests import DigestCache
 from .errors import BundleError
 
 log = logging.getLogger(__name__)

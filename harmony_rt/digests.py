@@ -21,20 +21,15 @@ Best effort: an unreadable or unwritable file only means hashing again (logged a
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import os
 import threading
 import time
 from pathlib import Path
 
-from .usercache import cache_dir
-
-log = logging.getLogger(__name__)
+from .usercache import cache_dir, read_store, write_store
 
 FILE = "digests.json"
 MAX_ENTRIES = 1024  # oldest dropped beyond this
-MAX_STORE_BYTES = 4 << 20  # a larger store is ignored (and replaced on the next save)
 RACY_S = 2.0
 
 
@@ -71,15 +66,7 @@ class DigestCache:
 
     def _load(self) -> dict[str, list]:
         if self._entries is None:
-            self._entries = {}
-            if self.store is not None:
-                try:
-                    if self.store.is_file() and self.store.stat().st_size <= MAX_STORE_BYTES:
-                        data = json.loads(self.store.read_bytes())
-                        if isinstance(data, dict):
-                            self._entries = data
-                except (OSError, ValueError, RecursionError, MemoryError) as e:  # ValueError: JSON, UTF-8
-                    log.debug("digest cache %s unreadable (%s): hashing again", self.store, e)
+            self._entries = read_store(self.store) if self.store is not None else {}
         return self._entries
 
     def _digest(self, path: Path, reuse: bool = True) -> tuple[str, bool]:
@@ -122,19 +109,10 @@ class DigestCache:
         """Write the store (atomically) if `sha256` learned anything; merges with what other processes wrote."""
         if self.store is None or not self._added:
             return
-        from .bundle import atomic_write_bytes  # bundle imports this module
-
         with self._lock:
-            self._entries = None
-            merged = self._load()
+            merged = read_store(self.store)
             for k, v in self._added.items():
                 merged.pop(k, None)
                 merged[k] = v
-            while len(merged) > MAX_ENTRIES:
-                merged.pop(next(iter(merged)))
-            self._added = {}
-            try:
-                self.store.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(self.store, json.dumps(merged).encode())
-            except OSError as e:
-                log.debug("digest cache %s not written (%s)", self.store, e)
+            self._entries, self._added = None, {}
+            write_store(self.store, merged, MAX_ENTRIES)

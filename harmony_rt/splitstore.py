@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import platform
 import threading
 from pathlib import Path
 
-from .bundle import atomic_write_bytes
-from .usercache import cache_dir
-
-log = logging.getLogger(__name__)
+from .usercache import cache_dir, read_store, write_store
 
 FILE = "guidance-splits.json"
 MAX_ENTRIES = 256  # oldest dropped beyond this
@@ -60,29 +56,14 @@ class SplitStore:
         text = json.dumps([self.context, repr(key)], sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError) as e:
-            if not isinstance(e, FileNotFoundError):
-                log.debug("split store %s unreadable (%s): measuring again", self.path, e)
-            return {}
-
     def get(self, key: tuple) -> str | None:
-        entry = self._read().get(self._key(key))
+        entry = read_store(self.path).get(self._key(key))
         split = entry.get("split") if isinstance(entry, dict) else None
         return split if split in ("batched", "sequential") else None
 
     def put(self, key: tuple, split: str, seconds: dict[str, float]) -> None:
         with self._lock:
-            data = self._read()
+            data = read_store(self.path)
             data.pop(self._key(key), None)
             data[self._key(key)] = {"split": split, **{f"{k}_s": round(v, 6) for k, v in seconds.items()}}
-            while len(data) > MAX_ENTRIES:
-                data.pop(next(iter(data)))
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(self.path, json.dumps(data, indent=1).encode())
-            except OSError as e:
-                log.debug("split store %s not written (%s)", self.path, e)
+            write_store(self.path, data, MAX_ENTRIES)

@@ -7,8 +7,9 @@ import pytest
 
 onnx = pytest.importorskip("onnx")
 
-from harmony_rt.bundle import Bundle, sha256_file  # noqa: E402
+from harmony_rt.bundle import Bundle  # noqa: E402
 from harmony_rt.contract import COMPONENTS  # noqa: E402
+from harmony_rt.digests import sha256_file  # noqa: E402
 
 
 def test_bundle_has_every_component_within_tolerance(tiny_bundle):

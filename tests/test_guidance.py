@@ -407,11 +407,12 @@ def test_split_store_lets_a_later_process_skip_the_measuring(inputs, tmp_path):
     assert not other.decisions
 
 
-def test_split_store_survives_a_corrupt_file_and_can_be_switched_off(inputs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", "[" * 100000 + "]" * 100000])
+def test_split_store_survives_a_corrupt_file_and_can_be_switched_off(inputs, tmp_path, monkeypatch, content):
     from harmony_rt import splitstore
 
     path = tmp_path / "s.json"
-    path.write_text("{not json")
+    path.write_text(content)  # deeply nested JSON raised RecursionError through generate before usercache.read_store
     store = splitstore.SplitStore(path, {"x": 1})
     assert store.get(("k",)) is None
     store.put(("k",), "batched", {"batched": 0.1, "sequential": 0.2})

@@ -19,8 +19,9 @@ pytest.importorskip("torch")
 from onnx import TensorProto  # noqa: E402
 
 from harmony_rt.backends.ort import OrtBackend  # noqa: E402
-from harmony_rt.bundle import Bundle, sha256_file  # noqa: E402
+from harmony_rt.bundle import Bundle  # noqa: E402
 from harmony_rt.contract import COMPONENTS  # noqa: E402
+from harmony_rt.digests import sha256_file  # noqa: E402
 from harmony_rt.errors import HarmonyError  # noqa: E402
 from harmony_rt.pipeline import Pipeline  # noqa: E402
 
