@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harmony_rt.bundle import safe_path
-from harmony_rt.digests import sha256_file
 from harmony_rt.errors import BundleError
 
 from .plugin import OP_DOMAIN, OP_NAME, TRT_PLUGIN_ID
@@ -68,8 +67,7 @@ def candidates(comp: dict) -> tuple[dict, dict]:
     return decomposed, plugin
 
 
-def select_graph(bundle, component: str, precision: str, verify_variants: bool = True,
-                 plugin: bool = True) -> GraphChoice:
+def select_graph(bundle, component: str, precision: str, plugin: bool = True) -> GraphChoice:
     """The graph to build `component` at `precision` from (see module doc); `plugin=False`: never a plugin graph."""
     comp = bundle.manifest["components"].get(component)
     if comp is None:
@@ -88,14 +86,7 @@ def select_graph(bundle, component: str, precision: str, verify_variants: bool =
     path = safe_path(bundle.path, entry["file"], f"component {component} ({label})")
     if not path.is_file():
         raise BundleError(f"{path}: graph of component {component} ({label}) is missing")
-    if entry is not comp and verify_variants:  # Bundle.load verified the main graph, not the variants
-        files = [(path, entry.get("sha256"))]
-        for ext in entry.get("external_data", []):
-            xp = safe_path(bundle.path, ext["file"], f"component {component} external data")
-            files.append((xp, ext.get("sha256")))
-        for p, digest in files:
-            if not p.is_file() or sha256_file(p) != digest:
-                raise BundleError(f"{p}: missing or sha256 mismatch (component {component}, {label} variant)")
+    bundle.component_path(component, None if key == MAIN else key)  # checks its bytes (harmony_rt.bundle)
     choice = GraphChoice(path, _digest(entry), want, key, bool(entry.get("plugin")))
     log.debug("%s at %s: %s", component, precision, choice.describe())
     return choice

@@ -84,10 +84,10 @@ def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STOR
                 raise ValueError(f"{name}: fp16 weight storage changes outputs by {err:.3g} > {tolerance}")
             log.info("%s: %d weights stored fp16, max abs err vs fp32 weights %.2e", name, n, err)
             comp.update(sha256=sha256_file(dst), weight_storage="fp16", weight_storage_max_abs_err=err)
-        for entry in manifest.get("files", {}).values():
-            shutil.copyfile(src / entry["file"], tmp / entry["file"])
+        for key, entry in manifest.get("files", {}).items():
+            shutil.copyfile(bundle.file_path(key), tmp / entry["file"])
         atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
-        Bundle.load(tmp)  # the result must verify
+        Bundle.load(tmp).verify_all()  # the result must verify
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

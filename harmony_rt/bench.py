@@ -645,7 +645,7 @@ def cold_rows(bundle_path: Path, label: str, threads: int | None) -> list[Row]:
     return [
         Row(g, "imports done", c["import"]),
         Row(g, "bundle verified + denoiser session", c["load"], note="digests stored by an earlier process"),
-        Row(g, "  the same, first process", first["load"], note="no stored digests: sha256 of every file"),
+        Row(g, "  the same, first process", first["load"], note="no stored digests: sha256 of every graph it runs"),
         Row(g, "process start to first step", c["first_step"], note="torch imported: " + str(c["torch_loaded"])),
         Row(g, "peak RSS, first step", c["rss"], unit="MB"),
         Row(g, "peak RSS, full generate + save", gen["rss"], unit="MB",

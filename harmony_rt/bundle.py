@@ -5,10 +5,14 @@ A bundle is untrusted input. `Bundle.load` refuses, with one BundleError naming 
     or out of range (`_check_manifest`);
   - any path (manifest entries and the external-data locations inside every graph) that is absolute, holds
     `..`, or resolves (symlinks included) outside the bundle folder;
-  - a file whose sha256 differs from the manifest (skipped with `verify=False`; a digest computed by an
-    earlier process is reused while the file's stamps are unchanged: harmony_rt.digests), or external
-    data the manifest does not list (its bytes could not be verified);
+  - external data the manifest does not list (its bytes could not be verified);
   - a graph whose inputs / outputs disagree with the contract in `harmony_rt.contract`.
+Bytes are checked against the manifest's sha256 when they are first used: `component_path` / `file_path`
+hash a graph (and its external data) or file before handing its path out, once per Bundle, so a process
+that runs the int8 denoiser does not hash the fp32, fp16 and fp8 graphs beside it (`verify_all()` hashes
+everything; `verify=False` nothing). A digest computed by an earlier process is reused while the file's
+stamps are unchanged (harmony_rt.digests). The backends ask for every graph they will run when they are
+made, so a corrupt file is refused before a generation starts, not after its denoising loop.
 Graphs are read with a minimal protobuf walker (`scan_onnx`), not the `onnx` package, and never unpickled.
 """
 
@@ -23,6 +27,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -412,12 +417,16 @@ def _check_graph_io(path: Path, info: OnnxInfo, spec: ComponentSpec, precision: 
 
 @dataclass
 class Bundle:
-    """A verified bundle on disk."""
+    """A checked bundle on disk; its files' bytes are verified as they are used (module doc)."""
 
     path: Path
     manifest: dict
     geometry: Geometry
     specs: dict[str, ComponentSpec] = field(default_factory=dict)
+    # None: bytes not verified (load(verify=False)); made directly: hashed on every first use
+    digests: DigestCache | None = field(default_factory=lambda: DigestCache(None), repr=False)
+    _verified: set = field(default_factory=set, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def variant(self) -> str:
@@ -434,24 +443,57 @@ class Bundle:
         return [comp.get("precision", "fp32"), *comp.get("variants", {})]
 
     def component_path(self, name: str, precision: str | None = None) -> Path:
-        """The graph of component `name` (its main graph, or the variant of `precision`)."""
+        """The graph of component `name` (its main graph, or the variant of `precision`), its bytes verified."""
         comp = self.manifest["components"].get(name)
         if comp is None:
             raise BundleError(f"{self.path}: bundle has no component {name!r}")
         if precision is None or precision == comp.get("precision", "fp32"):
-            return safe_path(self.path, comp["file"], f"component {name}")
+            return self._verified_path(f"component {name}", comp)
         variant = comp.get("variants", {}).get(precision)
         if variant is None:
             have = ", ".join(self.precisions(name))
             raise BundleError(f"{self.path}: component {name} has no {precision} graph (has {have})")
-        return safe_path(self.path, variant["file"], f"component {name} ({precision})")
+        return self._verified_path(f"component {name} ({precision})", variant)
 
     def file_path(self, key: str) -> Path:
-        """A non-graph file listed in manifest['files'] (tokenizers, ...)."""
+        """A non-graph file listed in manifest['files'] (tokenizers, ...), its bytes verified."""
         files = self.manifest.get("files", {})
         if key not in files:
             raise BundleError(f"{self.path}: manifest lists no file {key!r}")
-        return safe_path(self.path, files[key]["file"], f"file {key}")
+        return self._verified_path(f"file {key}", files[key])
+
+    def verify_all(self) -> "Bundle":
+        """Check the bytes of every graph, variant and file now (what `component_path` does on first use)."""
+        for name, comp in self.manifest["components"].items():
+            self.component_path(name)
+            for prec in comp.get("variants", {}):
+                self.component_path(name, prec)
+        for key in self.manifest.get("files", {}):
+            self.file_path(key)
+        return self
+
+    def _verified_path(self, what: str, entry: dict) -> Path:
+        """`entry`'s file, after its bytes and its external data's were checked against the manifest (once)."""
+        p = safe_path(self.path, entry["file"], what)
+        key = (entry["file"], entry.get("sha256"))
+        if self.digests is None or key in self._verified:
+            return p
+        with self._lock:  # one thread hashes; the others wait for its verdict
+            if key not in self._verified:
+                files = [(p, entry.get("sha256"), what)]
+                for ext in entry.get("external_data", []):
+                    xp = safe_path(self.path, ext["file"], f"{what} external data")
+                    files.append((xp, ext.get("sha256"), f"external data of {what}"))
+                try:
+                    for f, digest, label in files:
+                        if not isinstance(digest, str):
+                            raise BundleError(f"{self.path / MANIFEST}: {label} has no sha256")
+                        if not _matches(self.digests, f, digest):
+                            raise BundleError(f"{f}: sha256 mismatch ({label} is corrupt or was modified)")
+                finally:
+                    self.digests.save()
+                self._verified.add(key)
+        return p
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
@@ -477,40 +519,33 @@ class Bundle:
         except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, huge integers
             raise BundleError(f"{mpath}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
         geometry, specs = _check_manifest(mpath, manifest)
-        bundle = cls(root, manifest, geometry, specs)
-        digests = DigestCache.default() if verify else None
+        bundle = cls(root, manifest, geometry, specs, DigestCache.default() if verify else None)
         for name, comp in manifest["components"].items():
-            bundle._check_entry(f"component {name}", comp, digests, specs[name], comp["precision"])
+            bundle._check_entry(f"component {name}", comp, specs[name], comp["precision"])
             for prec, variant in comp.get("variants", {}).items():
-                bundle._check_entry(f"component {name} ({prec})", variant, digests, specs[name], prec)
+                bundle._check_entry(f"component {name} ({prec})", variant, specs[name], prec)
             declared = comp.get("io")
             if declared is not None and declared != specs[name].to_dict():
                 raise BundleError(f"{mpath}: component {name}: declared I/O disagrees with the contract")
         for key, entry in manifest.get("files", {}).items():
-            bundle._check_entry(f"file {key}", entry, digests)
-        if digests is not None:
-            digests.save()
+            bundle._check_entry(f"file {key}", entry)
         return bundle
 
-    def _check_entry(self, what: str, entry: dict, digests: DigestCache | None, spec: ComponentSpec | None = None,
-                     precision: str = "fp32") -> None:
-        """Paths, presence, digests (`digests` None: not checked) and, for graphs, external data and I/O."""
+    def _check_entry(self, what: str, entry: dict, spec: ComponentSpec | None = None, precision: str = "fp32") -> None:
+        """Paths, presence, a sha256 for every file (when verifying) and, for graphs, external data and I/O."""
         p = safe_path(self.path, entry["file"], what)
         if not p.is_file():
             raise BundleError(f"{p}: {what} file is missing")
-        if digests is not None:
-            digest = entry.get("sha256")
-            if not isinstance(digest, str):
-                raise BundleError(f"{self.path / MANIFEST}: {what} has no sha256")
-            if not _matches(digests, p, digest):
-                raise BundleError(f"{p}: sha256 mismatch ({what} is corrupt or was modified)")
+        verify = self.digests is not None
+        if verify and not isinstance(entry.get("sha256"), str):
+            raise BundleError(f"{self.path / MANIFEST}: {what} has no sha256")
         listed = set()
         for ext in entry.get("external_data", []):
             xp = safe_path(self.path, ext["file"], f"{what} external data")
             if not xp.is_file():
                 raise BundleError(f"{xp}: external data of {what} is missing")
-            if digests is not None and not _matches(digests, xp, ext.get("sha256")):
-                raise BundleError(f"{xp}: sha256 mismatch (external data of {what})")
+            if verify and not isinstance(ext.get("sha256"), str):
+                raise BundleError(f"{self.path / MANIFEST}: external data of {what} has no sha256")
             listed.add(xp)
         if spec is None:
             return
@@ -521,7 +556,7 @@ class Bundle:
             xp = safe_path(self.path, str(rel_dir / loc) if loc else "", f"{p}: external data")
             if not xp.is_file():
                 raise BundleError(f"{p}: external data {loc!r} is missing or not a file")
-            if digests is not None and xp not in listed:
+            if verify and xp not in listed:
                 raise BundleError(f"{p}: external data {loc!r} is not listed in the manifest (cannot be verified)")
         _check_graph_io(p, info, spec, precision)
 

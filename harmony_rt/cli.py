@@ -161,7 +161,7 @@ def export(checkpoint, output, precision, custom_op):
 @click.argument("bundle", type=click.Path(path_type=Path), required=False)
 @handle_errors
 def info(bundle):
-    """Show a bundle's model, geometry, components and parity (default: the shipped one)."""
+    """Show a bundle's model, geometry, components and parity (default: the shipped one); checks every file's sha256."""
     from .bundle import Bundle, default_bundle_path
 
     b = Bundle.load(bundle or default_bundle_path())

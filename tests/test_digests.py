@@ -43,11 +43,12 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def _rewrite_keeping_mtime(f: Path, data: bytes) -> None:
+def _rewrite_keeping_mtime(f: Path, data: bytes, at: int = 0) -> None:
     """Same inode, same size, mtime put back; skip where the file system did not move ctime (coarse clock)."""
     st = f.stat()
     time.sleep(0.02)
     with open(f, "r+b") as fh:
+        fh.seek(at)
         fh.write(data)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     now = f.stat()
@@ -171,21 +172,63 @@ def test_cache_off_store_unwritable_and_no_home(tmp_path, counted, settled, monk
     assert usercache.cache_dir() is None
 
 
-def test_bundle_load_hashes_once_and_still_refuses_tampering(tmp_path, counted, settled, monkeypatch):
+def test_bundle_hashes_once_and_still_refuses_tampering(tmp_path, counted, settled, monkeypatch):
     monkeypatch.setenv("HARMONY_RT_CACHE", str(tmp_path / "cache"))
     b = tmp_path / "b"
     shutil.copytree(default_bundle_path(), b)  # the shipped bundle: runs without torch
-    Bundle.load(b)
+    Bundle.load(b).verify_all()
     hashed = len(counted)
     assert hashed >= 7  # every graph and tokenizer
-    Bundle.load(b)
-    assert len(counted) == hashed  # the second load reads no file for hashing
-    assert Bundle.load(b, verify=False) and len(counted) == hashed  # verify=False hashes nothing
+    Bundle.load(b).verify_all()
+    assert len(counted) == hashed  # the second process reads no file for hashing
+    assert Bundle.load(b, verify=False).verify_all() and len(counted) == hashed  # verify=False hashes nothing
     graph = b / "denoiser.onnx"
     data = bytearray(graph.read_bytes())
-    _rewrite_keeping_mtime(graph, bytes([data[0] ^ 0xFF]))  # one byte flipped, stamps but ctime kept
+    at = len(data) // 2  # inside the weights: the graph still parses
+    _rewrite_keeping_mtime(graph, bytes([data[at] ^ 0xFF]), at)  # one byte flipped, stamps but ctime kept
     with pytest.raises(BundleError, match="sha256 mismatch"):
-        Bundle.load(b)
+        Bundle.load(b).component_path("denoiser")
+
+
+def _with_variant(b: Path, name: str = "denoiser", key: str = "int8-dynamic") -> Path:
+    """Add a variant to `b`'s manifest: a copy of the component's main graph (its I/O fits the contract)."""
+    m = json.loads((b / "manifest.json").read_text())
+    comp = m["components"][name]
+    dst = b / f"{name}.{key}.onnx"
+    shutil.copyfile(b / comp["file"], dst)
+    comp.setdefault("variants", {})[key] = {"file": dst.name, "sha256": _sha(dst), "precision": key}
+    (b / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_only_the_graphs_used_are_hashed(tmp_path, counted, monkeypatch):
+    """A process running one precision hashes that precision's graphs, not every variant beside them; a
+    corrupt variant it does not use does not stop it, and is refused when it is used."""
+    from harmony_rt.backends.ort import OrtBackend
+
+    monkeypatch.setenv("HARMONY_RT_CACHE", "off")
+    b = tmp_path / "b"
+    shutil.copytree(default_bundle_path(), b)
+    variant = _with_variant(b)
+    bundle = Bundle.load(b)
+    assert counted == []  # the structure is checked at load; bytes when used
+    OrtBackend(bundle, precision="int8-dynamic")  # the backend checks what it will run when it is made
+    hashed = {Path(f.name).name for f in counted}
+    assert "denoiser.int8-dynamic.onnx" in hashed and "denoiser.onnx" not in hashed
+    assert {"text_encoder.onnx", "video_decoder.onnx"} <= hashed
+    n = len(counted)
+    bundle.component_path("denoiser", "int8-dynamic")
+    assert len(counted) == n  # once per Bundle
+
+    with open(variant, "r+b") as f:  # corrupt the variant: fp32 runs still start, int8-dynamic ones do not
+        f.seek(100)
+        f.write(b"\xff\xfe")
+    bundle = Bundle.load(b)
+    OrtBackend(bundle)
+    with pytest.raises(BundleError, match="int8-dynamic.onnx: sha256 mismatch"):
+        OrtBackend(bundle, precision="int8-dynamic")
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        Bundle.load(b).verify_all()
 
 
 def test_unreadable_file_is_one_bundle_error(tmp_path, monkeypatch):

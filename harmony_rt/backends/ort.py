@@ -58,6 +58,8 @@ class OrtBackend:
             have = sorted({p for n in self.graph_precision for p in self._runnable(n)})
             raise HarmonyError(f"bundle {bundle.path} has no {precision} graphs for ONNX Runtime "
                                f"(has {', '.join(have)})")
+        for name, prec in self.graph_precision.items():  # bytes checked now, not after a denoising loop
+            bundle.component_path(name, prec)
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._lock = threading.Lock()
 
