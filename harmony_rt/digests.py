@@ -29,7 +29,7 @@ from pathlib import Path
 from .usercache import cache_dir, read_store, write_store
 
 FILE = "digests.json"
-MAX_ENTRIES = 1024  # oldest dropped beyond this
+MAX_ENTRIES = 1024  # least recently used dropped beyond this
 RACY_S = 2.0
 
 
@@ -56,7 +56,8 @@ class DigestCache:
     def __init__(self, store: Path | None):
         self.store = store
         self._entries: dict[str, list] | None = None
-        self._added: dict[str, list] = {}
+        self._added: dict[str, list] = {}  # learned here: written by save()
+        self._reused: set[str] = set()  # read from the store: moved to its end by save() when in its older half
         self._lock = threading.Lock()
 
     @classmethod
@@ -80,7 +81,11 @@ class DigestCache:
             if reuse and self.store is not None:
                 with self._lock:
                     entry = self._load().get(key)
-                if isinstance(entry, list) and len(entry) == 6 and entry[:5] == stamp and isinstance(entry[5], str):
+                    hit = (isinstance(entry, list) and len(entry) == 6 and entry[:5] == stamp
+                           and isinstance(entry[5], str))
+                    if hit:
+                        self._reused.add(key)
+                if hit:
                     return entry[5], True
             digest = _hash(f)
             after = _stamp(os.fstat(f.fileno()))
@@ -103,16 +108,33 @@ class DigestCache:
         digest, stored = self._digest(path)
         if digest == expected or not stored:
             return digest == expected
+        with self._lock:
+            self._reused.discard(str(Path(path).resolve()))
         return self._digest(path, reuse=False)[0] == expected
 
+    def _stale_reuse(self) -> bool:
+        """Whether a digest reused here sits in the older half of the store (the half dropped first)."""
+        if not self._reused or self._entries is None:
+            return False
+        older = list(self._entries)[: len(self._entries) // 2]
+        return not self._reused.isdisjoint(older)
+
     def save(self) -> None:
-        """Write the store (atomically) if `sha256` learned anything; merges with what other processes wrote."""
-        if self.store is None or not self._added:
+        """Write the store (atomically) if `sha256` learned anything, or reused a digest that is getting old
+        (so a bundle in daily use is not evicted by others hashed since); merges with what other processes
+        wrote. Most processes write nothing."""
+        if self.store is None:
             return
         with self._lock:
+            if not self._added and not self._stale_reuse():
+                self._reused.clear()
+                return
             merged = read_store(self.store)
+            for k in self._reused:  # most recently used last
+                if k in merged and k not in self._added:
+                    merged[k] = merged.pop(k)
             for k, v in self._added.items():
                 merged.pop(k, None)
                 merged[k] = v
-            self._entries, self._added = None, {}
+            self._entries, self._added, self._reused = None, {}, set()
             write_store(self.store, merged, MAX_ENTRIES)

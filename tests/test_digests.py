@@ -69,6 +69,37 @@ def test_reused_while_unchanged_across_instances(tmp_path, counted, settled):
     assert json.loads(store.read_text())[str(f.resolve())][5] == _sha(f)
 
 
+def test_a_digest_in_use_is_not_evicted(tmp_path, counted, settled, monkeypatch):
+    """Reusing a digest from the older half of a full store moves it to the end (evicted last); reusing a
+    recent one writes nothing."""
+    monkeypatch.setattr(digests, "MAX_ENTRIES", 4)
+    store = tmp_path / "digests.json"
+    files = []
+    for i in range(5):
+        f = tmp_path / f"w{i}.bin"
+        f.write_bytes(bytes([i]) * 100)
+        files.append(f)
+    c = DigestCache(store)
+    for f in files[:4]:
+        c.sha256(f)
+    c.save()
+    c = DigestCache(store)  # a later process uses the oldest file
+    c.sha256(files[0])
+    c.save()
+    assert list(json.loads(store.read_text()))[-1] == str(files[0].resolve())
+    before = store.stat().st_mtime_ns, store.stat().st_ino
+    c = DigestCache(store)  # the newest: no write
+    c.sha256(files[0])
+    c.save()
+    assert (store.stat().st_mtime_ns, store.stat().st_ino) == before
+    c = DigestCache(store)  # a fifth file evicts the least recently used (w1), not w0
+    c.sha256(files[4])
+    c.save()
+    kept = set(json.loads(store.read_text()))
+    assert str(files[0].resolve()) in kept and str(files[1].resolve()) not in kept
+    assert len(counted) == 5  # every reuse above read no bytes
+
+
 def test_rewrite_at_same_size_with_mtime_restored_is_hashed_again(tmp_path, counted, settled):
     f = tmp_path / "w.bin"
     f.write_bytes(b"a" * 1000)
