@@ -44,7 +44,8 @@ def evaluate(pipe: Pipeline, clips, kind: str, guidance: str, steps: int, seed: 
         conf.append(s.confidence)
         offs.append(abs(s.offset))
         ctrl.append(k.mean)
-    return {"conf": float(np.mean(conf)), "offset": float(np.mean(offs)), "control": float(np.mean(ctrl)), "n": len(clips)}
+    return {"conf": float(np.mean(conf)), "offset": float(np.mean(offs)), "control": float(np.mean(ctrl)),
+            "n": len(clips)}
 
 
 def reference(clips, kind: str, sample_rate: int, fps: float) -> dict:
@@ -58,7 +59,8 @@ def reference(clips, kind: str, sample_rate: int, fps: float) -> dict:
         conf.append(s.confidence)
         offs.append(abs(s.offset))
         ctrl.append(k.mean)
-    return {"conf": float(np.mean(conf)), "offset": float(np.mean(offs)), "control": float(np.mean(ctrl)), "n": len(clips)}
+    return {"conf": float(np.mean(conf)), "offset": float(np.mean(offs)), "control": float(np.mean(ctrl)),
+            "n": len(clips)}
 
 
 def main(argv=None):
@@ -87,11 +89,14 @@ def main(argv=None):
     lines = [
         "# Ablation: synchrony of generated clips (procedural data, demo size)",
         "",
-        f"Command: `python -m bench.ablation {' '.join('--bundle ' + b for b in a.bundle)} --clips {a.clips} --steps {a.steps} -o {a.out}`",
+        f"Command: `python -m bench.ablation {' '.join('--bundle ' + b for b in a.bundle)} --clips {a.clips} "
+        f"--steps {a.steps} -o {a.out}`",
         f"({time.time() - t0:.0f} s on this machine). Clips per row: {a.clips}, 2 s each, held-out prompts.",
         "",
-        "conf = Sync-C-like confidence (peak minus median of the visual/audio cross-correlation over +-3 frames, higher is better);",
-        "|offset| = Sync-D-like mean absolute lag of the peak in frames (lower is better); control = the same confidence",
+        "conf = Sync-C-like confidence (peak minus median of the visual/audio cross-correlation over +-3 frames, "
+        "higher is better);",
+        "|offset| = Sync-D-like mean absolute lag of the peak in frames (lower is better); control = the same "
+        "confidence",
         "with the generated audio circularly shifted (what unsynchronized audio scores).",
         "",
         "| model | clips | guidance | conf | control | conf - control | mean abs offset (frames) |",
@@ -99,7 +104,8 @@ def main(argv=None):
     ]
     for name, kind, guidance, r in rows:
         lines.append(
-            f"| {name} | {kind} | {guidance} | {r['conf']:.3f} | {r['control']:.3f} | {r['conf'] - r['control']:+.3f} | {r['offset']:.2f} |"
+            f"| {name} | {kind} | {guidance} | {r['conf']:.3f} | {r['control']:.3f} | {r['conf'] - r['control']:+.3f} "
+            f"| {r['offset']:.2f} |"
         )
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -45,7 +45,8 @@ def check_clip(frames: np.ndarray, audio: np.ndarray, sample_rate: int, fps: flo
     impacts = detect_events(me, floor=MOTION_FLOOR)
     onsets = detect_events(on, floor=ONSET_FLOOR_REL * rms)
     s = sync_score(frames, audio, sample_rate, fps, "ambient")
-    ctl = shuffled_control(frames, audio, sample_rate, fps, "ambient", np.random.default_rng(seed), n=20, mode="shuffle")
+    ctl = shuffled_control(frames, audio, sample_rate, fps, "ambient", np.random.default_rng(seed), n=20,
+                           mode="shuffle")
     return ClipCheck(impacts, onsets, match_events(onsets, impacts), match_events(impacts, onsets), s.confidence,
                      s.offset, ctl.mean)
 

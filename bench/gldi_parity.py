@@ -5,9 +5,10 @@
 PyTorch eager, same weights and inputs, `train.model.dit.BLOCK_LOCAL_GLDI` False (masked full attention:
 the formulation before, and what eager runs by default) vs True. Random weights (every parameter, the
 zero-initialised GLDI outputs too, small random values) at the tiny, demo-like (64x64, video_s_stride 8,
-video_t_stride 1, 16 latent frames) and bench-large shapes, at several frame counts; trained weights from any checkpoint folders given. With
---onnx the denoiser is also exported as before (masked GLDI, element-wise RoPE) and as now (block-local,
-RotaryEmbedding nodes) and both ORT graphs compared, with each other and with the masked PyTorch model.
+video_t_stride 1, 16 latent frames) and bench-large shapes, at several frame counts; trained weights from any
+checkpoint folders given. With --onnx the denoiser is also exported as before (masked GLDI, element-wise RoPE)
+and as now (block-local, RotaryEmbedding nodes) and both ORT graphs compared, with each other and with the
+masked PyTorch model.
 """
 
 from __future__ import annotations

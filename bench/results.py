@@ -41,7 +41,8 @@ def render(run: dict, command: str, section: str = "") -> str:
         f"Machine: {lscpu_model() or m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}, "
         f"numpy {m['numpy']}, Python {m['python']}.",
         f"Load average (1, 5, 15 min) at start {m['load']}, at end {m.get('load_after')}; other processes' load at "
-        f"start {m.get('other_load', 'n/a')} cores (the runtime's threads spin only where that leaves them their cores, harmony_rt.cpuload); "
+        f"start {m.get('other_load', 'n/a')} cores (the runtime's threads spin only where that leaves them their "
+        "cores, harmony_rt.cpuload); "
         f"{m.get('busy_processes', 0)} CPU-bound process(es) started beside the benchmarks (--bench-busy).",
         f"Highest numpy fp32 matmul peak (2048^3, {m.get('threads', 'n/a')} threads) seen in this run: "
         f"{info.get('matmul_peak_gflops', 'n/a')} GFLOP/s.",

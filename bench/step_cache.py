@@ -49,7 +49,8 @@ def _row(th, clips, checks, base, calls, times) -> dict:
 
 def table(rows: list[dict], seeds: int) -> str:
     lines = [f"| step cache | denoiser calls / 40 steps | generate time vs uncached | frames PSNR vs uncached (dB) | "
-             f"audio SNR vs uncached (dB) | sync margin ({seeds} seeds) | onsets on impacts |", "|---|---|---|---|---|---|---|"]
+             f"audio SNR vs uncached (dB) | sync margin ({seeds} seeds) | onsets on impacts |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         name = "off" if r["threshold"] == 0 else f"{r['threshold']:g}"
         psnr_s, snr_s = ("-", "-") if r["threshold"] == 0 else (f"{r['psnr']:.1f}", f"{r['snr']:.1f}")

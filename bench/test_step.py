@@ -7,7 +7,16 @@ from __future__ import annotations
 import numpy as np
 
 from harmony_rt.bench import (
-    OrtStep, Row, SelfTimed, denoiser_feeds, interleave, matmul_peak, med, process_rounds, profile_ops, speedup,
+    OrtStep,
+    Row,
+    SelfTimed,
+    denoiser_feeds,
+    interleave,
+    matmul_peak,
+    med,
+    process_rounds,
+    profile_ops,
+    speedup,
 )
 
 from .baselines import TorchWorker

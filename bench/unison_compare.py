@@ -95,13 +95,14 @@ def main(argv=None):
         "better; single-stream Harmony has no stems). Sync: Sync-C-like confidence of the speech stem against the",
         "mouth and of the SFX stem against motion (Harmony: the mix for both), with the time-shifted control.",
         "",
-        "| model | SFX leak into speech frames | speech leak into event frames | speech sync (control) | SFX sync (control) |",
+        "| model | SFX leak into speech frames | speech leak into event frames | speech sync (control) "
+        "| SFX sync (control) |",
         "|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {r['sfx_leak']:.3f} | {r['speech_leak']:.3f} | {r['speech_conf']:.3f} ({r['speech_ctrl']:.3f}) "
-            f"| {r['sfx_conf']:.3f} ({r['sfx_ctrl']:.3f}) |"
+            f"| {name} | {r['sfx_leak']:.3f} | {r['speech_leak']:.3f} "
+            f"| {r['speech_conf']:.3f} ({r['speech_ctrl']:.3f}) | {r['sfx_conf']:.3f} ({r['sfx_ctrl']:.3f}) |"
         )
     Path(a.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

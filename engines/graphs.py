@@ -86,7 +86,7 @@ def select_graph(bundle, component: str, precision: str, plugin: bool = True) ->
     path = safe_path(bundle.path, entry["file"], f"component {component} ({label})")
     if not path.is_file():
         raise BundleError(f"{path}: graph of component {component} ({label}) is missing")
-    bundle.component_path(component, None if key == MAIN else key)  # checks its bytes (harmony_rt.bundle)
+    path = bundle.component_path(component, None if key == MAIN else key)  # the same file, its bytes checked
     choice = GraphChoice(path, _digest(entry), want, key, bool(entry.get("plugin")))
     log.debug("%s at %s: %s", component, precision, choice.describe())
     return choice

@@ -706,7 +706,8 @@ def bench_command(bundle, threads, rounds, frames, quick, json_out):
         sys.exit(2)
     m = info["machine"]
     click.echo(f"{m['cpu']}, {m['cores']} cores, load {m['load']} -> {m['load_after']}, other processes at start "
-               f"{m['other_load']} cores, onnxruntime {m['onnxruntime']}, threads {threads or 'default'}, {rounds} rounds")
+               f"{m['other_load']} cores, onnxruntime {m['onnxruntime']}, threads {threads or 'default'}, "
+               f"{rounds} rounds")
     click.echo(format_table(rows))
     if json_out is not None:
         json_out.write_text(json.dumps({"info": info, "rows": [r.to_dict() for r in rows]}, indent=2))

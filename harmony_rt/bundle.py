@@ -11,8 +11,10 @@ Bytes are checked against the manifest's sha256 when they are first used: `compo
 hash a graph (and its external data) or file before handing its path out, once per Bundle, so a process
 that runs the int8 denoiser does not hash the fp32, fp16 and fp8 graphs beside it (`verify_all()` hashes
 everything; `verify=False` nothing). A digest computed by an earlier process is reused while the file's
-stamps are unchanged (harmony_rt.digests). The backends ask for every graph they will run when they are
-made, so a corrupt file is refused before a generation starts, not after its denoising loop.
+stamps are unchanged (harmony_rt.digests). The ONNX Runtime backend asks for every graph it will run
+when it is made, so a corrupt file is refused before a generation starts, not after its denoising loop
+(the TensorRT backend reads engines only). A graph that fails the structure checks at load is hashed
+first, so corruption is reported as a sha256 mismatch rather than by what its damaged bytes look like.
 Graphs are read with a minimal protobuf walker (`scan_onnx`), not the `onnx` package, and never unpickled.
 """
 
@@ -393,6 +395,8 @@ def _check_manifest(mpath: Path, manifest) -> tuple[Geometry, dict]:
             raise _bad(mpath, f"unknown component {name!r:.60}")
         comp = _check_entry_fields(mpath, f"component {name}", comp, graph=True, main=True)
         for prec, variant in _object(mpath, f"component {name} variants", comp.get("variants", {})).items():
+            if prec == comp["precision"]:  # component_path(name, prec) means the main graph
+                raise _bad(mpath, f"component {name}: variant {prec!r:.60} has the main graph's precision")
             _check_entry_fields(mpath, f"component {name} ({prec})", variant, graph=True)
     for key, entry in _object(mpath, "'files'", manifest.get("files", {})).items():
         _check_entry_fields(mpath, f"file {key}", entry, graph=False)
@@ -475,15 +479,18 @@ class Bundle:
     def _verified_path(self, what: str, entry: dict) -> Path:
         """`entry`'s file, after its bytes and its external data's were checked against the manifest (once)."""
         p = safe_path(self.path, entry["file"], what)
-        key = (entry["file"], entry.get("sha256"))
-        if self.digests is None or key in self._verified:
+        if self.digests is None:
+            return p
+        ext = entry.get("external_data", [])
+        key = json.dumps([entry["file"], entry.get("sha256"), *((x["file"], x.get("sha256")) for x in ext)])
+        if key in self._verified:
             return p
         with self._lock:  # one thread hashes; the others wait for its verdict
             if key not in self._verified:
                 files = [(p, entry.get("sha256"), what)]
-                for ext in entry.get("external_data", []):
-                    xp = safe_path(self.path, ext["file"], f"{what} external data")
-                    files.append((xp, ext.get("sha256"), f"external data of {what}"))
+                for x in ext:
+                    xp = safe_path(self.path, x["file"], f"{what} external data")
+                    files.append((xp, x.get("sha256"), f"external data of {what}"))
                 try:
                     for f, digest, label in files:
                         if not isinstance(digest, str):
@@ -549,6 +556,16 @@ class Bundle:
             listed.add(xp)
         if spec is None:
             return
+        try:
+            self._check_graph(p, spec, precision, listed if verify else None)
+        except BundleError:
+            if verify:  # a corrupt file: say so, not what its damaged bytes happen to look like
+                self._verified_path(what, entry)
+            raise
+
+    def _check_graph(self, p: Path, spec: ComponentSpec, precision: str, listed: set | None) -> None:
+        """External-data locations inside graph `p` (sandboxed; each listed in the manifest unless `listed`
+        is None) and its I/O against the contract."""
         info = scan_onnx(p)
         rel_dir = p.relative_to(self.path.resolve()).parent
         for loc in sorted(info.external):
@@ -556,7 +573,7 @@ class Bundle:
             xp = safe_path(self.path, str(rel_dir / loc) if loc else "", f"{p}: external data")
             if not xp.is_file():
                 raise BundleError(f"{p}: external data {loc!r} is missing or not a file")
-            if verify and xp not in listed:
+            if listed is not None and xp not in listed:
                 raise BundleError(f"{p}: external data {loc!r} is not listed in the manifest (cannot be verified)")
         _check_graph_io(p, info, spec, precision)
 

@@ -43,7 +43,8 @@ def handle_errors(fn):
         except Exception as e:  # last resort: still one line, never a traceback
             if debug:
                 raise
-            _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (rerun with --debug)", 1)
+            _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  "(rerun with --debug)", 1)
 
     return wrapper
 
@@ -74,7 +75,8 @@ def _check_output(path: Path) -> None:
 @click.argument("prompt")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=Path("out.mp4"), show_default=True,
               help="Output .mp4 (a .wav is written beside it).")
-@click.option("--bundle", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: the shipped demo).")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Bundle folder (default: the shipped demo).")
 @click.option("--speech", default="", help="Transcript to speak (English or Chinese).")
 @click.option("--video-caption", default=None, help="Caption for the picture (default: PROMPT).")
 @click.option("--audio-caption", default=None, help="Caption for the sound (default: PROMPT).")
@@ -94,12 +96,13 @@ def _check_output(path: Path) -> None:
 @click.option("--video", "video", type=click.Path(path_type=Path), default=None, help="V2A: driving video.")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="I2AV: first frame.")
 @click.option("--ref-audio", type=click.Path(path_type=Path), default=None, help="Voice to clone (1-3 s).")
-@click.option("--stems", type=click.Path(path_type=Path), default=None, help="Folder for speech/sfx/mix stems (Unison).")
+@click.option("--stems", type=click.Path(path_type=Path), default=None,
+              help="Folder for speech/sfx/mix stems (Unison).")
 @click.option("--backend", default="auto", show_default=True, help="auto | ort | tensorrt.")
 @click.option("--precision", default=None,
               help="Graph variant: fp16 | int8 | int8-dynamic | fp8 (ORT), fp16 | fp8 (TensorRT); components "
                    "without it run fp32 (default: the main graphs).")
-@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle (faster load).")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files used (faster first load).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for ONNX Runtime (default: ORT's choice, one per core). On a machine busy with "
                    "other work, fewer threads can be faster.")
@@ -131,12 +134,14 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
         res.save(path, stems_dir=(stems if len(results) == 1 else (stems / str(i) if stems else None)))
         for note in res.notes:
             click.echo(f"note: {note}", err=True)
-        click.echo(f"wrote {path} and {path.with_suffix('.wav')} ({res.seconds:.2f} s, {res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz)")
+        click.echo(f"wrote {path} and {path.with_suffix('.wav')} ({res.seconds:.2f} s, "
+                   f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz)")
 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
+              help="Bundle folder to write.")
 @click.option("--precision", default="fp32", show_default=True,
               help="Comma list of fp32, fp16, int8 (writes int8 static and int8-dynamic), int8-dynamic, fp8; "
                    "fp32 is always the main graph, the others become variants.")
@@ -149,7 +154,8 @@ def export(checkpoint, output, precision, custom_op):
     try:
         from export.bundle_writer import export_bundle
     except ImportError as e:
-        raise HarmonyError(f"export needs the training extra ({e.name} missing): pip install 'harmony-rt[train]'") from None
+        raise HarmonyError(f"export needs the training extra ({e.name} missing): "
+                           "pip install 'harmony-rt[train]'") from None
     if not Path(checkpoint).is_dir():
         raise HarmonyError(f"checkpoint folder not found: {checkpoint}")
     logging.getLogger("export").setLevel(logging.INFO)
@@ -164,14 +170,15 @@ def info(bundle):
     """Show a bundle's model, geometry, components and parity (default: the shipped one); checks every file's sha256."""
     from .bundle import Bundle, default_bundle_path
 
-    b = Bundle.load(bundle or default_bundle_path())
+    b = Bundle.load(bundle or default_bundle_path()).verify_all()
     m = b.manifest
     click.echo(f"bundle   {b.path}\nvariant  {b.variant}\nformat   {m['format_version']}")
     click.echo("geometry " + json.dumps(m["geometry"]))
     click.echo("sampling " + json.dumps({k: v for k, v in m["sampling"].items() if k != "time"}))
     for name, c in m["components"].items():
         size = b.component_path(name).stat().st_size
-        click.echo(f"  {name:15s} {c['precision']:5s} {size / 1e6:7.2f} MB  parity {c.get('parity_max_abs_err', float('nan')):.1e}")
+        click.echo(f"  {name:15s} {c['precision']:5s} {size / 1e6:7.2f} MB  "
+                   f"parity {c.get('parity_max_abs_err', float('nan')):.1e}")
         for prec in list(c.get("variants") or {}):
             vsize = b.component_path(name, prec).stat().st_size
             click.echo(f"  {'':15s} {prec:5s} {vsize / 1e6:7.2f} MB  (variant)")
@@ -204,7 +211,9 @@ def build(bundle, precision, max_frames, max_batch, force, plugin, dry_run):
         click.echo(f"engine {path}")
 
 
-from .bench import bench_command; main.add_command(bench_command, "bench")  # noqa: E402, E702  (harmony_rt/bench.py)
+from .bench import bench_command  # noqa: E402  (harmony_rt/bench.py)
+
+main.add_command(bench_command, "bench")
 
 if __name__ == "__main__":
     main()

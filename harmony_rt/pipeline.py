@@ -314,7 +314,8 @@ class Pipeline:
                 if given_frames.ndim != 4:
                     raise HarmonyError(f"video must be frames [T, H, W, 3], got shape {given_frames.shape}")
             else:
-                given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, g.max_latent_frames * g.video_t_stride)
+                given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width,
+                                                        g.max_latent_frames * g.video_t_stride)
                 notes += vnotes
             seconds = seconds if seconds is not None else given_frames.shape[0] / g.fps
         if seconds is None:
@@ -389,11 +390,15 @@ class Pipeline:
         null_v = rows(self.encode_frames(np.repeat(still[None], clip.FP, axis=0)))
         return _Held(audio, video, image, null_v, null_a)
 
-    def _sample(self, run: _Settings, clip: _Clip, held: _Held, cond, uncond, progress) -> tuple[np.ndarray, np.ndarray]:
-        """The ODE loop from noise (sample i seeded by (seed, i)) to latents: z_v [B, C_v, F, h, w], z_a [B, S, T, C_a]."""
+    def _sample(self, run: _Settings, clip: _Clip, held: _Held,
+                cond, uncond, progress) -> tuple[np.ndarray, np.ndarray]:
+        """The ODE loop from noise (sample i seeded by (seed, i)) to latents: z_v [B, C_v, F, h, w],
+        z_a [B, S, T, C_a]."""
         B, seed = run.B, run.seed
-        noise_v = np.stack([np.random.default_rng([seed, i]).standard_normal(held.null_v.shape[1:], np.float32) for i in range(B)])
-        noise_a = np.stack([np.random.default_rng([seed, i, 1]).standard_normal(held.null_a.shape[1:], np.float32) for i in range(B)])
+        noise_v = np.stack([np.random.default_rng([seed, i]).standard_normal(held.null_v.shape[1:], np.float32)
+                            for i in range(B)])
+        noise_a = np.stack([np.random.default_rng([seed, i, 1]).standard_normal(held.null_a.shape[1:], np.float32)
+                            for i in range(B)])
         z_v = held.video if held.video is not None else noise_v
         z_a = held.audio if held.audio is not None else noise_a
         shift = self.bundle.sampling["shift"]
@@ -423,7 +428,8 @@ class Pipeline:
         if held.image is not None:
             z_v[:, :, :1] = held.image[:, :, :1]
         if cache is not None:
-            clip.notes.append(f"step cache {run.step_cache:g}: {cache.computed} of {run.steps} steps called the denoiser")
+            clip.notes.append(f"step cache {run.step_cache:g}: {cache.computed} of {run.steps} steps "
+                              "called the denoiser")
         return z_v, z_a
 
     def _results(self, run: _Settings, clip: _Clip, z_v: np.ndarray, z_a: np.ndarray) -> list[GenerationResult]:

@@ -44,7 +44,8 @@ class SplitStore:
 
     def __init__(self, path: Path, context: dict):
         self.path = Path(path)
-        self.context = {**context, "cpu": cpu_model() or platform.processor() or platform.machine(), "cores": os.cpu_count()}
+        self.context = {**context, "cpu": cpu_model() or platform.processor() or platform.machine(),
+                        "cores": os.cpu_count()}
         self._lock = threading.Lock()
 
     @classmethod

@@ -47,5 +47,6 @@ class TextTokenizer:
             unknown = sorted({tok for tok, i in zip(enc.tokens, enc.ids) if i == self.unk_id})
             if unknown:
                 shown = "".join(text[a:b] + " " for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id)
-                log.warning("%s: %d unknown token(s) the model has never seen: %s", self.what, len(unknown), shown.strip())
+                log.warning("%s: %d unknown token(s) the model has never seen: %s", self.what, len(unknown),
+                            shown.strip())
         return pad_ids([e.ids for e in encs])

@@ -14,14 +14,16 @@ PY = sys.executable
 
 
 def cli(*args, **kw):
-    return subprocess.run([PY, "-m", "harmony_rt.cli", *map(str, args)], capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run([PY, "-m", "harmony_rt.cli", *map(str, args)], capture_output=True, text=True, timeout=300,
+                          **kw)
 
 
 def test_generate_writes_mp4_and_never_imports_torch(tiny_bundle, tmp_path):
     out = tmp_path / "o.mp4"
     code = (
         "import sys; from harmony_rt.cli import main\n"
-        f"try:\n    main(['generate', 'a red ball bounces twice', '--bundle', {str(tiny_bundle)!r}, '--steps', '3', '-o', {str(out)!r}, '--quiet'])\n"
+        f"try:\n    main(['generate', 'a red ball bounces twice', '--bundle', {str(tiny_bundle)!r}, '--steps', '3', "
+        f"'-o', {str(out)!r}, '--quiet'])\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
         "assert not bad, bad\nprint('NO_TORCH')\n"
@@ -30,7 +32,6 @@ def test_generate_writes_mp4_and_never_imports_torch(tiny_bundle, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "NO_TORCH" in r.stdout
     man = json.loads((tiny_bundle / "manifest.json").read_text())
-    g = man["geometry"]
     seconds = man["sampling"]["seconds"]
     info = probe(out)
     assert info["video"] and info["audio"]
@@ -127,6 +128,15 @@ def test_info_on_bundle(tiny_bundle):
     assert r.returncode == 0 and "denoiser" in r.stdout
 
 
+def test_info_checks_every_file(tiny_bundle, tmp_path):
+    """`info` hashes every file, tokenizers included (generate hashes only what it runs)."""
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    tok = b / "tokenizer_text.json"
+    tok.write_text(tok.read_text() + " ")  # still valid JSON, other bytes
+    _assert_clean_error(cli("info", b), tmp_path, "tokenizer_text.json: sha256 mismatch")
+
+
 def test_size_row_without_torch_compares_nothing(monkeypatch):
     """In a runtime-only venv `harmony-rt bench` states torch is absent instead of a 1.00x 'comparison'."""
     from harmony_rt import bench
@@ -149,7 +159,8 @@ def test_bench_command_prints_a_table_and_writes_json(tiny_bundle, tmp_path):
     from harmony_rt.cli import main
 
     out = tmp_path / "bench.json"
-    r = CliRunner().invoke(main, ["bench", "--bundle", str(tiny_bundle), "--quick", "--rounds", "1", "--json", str(out)])
+    r = CliRunner().invoke(main, ["bench", "--bundle", str(tiny_bundle), "--quick", "--rounds", "1",
+                                  "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert "other processes at start" in r.output and "| group" in r.output
     run = json.loads(out.read_text())

@@ -135,7 +135,7 @@ def test_python_op_is_the_reference(window):
 def test_ort_backend_never_picks_the_plugin_graph(plugin_bundle):
     from export.custom_op import PLUGIN_VARIANT
 
-    b = Bundle.load(plugin_bundle)  # verifies the plugin graph's sha256 too
+    b = Bundle.load(plugin_bundle).verify_all()  # the plugin graph's sha256 too
     assert PLUGIN_VARIANT in b.precisions("denoiser")
     assert OrtBackend(b).graph_precision["denoiser"] == "fp32"
     with pytest.raises(HarmonyError, match=f"no {PLUGIN_VARIANT} graphs"):
@@ -163,7 +163,7 @@ def _entry(bundle, key):
 
 
 def test_fp16_plugin_variant_recorded(fp16_plugin_bundle, model):
-    b = Bundle.load(fp16_plugin_bundle)  # verifies every variant's sha256 and graph I/O
+    b = Bundle.load(fp16_plugin_bundle).verify_all()  # every variant's graph I/O and sha256
     assert {"fp32-plugin", "fp16", "fp16-plugin"} <= set(b.precisions("denoiser"))
     v = _entry(fp16_plugin_bundle, "fp16-plugin")
     n_nodes = model.cfg.layers + 2 * len(model.denoiser.gldi)

@@ -220,8 +220,12 @@ def test_select_graph_verifies_variants_and_sandbox(bundle):
 def test_external_data_changes_the_digest(bundle):
     comp = bundle.manifest["components"]["text_encoder"]
     before = graphs.select_graph(bundle, "text_encoder", "fp16").digest
-    comp["external_data"] = [{"file": "w.bin", "sha256": "0" * 64}]
+    (bundle.path / "w.bin").write_bytes(b"weights")
+    comp["external_data"] = [{"file": "w.bin", "sha256": _sha(b"weights")}]
     assert graphs.select_graph(bundle, "text_encoder", "fp16").digest != before
+    comp["external_data"] = [{"file": "w.bin", "sha256": _sha(b"other weights")}]  # checked again, refused
+    with pytest.raises(BundleError, match="w.bin: sha256 mismatch"):
+        graphs.select_graph(bundle, "text_encoder", "fp16")
 
 
 def _add_variant(bundle, component, key, data: bytes, **fields) -> None:

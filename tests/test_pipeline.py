@@ -21,9 +21,9 @@ def _state(pipe, B=2, F=2, seed=0):
     caps, m = pipe._captions(["a red ball bounces twice", "two knocks", ""])
     sp, spm = pipe._speech(["hello", ""])
     rep = lambda x: np.repeat(x, B, 0)  # noqa: E731
-    cond = dict(text_emb=rep(caps[:1]), text_mask=rep(m[:1]), audio_text_emb=rep(caps[1:2]), audio_text_mask=rep(m[1:2]),
-                speech_emb=rep(sp[:1]), speech_mask=rep(spm[:1]), ref_latent=np.zeros((B, 1, g.C_a), np.float32),
-                ref_mask=np.zeros((B, 1), np.float32))
+    cond = dict(text_emb=rep(caps[:1]), text_mask=rep(m[:1]), audio_text_emb=rep(caps[1:2]),
+                audio_text_mask=rep(m[1:2]), speech_emb=rep(sp[:1]), speech_mask=rep(spm[:1]),
+                ref_latent=np.zeros((B, 1, g.C_a), np.float32), ref_mask=np.zeros((B, 1), np.float32))
     z_v = rng.standard_normal((B, g.C_v, F, g.H_lat, g.W_lat)).astype(np.float32)
     z_a = rng.standard_normal((B, g.S, T, g.C_a)).astype(np.float32)
     return cond, z_v, z_a
@@ -35,7 +35,10 @@ def test_syncfg_on_the_real_graph_equals_eq_9_10(pipe):
     B = z_v.shape[0]
     null_v, null_a = np.zeros_like(z_v) + 0.1, np.zeros_like(z_a) - 0.2
     t = np.full(B, 0.7, np.float32)
-    run = lambda zv, za, tv, ta: pipe.backend.run("denoiser", dict(video_latent=zv, audio_latent=za, t_video=tv, t_audio=ta, **cond))  # noqa: E731
+
+    def run(zv, za, tv, ta):
+        return pipe.backend.run("denoiser", dict(video_latent=zv, audio_latent=za, t_video=tv, t_audio=ta, **cond))
+
     joint = run(z_v, z_a, t, t)
     mute = run(z_v, null_a, t, np.zeros(B, np.float32))
     static = run(null_v, z_a, np.zeros(B, np.float32), t)

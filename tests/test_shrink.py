@@ -17,7 +17,7 @@ def test_shrink_stores_fp16_weights_within_tolerance(tiny_bundle, tmp_path):
     out = shrink_bundle(tiny_bundle, tmp_path / "small")
     manifest = json.loads((out / "manifest.json").read_text())
     src = Bundle.load(tiny_bundle)
-    small = Bundle.load(out)  # verifies every sha256
+    small = Bundle.load(out).verify_all()  # every sha256
     for name, comp in manifest["components"].items():
         assert comp["weight_storage"] == "fp16" and comp["weight_storage_max_abs_err"] <= FP16_STORAGE_TOLERANCE
         assert "variants" not in comp

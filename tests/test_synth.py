@@ -10,8 +10,17 @@ import pytest
 
 from harmony_rt import sync
 from train.data import (
-    CANONICAL_PROMPT, SPEAKERS, SynthConfig, cached_dataset, canonical_clip, caption_vocabulary, have_espeak,
-    make_clip, make_dataset, speaker_clips, transcript_charset,
+    CANONICAL_PROMPT,
+    SPEAKERS,
+    SynthConfig,
+    cached_dataset,
+    canonical_clip,
+    caption_vocabulary,
+    have_espeak,
+    make_clip,
+    make_dataset,
+    speaker_clips,
+    transcript_charset,
 )
 from train.data import speech as speech_mod
 from train.data.synth import COLOURS, COUNT_WORDS

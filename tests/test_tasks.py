@@ -101,8 +101,10 @@ def test_english_and_chinese_transcripts_and_unknown_characters(pipe, caplog):
 
 
 def test_separate_captions(pipe):
-    a = pipe.generate("x", video_caption="a red ball bounces twice", audio_caption="two wooden knocks", steps=2, seconds=1.0)
-    b = pipe.generate("x", video_caption="a red ball bounces twice", audio_caption="a single metallic clang", steps=2, seconds=1.0)
+    a = pipe.generate("x", video_caption="a red ball bounces twice", audio_caption="two wooden knocks", steps=2,
+                      seconds=1.0)
+    b = pipe.generate("x", video_caption="a red ball bounces twice", audio_caption="a single metallic clang", steps=2,
+                      seconds=1.0)
     assert not np.array_equal(a.audio, b.audio)
 
 
@@ -113,7 +115,8 @@ def _write_png16(path, h=8, w=8):
     raw = b"".join(b"\x00" + b"\x12\x34" * w for _ in range(h))
     def chunk(t, d):
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     path.write_bytes(png)
 
 

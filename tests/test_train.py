@@ -134,7 +134,8 @@ def test_stop_after_and_keep_every_split_a_run_into_resumable_parts(tiny_checkpo
 def test_size_registry():
     assert {"tiny", "demo", "harmony-5b"} <= set(SIZES)
     big = get_config("harmony-5b")
-    assert (big.video_dim, big.video_ffn, big.layers, big.video_heads, big.C_v, big.C_a) == (3072, 14336, 30, 24, 48, 20)
+    assert ((big.video_dim, big.video_ffn, big.layers, big.video_heads, big.C_v, big.C_a)
+            == (3072, 14336, 30, 24, 48, 20))
     assert abs(big.sample_rate / big.audio_hop - 31.25) < 1e-9
 
 

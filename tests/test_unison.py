@@ -61,7 +61,8 @@ def _batch(cfg, B=2, F=3):
         speech_emb=torch.randn(B, 6, cfg.speech_dim, generator=g), speech_mask=torch.ones(B, 6),
         ref_latent=torch.randn(B, 2, cfg.C_a, generator=g), ref_mask=torch.ones(B, 2),
     )
-    return CTSBatch(torch.randn(B, cfg.C_v, F, *cfg.video_latent_hw, generator=g), torch.randn(B, 2, T, cfg.C_a, generator=g), cond)
+    return CTSBatch(torch.randn(B, cfg.C_v, F, *cfg.video_latent_hw, generator=g),
+                    torch.randn(B, 2, T, cfg.C_a, generator=g), cond)
 
 
 def test_unison_training_step_decreases_loss():

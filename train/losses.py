@@ -127,5 +127,6 @@ def forcing_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, progress: float,
     err_v = ((pv - (eps_v - z_v)) ** 2).flatten(1).mean(1)  # [B]
     err_streams = ((pa - (eps_a - z_a)) ** 2).flatten(2).mean(2)  # [B, S]: one loss per stream
     loss = (w_v * err_v).mean() + (w_a[:, None] * err_streams).sum(1).mean()
-    logs = {"video": err_v.mean().item(), **{f"stream{k}": err_streams[:, k].mean().item() for k in range(z_a.shape[1])}}
+    logs = {"video": err_v.mean().item(),
+            **{f"stream{k}": err_streams[:, k].mean().item() for k in range(z_a.shape[1])}}
     return loss, logs

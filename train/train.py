@@ -143,7 +143,8 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
         fr = frames[idx]  # [B, 3, FP, H, W]
         if tc.ae_frames and tc.ae_frames < fr.shape[2]:
             n = max(cfg.video_t_stride, tc.ae_frames // cfg.video_t_stride * cfg.video_t_stride)
-            f0 = int(torch.randint((fr.shape[2] - n) // cfg.video_t_stride + 1, (1,), generator=gen)) * cfg.video_t_stride
+            f0 = int(torch.randint((fr.shape[2] - n) // cfg.video_t_stride + 1, (1,),
+                                   generator=gen)) * cfg.video_t_stride
             fr = fr[:, :, f0 : f0 + n]
         rec_v = model.video_ae.decoder(model.video_ae.encoder(fr))
         lv = F.mse_loss(torch.tanh(rec_v), fr)
@@ -217,7 +218,8 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
     s_ids, s_mask = _tokens(sp, trans, cfg.max_speech_chars)
     # reference: a 1-2 s crop of the mix (stage 1, 3: same clip; stage 2: another clip of the same speaker)
     lat_per_s = cfg.sample_rate / cfg.audio_hop
-    R = int(lat_per_s * (tc.ref_seconds[0] + (tc.ref_seconds[1] - tc.ref_seconds[0]) * torch.rand(1, generator=gen).item()))
+    R = int(lat_per_s * (tc.ref_seconds[0]
+                         + (tc.ref_seconds[1] - tc.ref_seconds[0]) * torch.rand(1, generator=gen).item()))
     refs, rmask = [], []
     for it in items:
         src = it
@@ -414,7 +416,8 @@ def main(argv=None):
     if a.unison:
         overrides["audio_streams"] = 2
     tc = TrainConfig(
-        size=a.size, clips=a.clips, seconds=a.seconds, kinds=tuple(a.kinds.split(",")), ae_steps=a.ae_steps, ae_frames=a.ae_frames,
+        size=a.size, clips=a.clips, seconds=a.seconds, kinds=tuple(a.kinds.split(",")),
+        ae_steps=a.ae_steps, ae_frames=a.ae_frames,
         steps=a.steps, batch=a.batch, lr=a.lr, ema_decay=a.ema, use_cts=not a.no_cts, cts_frac=a.cts_frac,
         stage_fractions=_fractions(a.stages), seed=a.seed, ckpt_every=a.ckpt_every,
         keep_every=a.keep_every, stop_after=a.stop_after,

@@ -35,7 +35,10 @@ def rope_aligned_attention(q, k, v, cos_q, sin_q, cos_k, sin_k, t_q, t_k, window
     """
     q = np.asarray(q)
     out_dtype = q.dtype
-    f = lambda a: np.asarray(a, np.float64)
+
+    def f(a):
+        return np.asarray(a, np.float64)
+
     q, k, v = f(q), f(k), f(v)
     D = q.shape[-1]
     if D % 2 or k.shape[-1] != D or v.shape[-1] != D:

@@ -25,7 +25,7 @@ SLACK = 1e-6  # same window slack as reference.py / rope_attention_core.h
 def rope_attn_fwd(
     Q, K, V, COS_Q, SIN_Q, COS_K, SIN_K, T_Q, T_K,  # q/k/v [N,H,L,D] contiguous; tables [L, D/2]; t [L]
     H, Lq, Lk,  # int32
-    O,  # out [N,H,Lq,D]
+    O,  # out [N,H,Lq,D]  # noqa: E741 (named in trt_plugin.kernel_signature / KERNEL_OUTPUTS)
     HALF: tl.constexpr,  # D / 2
     HALF_P: tl.constexpr,  # HALF rounded up to a power of two (>= 16 for tl.dot on GPUs)
     BLOCK_M: tl.constexpr,
@@ -134,7 +134,10 @@ def rope_aligned_attention(q, k, v, cos_q, sin_q, cos_k, sin_k, t_q, t_k, window
         raise ValueError("rotary tables must be [Lq, D/2] and [Lk, D/2]")
     if t_q.shape != (Lq,) or t_k.shape != (Lk,):
         raise ValueError("t_q, t_k must be [Lq] and [Lk]")
-    f32 = lambda x: x.contiguous().to(torch.float32)
+
+    def f32(x):
+        return x.contiguous().to(torch.float32)
+
     q, k, v = q.contiguous(), k.contiguous().to(q.dtype), v.contiguous().to(q.dtype)
     if out is None:
         out = torch.empty_like(q)

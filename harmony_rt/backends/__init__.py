@@ -5,7 +5,6 @@ from __future__ import annotations
 from ..errors import HarmonyError
 from .base import Backend
 
-
 TENSORRT_PRECISIONS = (None, "fp16", "fp8")  # what engines are built in (engines/build.py)
 
 

@@ -30,12 +30,14 @@ def default_providers() -> list[str]:
 
 def check_io(session: ort.InferenceSession, spec: ComponentSpec, where: str) -> None:
     """Refuse a graph whose inputs / outputs disagree with the contract (names, types, ranks, fixed dims)."""
-    for kind, got, want in (("input", session.get_inputs(), spec.inputs), ("output", session.get_outputs(), spec.outputs)):
+    sides = (("input", session.get_inputs(), spec.inputs), ("output", session.get_outputs(), spec.outputs))
+    for kind, got, want in sides:
         if [g.name for g in got] != [w.name for w in want]:
             raise BundleError(f"{where}: graph {kind}s {[g.name for g in got]} != manifest {[w.name for w in want]}")
         for g, w in zip(got, want):
             if g.type != _NP.get(w.dtype) or len(g.shape) != len(w.shape):
-                raise BundleError(f"{where}: {kind} {g.name} is {g.type}{g.shape}, manifest says {w.dtype}{list(w.shape)}")
+                raise BundleError(f"{where}: {kind} {g.name} is {g.type}{g.shape}, "
+                                  f"manifest says {w.dtype}{list(w.shape)}")
             for gd, wd in zip(g.shape, w.shape):
                 if isinstance(wd, int) and isinstance(gd, int) and gd != wd:
                     raise BundleError(f"{where}: {kind} {g.name} has shape {g.shape}, manifest says {list(w.shape)}")

@@ -2,8 +2,17 @@
 
 from .speech import SPEAKERS, Speaker, have_espeak
 from .synth import (
-    CANONICAL_PROMPT, KINDS, Clip, SynthConfig, cached_dataset, canonical_clip, caption_vocabulary, make_clip,
-    make_dataset, speaker_clips, transcript_charset,
+    CANONICAL_PROMPT,
+    KINDS,
+    Clip,
+    SynthConfig,
+    cached_dataset,
+    canonical_clip,
+    caption_vocabulary,
+    make_clip,
+    make_dataset,
+    speaker_clips,
+    transcript_charset,
 )
 
 __all__ = [

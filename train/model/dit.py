@@ -14,7 +14,6 @@ from torch import nn
 
 from ..configs import HarmonyConfig
 from . import layers
-from .unison import BiACA, SemanticGates
 from .layers import (
     CrossAttention,
     FeedForward,
@@ -28,7 +27,7 @@ from .layers import (
     rope_table_3d,
     sdpa,
 )
-
+from .unison import BiACA, SemanticGates
 
 # GLDI's +-window attention computed block by block (each video frame with the audio frames of its window,
 # each group of audio frames with its window of video frames) instead of as a mask over full attention.
@@ -61,8 +60,8 @@ def _rope_node() -> bool:
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """layers.apply_rope: x [N, H, L, D] rotated by tables [L, D/2] ("half" convention)."""
     if _rope_node():
-        n, _, l, _ = x.shape
-        ids = torch.arange(l, device=x.device)[None].expand(n, l)
+        n, _, L, _ = x.shape
+        ids = torch.arange(L, device=x.device)[None].expand(n, L)
         return torch.onnx.ops.rotary_embedding(x, cos, sin, ids)
     return apply_rope(x, cos, sin)
 

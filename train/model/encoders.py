@@ -20,11 +20,11 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x, bias):  # x [N, L, D], bias [N, 1, 1, L]
         h = self.norm1(x)
-        n, l, d = h.shape
+        n, L, d = h.shape
         q, k, v = nn.functional.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1)
-        split = lambda z: z.reshape(n, l, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        split = lambda z: z.reshape(n, L, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
         a = sdpa(split(q), split(k), split(v), bias)
-        x = x + self.attn.out_proj(a.transpose(1, 2).reshape(n, l, d))
+        x = x + self.attn.out_proj(a.transpose(1, 2).reshape(n, L, d))
         return x + self.ffn(self.norm2(x))
 
 

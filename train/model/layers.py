@@ -133,13 +133,13 @@ class Heads(nn.Module):
         self.heads = heads
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
-        n, l, d = x.shape
-        return x.reshape(n, l, self.heads, d // self.heads).transpose(1, 2)
+        n, L, d = x.shape
+        return x.reshape(n, L, self.heads, d // self.heads).transpose(1, 2)
 
     @staticmethod
     def merge(x: torch.Tensor) -> torch.Tensor:
-        n, h, l, d = x.shape
-        return x.transpose(1, 2).reshape(n, l, h * d)
+        n, h, L, d = x.shape
+        return x.transpose(1, 2).reshape(n, L, h * d)
 
 
 class CrossAttention(nn.Module):
