@@ -137,6 +137,15 @@ def test_info_checks_every_file(tiny_bundle, tmp_path):
     _assert_clean_error(cli("info", b), tmp_path, "tokenizer_text.json: sha256 mismatch")
 
 
+def test_closed_stdout_stops_quietly(tiny_bundle):
+    """`harmony-rt info | head -1`: the reader going away ends the command as SIGPIPE would, with no error."""
+    proc = subprocess.Popen([PY, "-m", "harmony_rt.cli", "info", str(tiny_bundle)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command writes anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141 and err == "", err
+
+
 def test_size_row_without_torch_compares_nothing(monkeypatch):
     """In a runtime-only venv `harmony-rt bench` states torch is absent instead of a 1.00x 'comparison'."""
     from harmony_rt import bench
