@@ -180,11 +180,11 @@ def info(bundle):
     click.echo("sampling " + json.dumps({k: v for k, v in m["sampling"].items() if k != "time"}))
     for name, c in m["components"].items():
         size = b.component_path(name).stat().st_size
-        click.echo(f"  {name:15s} {c['precision']:5s} {size / 1e6:7.2f} MB  "
+        click.echo(f"  {name:15s} {c['precision']:12s} {size / 1e6:7.2f} MB  "
                    f"parity {c.get('parity_max_abs_err', float('nan')):.1e}")
         for prec in list(c.get("variants") or {}):
             vsize = b.component_path(name, prec).stat().st_size
-            click.echo(f"  {'':15s} {prec:5s} {vsize / 1e6:7.2f} MB  (variant)")
+            click.echo(f"  {'':15s} {prec:12s} {vsize / 1e6:7.2f} MB  (variant)")
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))

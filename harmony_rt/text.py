@@ -39,14 +39,15 @@ class TextTokenizer:
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         encs = self.tok.encode_batch(list(texts))
+        warned = set()
         for text, enc in zip(texts, encs):
             if len(enc.ids) > self.max_len:
                 raise HarmonyError(
                     f"{self.what} is too long: {len(enc.ids)} tokens, the bundle allows {self.max_len}: {text[:40]!r}"
                 )
-            unknown = sorted({tok for tok, i in zip(enc.tokens, enc.ids) if i == self.unk_id})
-            if unknown:
-                shown = "".join(text[a:b] + " " for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id)
-                log.warning("%s: %d unknown token(s) the model has never seen: %s", self.what, len(unknown),
-                            shown.strip())
+            # the words behind [UNK] ids, each once; a text given twice (video and audio caption) warns once
+            unknown = list(dict.fromkeys(text[a:b] for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id))
+            if unknown and text not in warned:
+                warned.add(text)
+                log.warning("%s: %d word(s) the model has never seen: %s", self.what, len(unknown), " ".join(unknown))
         return pad_ids([e.ids for e in encs])

@@ -406,3 +406,16 @@ def test_replace_dir_swaps_and_leaves_nothing_behind(tmp_path, monkeypatch, exch
     (src / "again.txt").write_text("x")
     hb.replace_dir(src, tmp_path / "fresh")  # no target yet: a plain rename
     assert (tmp_path / "fresh" / "again.txt").exists() and not src.exists()
+
+
+def test_unknown_words_warn_once_by_name(caplog):
+    """Words outside the caption vocabulary are named, counted, and warned about once per text, though the
+    pipeline encodes the prompt twice (video and audio caption)."""
+    from harmony_rt.bundle import default_bundle_path
+    from harmony_rt.text import TextTokenizer
+
+    tok = TextTokenizer(default_bundle_path() / "tokenizer_text.json", 32, "caption")
+    with caplog.at_level("WARNING", logger="harmony_rt.text"):
+        tok.encode(["a zyzzyva qwxv zyzzyva", "a zyzzyva qwxv zyzzyva", ""])
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["caption: 2 word(s) the model has never seen: zyzzyva qwxv"], msgs
