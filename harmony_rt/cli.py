@@ -118,7 +118,12 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     from .pipeline import Pipeline
 
     _check_output(output)
+    if stems is not None and stems.exists() and not stems.is_dir():
+        raise HarmonyError(f"--stems {stems}: not a folder")
     pipe = Pipeline.from_bundle(bundle, verify=not no_verify, backend=backend, precision=precision, threads=threads)
+    if stems is not None and pipe.geometry.S < 2:
+        raise HarmonyError(f"--stems needs a Unison bundle (speech and sound streams); {pipe.bundle.path} has one "
+                           "audio stream")
     bar = None
 
     def progress(done, total):  # the bar starts with the first step, after the inputs were validated

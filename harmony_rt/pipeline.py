@@ -68,8 +68,8 @@ def _check_number(name: str, value, lo: float, hi: float, integer: bool = False)
     if ok and integer:
         ok = float(value).is_integer()
     if not ok or not lo <= value <= hi:
-        kind = "an integer" if integer else "a number"
-        raise HarmonyError(f"{name} must be {kind} in [{lo:g}, {hi:g}], got {value!r}")
+        kind, bounds = ("an integer", f"[{int(lo)}, {int(hi)}]") if integer else ("a number", f"[{lo:g}, {hi:g}]")
+        raise HarmonyError(f"{name} must be {kind} in {bounds}, got {value!r}")
     return int(value) if integer else float(value)
 
 

@@ -146,6 +146,16 @@ def test_closed_stdout_stops_quietly(tiny_bundle):
     assert proc.wait(timeout=300) == 141 and err == "", err
 
 
+def test_stems_refused_up_front(tiny_bundle, tmp_path):
+    """--stems on a one-stream bundle, or naming a file, is refused before generating (it wrote nothing)."""
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "o.mp4", "--stems", tmp_path / "s")
+    _assert_clean_error(r, tmp_path, "--stems needs a Unison bundle")
+    (tmp_path / "f").write_text("")
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "o.mp4", "--stems", tmp_path / "f")
+    _assert_clean_error(r, tmp_path, "not a folder")
+    assert not (tmp_path / "s").exists()
+
+
 def test_size_row_without_torch_compares_nothing(monkeypatch):
     """In a runtime-only venv `harmony-rt bench` states torch is absent instead of a 1.00x 'comparison'."""
     from harmony_rt import bench
