@@ -199,10 +199,11 @@ def session_options(bundle: Bundle, threads: int | None, **variant):
               "disabled": opt.ORT_DISABLE_ALL}
     if "level" in variant:
         so.graph_optimization_level = levels[variant["level"]]
-    if "spinning" in variant:
+    if "spinning" in variant and variant.get("stock"):  # OrtBackend.options() above already set it otherwise
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if variant["spinning"] else "0")
     if "spin_us" in variant:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        if variant.get("stock"):
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1")
         so.add_session_config_entry("session.intra_op.spin_duration_us", str(int(variant["spin_us"])))
     if "block_base" in variant:
         so.add_session_config_entry("session.dynamic_block_base", str(int(variant["block_base"])))
