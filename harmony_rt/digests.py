@@ -1,14 +1,15 @@
 """sha256 digests of bundle files, remembered across processes while a file stays unchanged.
 
-A bundle's files are checked against the manifest's sha256 before they are used (harmony_rt.bundle). Hashing
-runs at ~0.5 GB/s here (0.5 s for the 282 MB bench-large bundle; a 20 GB model would take ~40 s), and every
-`harmony-rt generate` process paid it. A digest is reused only while the file's (device, inode, size, mtime,
-ctime) are those it was computed under: writing the file or resetting its mtime with utime changes its ctime,
-which user space cannot set back on local file systems, and a file renamed over it has another inode. As git
-does for its index, a file changed less than `RACY_S` seconds before hashing began is not remembered (a
-same-size rewrite inside the file system's timestamp granularity could otherwise keep its stamps), nor one
-whose stamps changed while it was being hashed. A stored digest that disagrees with the manifest is never
-trusted: the file is hashed again before it is refused.
+A bundle's files are checked against the manifest's sha256 before they are used (harmony_rt.bundle). Hashing a
+file runs at 1.1-1.3 GB/s on the AMD dev VM when it is in the page cache and 0.3 GB/s when it is read from
+disk (0.2-1 s for the 282 MB bench-large denoiser; a 20 GB model would take 15-70 s), and every `harmony-rt
+generate` process paid it. A digest is reused only while the file's (device, inode, size, mtime, ctime) are
+those it was computed under: writing the file or resetting its mtime with utime changes its ctime, which user
+space cannot set back on local file systems, and a file renamed over it has another inode. As git does for its
+index, a file changed less than `RACY_S` seconds before hashing began is not remembered (a same-size rewrite
+inside the file system's timestamp granularity could otherwise keep its stamps), nor one whose stamps changed
+while it was being hashed. A stored digest that disagrees with the manifest is never trusted: the file is
+hashed again before it is refused.
 
 Known limit: where stamps can repeat for different contents (file system images built with fixed mtimes
 and inode numbers, some FUSE / network file systems), a file corrupted in a way that keeps every stamp
