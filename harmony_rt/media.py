@@ -30,6 +30,7 @@ WAV_SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 AAC_FALLBACK_RATE = 48000
 # AAC decoders emit up to one frame of padding past the muxed duration; trim at most this much to it.
 _MAX_CODEC_PADDING = 2048
+HEAD_MARGIN_S = 1.0  # read_audio(max_seconds=): decoded past the point used, so resampler edges stay out of it
 # 8-bit image pixel formats read_image converts with swscale (besides gray/rgb24/rgba, done by hand).
 _IMAGE_VIA_SWSCALE = {"ya8", "pal8", "monob", "monow", "yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p",
                       "yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuva420p", "bgr24", "bgra", "argb", "abgr"}
@@ -252,13 +253,14 @@ def _audio_to_float(frame: av.AudioFrame) -> np.ndarray:
     raise ValueError(f"unsupported audio sample format {fmt.name}")
 
 
-def read_audio(path: os.PathLike | str, sample_rate: int) -> np.ndarray:
+def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
     """Decode the first audio stream of any PyAV-readable file -> float32 [W] mono at `sample_rate`.
 
     Channels are averaged. At the file's own rate the decoded samples are returned unresampled (bit-exact
     for float wav, int/32768 for 16-bit PCM). Otherwise PyAV's AudioResampler (fltp) converts, and the
     length is set to round(W_in * sample_rate / rate_in). Codec padding past the muxed duration (AAC in
-    mp4) is trimmed.
+    mp4) is trimmed. `max_seconds`: stop decoding HEAD_MARGIN_S past that point, for callers that use only
+    the head of a possibly long file; the first `max_seconds` returned are those a full read gives.
     """
     p = _check_readable(path)
     sample_rate = _positive_int(sample_rate, "sample_rate")
@@ -269,11 +271,15 @@ def read_audio(path: os.PathLike | str, sample_rate: int) -> np.ndarray:
         stream = container.streams.audio[0]
         src_rate = stream.codec_context.sample_rate or stream.sample_rate
         chunks: list[np.ndarray] = []
+        got = 0
         for frame in container.decode(stream):
             if frame.samples:
                 x = _audio_to_float(frame)  # [C, n]
                 chunks.append(x[0] if len(x) == 1 else x.mean(axis=0, dtype=np.float32))
                 src_rate = frame.sample_rate or src_rate
+                got += chunks[-1].size
+                if max_seconds is not None and src_rate and got >= (max_seconds + HEAD_MARGIN_S) * src_rate:
+                    break
         mono = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)  # [W_in]
         if mono.size == 0:
             raise MediaError(_one_line(f"cannot read audio from {p}: no audio samples (zero-length)"))

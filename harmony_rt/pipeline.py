@@ -79,10 +79,14 @@ def _check_text(name: str, value) -> str:
     return value
 
 
-def _audio_input(name: str, x, sample_rate: int) -> np.ndarray:
-    """A path (read and resampled) or a float waveform array [W] at the bundle's rate -> float32 [W]."""
+REF_SECONDS = (0.5, 10.0)  # reference voice lengths accepted (the encoder sees the first max_ref_seconds)
+
+
+def _audio_input(name: str, x, sample_rate: int, max_seconds: float) -> np.ndarray:
+    """A path (read and resampled; a long file only as far as `max_seconds`, all that is used) or a float
+    waveform array [W] at the bundle's rate -> float32 [W]."""
     if isinstance(x, (str, Path)):
-        return media.read_audio(x, sample_rate)
+        return media.read_audio(x, sample_rate, max_seconds=max_seconds)
     if not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind != "f":
         what = f"array of shape {x.shape} and dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
         raise HarmonyError(f"{name} must be a file path or a mono float waveform [samples], got {what}")
@@ -304,7 +308,7 @@ class Pipeline:
         max_s = g.max_latent_frames * g.video_t_stride / g.fps
         given_audio = given_frames = img = None
         if audio is not None:
-            given_audio = _audio_input("audio", audio, g.sample_rate)
+            given_audio = _audio_input("audio", audio, g.sample_rate, max_s)
             if given_audio.size == 0:
                 raise HarmonyError("the driving audio is empty")
             seconds = seconds if seconds is not None else min(max_s, len(given_audio) / g.sample_rate)
@@ -351,10 +355,11 @@ class Pipeline:
         sp_emb, sp_mask = self._speech([speech, ""])  # [2, L, D]: transcript, empty
         ref, ref_mask = np.zeros((1, 1, g.C_a), np.float32), np.zeros((1, 1), np.float32)
         if ref_audio is not None:
-            wav = _audio_input("ref_audio", ref_audio, g.sample_rate)
+            wav = _audio_input("ref_audio", ref_audio, g.sample_rate, REF_SECONDS[1])  # a file: read to 11 s at most
             dur = len(wav) / g.sample_rate
-            if not 0.5 <= dur <= 10.0:
-                raise HarmonyError(f"reference audio must be 0.5-10 s long (1-3 s works best), got {dur:.2f} s")
+            if not REF_SECONDS[0] <= dur <= REF_SECONDS[1]:
+                got = "more than 10 s" if dur > REF_SECONDS[1] else f"{dur:.2f} s"
+                raise HarmonyError(f"reference audio must be 0.5-10 s long (1-3 s works best), got {got}")
             ref = self.encode_audio(wav[: int(sp.get("max_ref_seconds", 3.0) * g.sample_rate)])  # [1, T_ref, C_a]
             ref_mask = np.ones(ref.shape[:2], np.float32)
         rows = functools.partial(_rows, B=B)

@@ -49,5 +49,6 @@ class TextTokenizer:
             unknown = list(dict.fromkeys(text[a:b] for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id))
             if unknown and text not in warned:
                 warned.add(text)
-                log.warning("%s: %d word(s) the model has never seen: %s", self.what, len(unknown), " ".join(unknown))
+                log.warning("%s: %d unknown token(s) the model has never seen: %s", self.what, len(unknown),
+                            " ".join(unknown))
         return pad_ids([e.ids for e in encs])

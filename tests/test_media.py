@@ -231,6 +231,22 @@ def test_read_audio_resamples_and_keeps_pitch(tmp_path):
     assert up.shape == (round(len(src) * 48000 / 22050),)
 
 
+@pytest.mark.parametrize("rate,subtype", [(16000, "PCM_16"), (44100, "PCM_16"), (48000, "FLOAT")])
+def test_read_audio_head_of_a_long_file(tmp_path, rate, subtype):
+    """max_seconds decodes about that much (+ HEAD_MARGIN_S) and gives the same head as a full read, at the
+    file's rate and resampled."""
+    x = (np.random.default_rng(0).standard_normal(rate * 60) * 0.1).astype(np.float32)  # 60 s
+    f = tmp_path / "long.wav"
+    sf.write(f, x, rate, subtype=subtype)
+    full = media.read_audio(f, 16000)
+    head = media.read_audio(f, 16000, max_seconds=2.0)
+    assert len(full) == 60 * 16000
+    assert 2 * 16000 < len(head) < (2 + media.HEAD_MARGIN_S + 0.2) * 16000
+    assert np.array_equal(full[: 2 * 16000], head[: 2 * 16000])
+    short = media.read_audio(f, 16000, max_seconds=100.0)  # longer than the file: everything
+    assert np.array_equal(short, full)
+
+
 def test_read_audio_errors(tmp_path):
     expect_error(media.read_audio, tmp_path / "missing.wav", SR, match="no such file")
     text = tmp_path / "notes.wav"

@@ -418,4 +418,25 @@ def test_unknown_words_warn_once_by_name(caplog):
     with caplog.at_level("WARNING", logger="harmony_rt.text"):
         tok.encode(["a zyzzyva qwxv zyzzyva", "a zyzzyva qwxv zyzzyva", ""])
     msgs = [r.getMessage() for r in caplog.records]
-    assert msgs == ["caption: 2 word(s) the model has never seen: zyzzyva qwxv"], msgs
+    assert msgs == ["caption: 2 unknown token(s) the model has never seen: zyzzyva qwxv"], msgs
+
+
+def test_long_audio_files_are_read_only_as_far_as_used(pipe, tmp_path, monkeypatch):
+    """A2V with a 10-minute file takes its head (as from a full read); a 10-minute reference voice is refused
+    as too long without decoding all of it."""
+    from harmony_rt import media
+
+    g = pipe.geometry
+    x = (np.random.default_rng(1).standard_normal(g.sample_rate * 600) * 0.1).astype(np.float32)
+    f = tmp_path / "long.wav"
+    sf.write(f, x, g.sample_rate, subtype="FLOAT")
+    decoded = []
+    real = media._audio_to_float
+    monkeypatch.setattr(media, "_audio_to_float", lambda fr: decoded.append(fr.samples) or real(fr))
+    a = pipe.generate("a red ball", audio=str(f), steps=1, seed=0)
+    b = pipe.generate("a red ball", audio=x[: g.sample_rate * 20], steps=1, seed=0)  # the same head, in memory
+    assert np.array_equal(a.audio, b.audio) and np.array_equal(a.frames, b.frames)
+    max_s = g.max_latent_frames * g.video_t_stride / g.fps
+    assert sum(decoded) < (max_s + media.HEAD_MARGIN_S + 1) * g.sample_rate  # not 600 s
+    with pytest.raises(HarmonyError, match="got more than 10 s"):
+        pipe.generate("a man speaks", ref_audio=str(f), steps=1)
