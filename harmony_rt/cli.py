@@ -39,7 +39,12 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except BrokenPipeError:  # the reader went away (`harmony-rt info | head`): stop quietly, as on SIGPIPE
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            if debug:
+                raise
+            try:  # no second error when the interpreter flushes stdout at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (embedded, tests)
+                pass
             sys.exit(141)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
@@ -72,6 +77,19 @@ def _check_output(path: Path) -> None:
         raise HarmonyError(f"cannot write {path}: folder {parent} is not writable")
     if path.is_dir():
         raise HarmonyError(f"cannot write {path}: it is a folder")
+
+
+def _check_stems(stems: Path, kw: dict) -> None:
+    """--stems names a folder that exists or can be made (every existing ancestor a writable folder)."""
+    if kw.get("audio") is not None:
+        raise HarmonyError("--stems: with --audio the sound is given, not generated; there are no stems")
+    for p in (stems, *stems.absolute().parents):
+        if p.exists():
+            if not p.is_dir():
+                raise HarmonyError(f"--stems {stems}: {p} is not a folder")
+            if not os.access(p, os.W_OK):
+                raise HarmonyError(f"--stems {stems}: folder {p} is not writable")
+            return
 
 
 @main.command()
@@ -118,8 +136,8 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     from .pipeline import Pipeline
 
     _check_output(output)
-    if stems is not None and stems.exists() and not stems.is_dir():
-        raise HarmonyError(f"--stems {stems}: not a folder")
+    if stems is not None:
+        _check_stems(stems, kw)
     pipe = Pipeline.from_bundle(bundle, verify=not no_verify, backend=backend, precision=precision, threads=threads)
     if stems is not None and pipe.geometry.S < 2:
         raise HarmonyError(f"--stems needs a Unison bundle (speech and sound streams); {pipe.bundle.path} has one "

@@ -114,16 +114,16 @@ class DigestCache:
         return self._digest(path, reuse=False)[0] == expected
 
     def _stale_reuse(self) -> bool:
-        """Whether a digest reused here sits in the older half of the store (the half dropped first)."""
+        """Whether a digest reused here is within MAX_ENTRIES // 2 new entries of being dropped."""
         if not self._reused or self._entries is None:
             return False
-        older = list(self._entries)[: len(self._entries) // 2]
+        older = list(self._entries)[: max(0, len(self._entries) - MAX_ENTRIES // 2)]
         return not self._reused.isdisjoint(older)
 
     def save(self) -> None:
-        """Write the store (atomically) if `sha256` learned anything, or reused a digest that is getting old
-        (so a bundle in daily use is not evicted by others hashed since); merges with what other processes
-        wrote. Most processes write nothing."""
+        """Write the store (atomically) if `sha256` learned anything, or reused a digest near eviction (so a
+        bundle in daily use is not dropped for files hashed since); merges with what other processes wrote.
+        Most processes write nothing."""
         if self.store is None:
             return
         with self._lock:

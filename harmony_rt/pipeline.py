@@ -358,7 +358,8 @@ class Pipeline:
             wav = _audio_input("ref_audio", ref_audio, g.sample_rate, REF_SECONDS[1])  # a file: read to 11 s at most
             dur = len(wav) / g.sample_rate
             if not REF_SECONDS[0] <= dur <= REF_SECONDS[1]:
-                got = "more than 10 s" if dur > REF_SECONDS[1] else f"{dur:.2f} s"
+                cut = isinstance(ref_audio, (str, Path)) and dur >= REF_SECONDS[1] + media.HEAD_MARGIN_S
+                got = "more than 10 s" if cut else f"{dur:.2f} s"  # a file is read to 11 s at most
                 raise HarmonyError(f"reference audio must be 0.5-10 s long (1-3 s works best), got {got}")
             ref = self.encode_audio(wav[: int(sp.get("max_ref_seconds", 3.0) * g.sample_rate)])  # [1, T_ref, C_a]
             ref_mask = np.ones(ref.shape[:2], np.float32)

@@ -153,6 +153,11 @@ def test_stems_refused_up_front(tiny_bundle, tmp_path):
     (tmp_path / "f").write_text("")
     r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "o.mp4", "--stems", tmp_path / "f")
     _assert_clean_error(r, tmp_path, "not a folder")
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "o.mp4", "--stems", tmp_path / "f" / "sub")
+    _assert_clean_error(r, tmp_path, "f is not a folder")
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "o.mp4", "--stems", tmp_path / "s",
+            "--audio", tmp_path / "f")  # A2V: the sound is given, there is nothing to split
+    _assert_clean_error(r, tmp_path, "with --audio the sound is given")
     assert not (tmp_path / "s").exists()
 
 

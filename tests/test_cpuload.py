@@ -28,7 +28,8 @@ def test_other_load_sees_a_busy_neighbour_and_not_itself():
         while time.perf_counter() < end:
             pass
 
-    own = min(other_load(0.2, sleep=spin_here) for _ in range(3))
+    # this process busy vs idle, back to back: other processes' load (a busy CI machine) cancels out
+    own = min(other_load(0.2, sleep=spin_here) - other_load(0.2) for _ in range(3))
     assert own < 0.6, own
 
 

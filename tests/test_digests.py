@@ -70,8 +70,8 @@ def test_reused_while_unchanged_across_instances(tmp_path, counted, settled):
 
 
 def test_a_digest_in_use_is_not_evicted(tmp_path, counted, settled, monkeypatch):
-    """Reusing a digest from the older half of a full store moves it to the end (evicted last); reusing a
-    recent one writes nothing."""
+    """Reusing a digest within MAX_ENTRIES // 2 entries of eviction moves it to the end (evicted last);
+    reusing any other writes nothing."""
     monkeypatch.setattr(digests, "MAX_ENTRIES", 4)
     store = tmp_path / "digests.json"
     files = []
@@ -89,6 +89,16 @@ def test_a_digest_in_use_is_not_evicted(tmp_path, counted, settled, monkeypatch)
     assert list(json.loads(store.read_text()))[-1] == str(files[0].resolve())
     before = store.stat().st_mtime_ns, store.stat().st_ino
     c = DigestCache(store)  # the newest: no write
+    c.sha256(files[0])
+    c.save()
+    assert (store.stat().st_mtime_ns, store.stat().st_ino) == before
+    monkeypatch.setattr(digests, "MAX_ENTRIES", 1024)  # far from full: reusing the oldest writes nothing either
+    c = DigestCache(store)
+    c.sha256(files[1])
+    c.save()
+    assert (store.stat().st_mtime_ns, store.stat().st_ino) == before
+    monkeypatch.setattr(digests, "MAX_ENTRIES", 4)
+    c = DigestCache(store)  # the newest again
     c.sha256(files[0])
     c.save()
     assert (store.stat().st_mtime_ns, store.stat().st_ino) == before
