@@ -38,6 +38,7 @@ from train.model import HarmonyModel
 
 from . import calibration, custom_op, precision
 from .components import component_modules, example_inputs, symbol_sizes
+from .graphfile import graph_entry, save_graph
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _name_dims(path: Path, spec) -> None:
             for d, want in zip(vi.type.tensor_type.shape.dim, t.shape):
                 if isinstance(want, str):
                     d.dim_param = want
-    onnx.save(m, str(path))
+    save_graph(m, path)
 
 
 def parity(name: str, module, spec, model: HarmonyModel, path: Path, sess=None) -> float:
@@ -156,7 +157,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
             if not err <= tolerance:
                 raise ExportError(f"{name}: ONNX Runtime differs from PyTorch by {err:.3g} > tolerance {tolerance}")
             components[name] = {
-                "file": path.name, "sha256": sha256_file(path), "precision": "fp32",
+                **graph_entry(path), "precision": "fp32",
                 "io": specs[name].to_dict(), "parity_max_abs_err": err, "parity_tolerance": tolerance,
             }
         files = {}
@@ -233,7 +234,7 @@ def add_variants(bundle_dir: str | os.PathLike, precisions, prompts=calibration.
             if not np.isfinite(abs_err):
                 raise ExportError(f"{name} ({prec}): the variant produces non-finite outputs")
             comps[name].setdefault("variants", {})[prec] = {
-                "file": dst.name, "sha256": sha256_file(dst), **info,
+                **graph_entry(dst), **info,
                 "max_abs_err": abs_err, "max_rel_err": rel_err,
                 "error_inputs": f"{len(feeds)} held-out real {name} call(s)",
             }
@@ -268,7 +269,7 @@ def _add_plugin_variant(bundle_dir: Path, name: str, comp: dict, prec: str, feed
     names = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16"}
     combos = sorted({tuple(names.get(t, str(t)) for t in ts) for ts in io_types})  # distinct, ideally one
     comp["variants"][key] = {
-        "file": dst.name, "sha256": sha256_file(dst), **info,
+        **graph_entry(dst), **info,
         "plugin": {**source["plugin"], "nodes": len(io_types), "source": custom_op.PLUGIN_VARIANT,
                    "io_order": ", ".join(custom_op.INPUTS) + " -> out", "io_types": [list(c) for c in combos]},
         "max_abs_err": abs_err, "max_rel_err": rel_err,
@@ -303,7 +304,7 @@ def add_plugin_graph(bundle_dir: str | os.PathLike, model: HarmonyModel, toleran
     feeds = [{t.name: a.numpy() for t, a in zip(spec.inputs, args)}]
     abs_err, rel_err = precision.graph_error(_cpu_session(bundle_dir / comp["file"]), sess, feeds)
     comp.setdefault("variants", {})[custom_op.PLUGIN_VARIANT] = {
-        "file": dst.name, "sha256": sha256_file(dst), "precision": "fp32",
+        **graph_entry(dst), "precision": "fp32",
         "plugin": {"op": f"{custom_op.OP_DOMAIN}::{custom_op.OP_NAME}", "nodes": n_nodes},
         "parity_max_abs_err": err, "parity_tolerance": tolerance,
         "max_abs_err": abs_err, "max_rel_err": rel_err, "error_inputs": "decomposed fp32 graph, example inputs",

@@ -36,6 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engines.plugin import N_QKV, OP_DOMAIN, OP_NAME
 
+from .graphfile import finish_graph, save_graph
+
 log = logging.getLogger(__name__)
 
 NORM_OPS = ("LayerNormalization", "RMSNormalization", "Softmax", "SimplifiedLayerNormalization")
@@ -564,7 +566,7 @@ def build_variant(precision: str, component: str, src: Path, dst: Path, calib: l
         out, sel = to_fp16(model, component)
         if base is not None:  # q, k, v in fp16 where the node computes in fp16; tables fp32
             info["plugin_types"] = set_plugin_types(out, set(sel.convert))
-        onnx.save(out, str(dst))
+        save_graph(out, dst)
         info["converted_nodes"] = len(sel.convert)
     else:
         sel = select_quant(model, component, attention=precision == "fp8")
@@ -575,17 +577,19 @@ def build_variant(precision: str, component: str, src: Path, dst: Path, calib: l
         with _quiet_root():
             if precision == "int8-dynamic":
                 to_int8_dynamic(src, dst, sel)
+                finish_graph(dst)
             elif precision == "int8":
                 from .calibration import FeedsReader
 
                 to_int8_static(src, dst, sel, FeedsReader(calib))
+                finish_graph(dst)
             else:  # on the mixed fp16 graph: what is not fp8 runs as the fp16 variant would
                 from .calibration import tensor_amax
 
                 base, _ = to_fp16(model, component)
                 amax = tensor_amax(base, calib, fp8_targets(base, sel))
                 out, stats = to_fp8(base, sel, amax)
-                onnx.save(out, str(dst))
+                save_graph(out, dst)
                 info["qdq"] = stats
         info["quantized_nodes"] = len(sel.convert)
         if precision in ("int8", "fp8"):

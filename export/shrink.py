@@ -23,7 +23,8 @@ from onnx import helper, numpy_helper
 
 from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, replace_dir
 from harmony_rt.contract import example_feeds
-from harmony_rt.digests import sha256_file
+
+from .graphfile import graph_entry, save_graph
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STOR
             path = bundle.component_path(name)
             model, n = fp16_storage(onnx.load(str(path)))
             dst = tmp / comp["file"]
-            onnx.save(model, str(dst))
+            save_graph(model, dst)
             ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             new = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
             feeds = _example_feeds(bundle, name)
@@ -83,7 +84,8 @@ def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STOR
             if not err <= tolerance:
                 raise ValueError(f"{name}: fp16 weight storage changes outputs by {err:.3g} > {tolerance}")
             log.info("%s: %d weights stored fp16, max abs err vs fp32 weights %.2e", name, n, err)
-            comp.update(sha256=sha256_file(dst), weight_storage="fp16", weight_storage_max_abs_err=err)
+            comp.pop("external_data", None)
+            comp.update(graph_entry(dst), weight_storage="fp16", weight_storage_max_abs_err=err)
         for key, entry in manifest.get("files", {}).items():
             shutil.copyfile(bundle.file_path(key), tmp / entry["file"])
         atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())

@@ -156,3 +156,38 @@ def test_denoiser_graph_uses_rotary_embedding_and_block_local_gldi(tiny_bundle):
     assert ops.count("RotaryEmbedding") == 4 * cfg["layers"] + 4 * gldi
     # per GLDI layer: a2v k, v; v2a q, k, v and the outputs back; plus the block tables once
     assert ops.count("Gather") >= 6 * gldi
+
+
+def test_large_weights_go_beside_the_graph(tiny_checkpoint, tiny_bundle, tmp_path, monkeypatch):
+    """Past export.graphfile.EXTERNAL_MIN_BYTES (0 here) every graph keeps its weights in `<graph>.data`,
+    variants included (the ORT quantizer's output is brought to the same layout); the manifest lists each
+    with its sha256, the bundle verifies and generates exactly what the one-file export does, and a changed
+    weight file is refused."""
+    from export import graphfile
+    from export.bundle_writer import export_bundle
+    from harmony_rt.errors import BundleError
+    from harmony_rt.pipeline import Pipeline
+
+    monkeypatch.setattr(graphfile, "EXTERNAL_MIN_BYTES", 0)
+    out = export_bundle(tiny_checkpoint, tmp_path / "ext", precisions="int8-dynamic")
+    m = json.loads((out / "manifest.json").read_text())
+    entries = [c for c in m["components"].values()] + [m["components"]["denoiser"]["variants"]["int8-dynamic"]]
+    for c in entries:
+        (ext,) = c["external_data"]
+        assert ext["file"] == c["file"] + ".data" and sha256_file(out / ext["file"]) == ext["sha256"], c["file"]
+        assert (out / c["file"]).stat().st_size < (out / ext["file"]).stat().st_size
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".data") == sorted(
+        c["file"] + ".data" for c in entries)  # nothing left behind by the quantizer or the exporter
+    Bundle.load(out).verify_all()
+
+    def run(path, **kw):
+        return Pipeline.from_bundle(path, backend="ort", **kw).generate("a red ball", steps=2, seed=3)
+
+    a, b = run(out), run(tiny_bundle)
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+    assert np.isfinite(run(out, precision="int8-dynamic").audio).all()
+    with open(out / "denoiser.onnx.data", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\xff\xfe\xfd")
+    with pytest.raises(BundleError, match="denoiser.onnx.data: sha256 mismatch"):
+        Bundle.load(out).component_path("denoiser")
