@@ -40,6 +40,8 @@ def save_graph(model: onnx.ModelProto, path: Path) -> None:
     if weight_bytes(model) >= EXTERNAL_MIN_BYTES:
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=data.name, size_threshold=SIZE_THRESHOLD)
+        if data.is_file():  # onnx creates it 0600: readable by whoever can read the graph, as the graph
+            data.chmod(path.stat().st_mode & 0o777)
     else:
         onnx.save(model, str(path))
 

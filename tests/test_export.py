@@ -176,6 +176,7 @@ def test_large_weights_go_beside_the_graph(tiny_checkpoint, tiny_bundle, tmp_pat
         (ext,) = c["external_data"]
         assert ext["file"] == c["file"] + ".data" and sha256_file(out / ext["file"]) == ext["sha256"], c["file"]
         assert (out / c["file"]).stat().st_size < (out / ext["file"]).stat().st_size
+        assert (out / ext["file"]).stat().st_mode & 0o777 == (out / c["file"]).stat().st_mode & 0o777
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".data") == sorted(
         c["file"] + ".data" for c in entries)  # nothing left behind by the quantizer or the exporter
     Bundle.load(out).verify_all()
