@@ -578,9 +578,7 @@ class Bundle:
         _check_graph_io(p, info, spec, precision)
 
 
-def _matches(digests: DigestCache, path: Path, digest) -> bool:
-    if not isinstance(digest, str):
-        return False
+def _matches(digests: DigestCache, path: Path, digest: str) -> bool:
     try:
         return digests.matches(path, digest)
     except OSError as e:
