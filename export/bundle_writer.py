@@ -64,19 +64,18 @@ def export_component(name: str, module, spec, model: HarmonyModel, path: Path) -
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             verbose=False, optimize=True,
         )
-    prog.save(str(path))
-    _name_dims(path, spec)
+    m = prog.model_proto  # named and written once (no save / load / save round trip through the disk)
+    _name_dims(m, spec)
+    save_graph(m, path)
 
 
-def _name_dims(path: Path, spec) -> None:
+def _name_dims(m: onnx.ModelProto, spec) -> None:
     """Give every symbolic dim of the graph's inputs / outputs its contract name (the exporter renames)."""
-    m = onnx.load(str(path))
     for vis, specs in ((m.graph.input, spec.inputs), (m.graph.output, spec.outputs)):
         for vi, t in zip(vis, specs):
             for d, want in zip(vi.type.tensor_type.shape.dim, t.shape):
                 if isinstance(want, str):
                     d.dim_param = want
-    save_graph(m, path)
 
 
 def parity(name: str, module, spec, model: HarmonyModel, path: Path, sess=None) -> float:
