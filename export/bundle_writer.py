@@ -57,6 +57,8 @@ def export_component(name: str, module, spec, model: HarmonyModel, path: Path) -
     for t in spec.inputs:
         dynamic.append({i: dims.setdefault(d, Dim(d)) for i, d in enumerate(t.shape) if isinstance(d, str)} or None)
     args = example_inputs(name, spec, model, symbol_sizes(model, 0), seed=0)
+    # "torchvision is not installed. Skipping torchvision::nms" x4 per graph: noise, we use no torchvision ops
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(

@@ -617,9 +617,15 @@ def guidance_rows(bundle: Bundle, label: str, rounds: int, threads: int | None, 
                  f"sequential {am['sequential'] * 1e3:.1f} ms)"),
         Row(g, f"auto over a {r['steps']}-step run", r["run_auto"], baseline="better split, no measuring",
             base_value=r["run_best"], ratio=r["run_best"] / r["run_auto"],
-            note=f"its first {min(r['measuring'])}-{max(r['measuring'])} steps alternate the splits, timed "
+            note=f"its first {_span(r['measuring'])} steps alternate the splits, timed "
                  f"(median extra over {len(r['measuring'])} fresh starts)"),
     ]
+
+
+def _span(xs) -> str:
+    """'2' or '2-4': the range of a few counts."""
+    lo, hi = min(xs), max(xs)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
 
 def generate_rows(bundle_path: Path | None, label: str, rounds: int, threads: int | None) -> list[Row]:
@@ -689,7 +695,8 @@ def run_runtime(bundle_path: Path | None = None, threads: int | None = None, rou
 @click.command("bench")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle folder (default: the shipped demo).")
-@click.option("--threads", type=int, default=None, help="Intra-op threads (default: ONNX Runtime's, one per core).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Intra-op threads (default: ONNX Runtime's, one per core).")
 @click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds per comparison.")
 @click.option("--frames", type=int, default=None, help="Video latent frames of the step (default: the bundle's clip).")
 @click.option("--quick", is_flag=True, help="Skip end-to-end, cold start and memory.")

@@ -24,6 +24,40 @@ def _fail(msg: str, code: int = 2):
     sys.exit(code)
 
 
+def _flag_names(msg: str) -> str:
+    """'s_v must be ...' (the library's argument name) -> '--s-v must be ...' when it is the command's option."""
+    ctx = click.get_current_context(silent=True)
+    first, sep, rest = msg.partition(" ")
+    for p in ctx.command.params if ctx else ():
+        if isinstance(p, click.Option) and p.name == first and sep:
+            return f"{max(p.opts, key=len)} {rest}"
+    return msg
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class _Group(click.Group):
+    """Usage errors (a bad option value, a missing argument) as one `error: ...` line and exit 2, like ours."""
+
+    def main(self, *args, **kw):
+        kw.pop("standalone_mode", None)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kw)
+        except _NO_ARGS_IS_HELP as e:  # a bare `harmony-rt`: the help, as click shows it
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            hint = f" (see {e.ctx.command_path} --help)" if e.ctx else ""
+            _fail(e.format_message().replace("\n", " ").rstrip(".") + hint, e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 def handle_errors(fn):
     """Map HarmonyError to exit 2 and anything unexpected to exit 1, each as one line."""
 
@@ -35,7 +69,7 @@ def handle_errors(fn):
         except HarmonyError as e:
             if debug:
                 raise
-            _fail(str(e).replace("\n", " "))
+            _fail(_flag_names(str(e).replace("\n", " ")))
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except BrokenPipeError:  # the reader went away (`harmony-rt info | head`): stop quietly, as on SIGPIPE
@@ -57,7 +91,7 @@ def handle_errors(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(package_name="harmony-rt")
@@ -98,28 +132,34 @@ def _check_stems(stems: Path, kw: dict) -> None:
               help="Output .mp4 (a .wav is written beside it).")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle folder (default: the shipped demo).")
-@click.option("--speech", default="", help="Transcript to speak (English or Chinese).")
+@click.option("--speech", default="",
+              help="Transcript to speak (English or Chinese; at most the bundle's max_speech_chars).")
 @click.option("--video-caption", default=None, help="Caption for the picture (default: PROMPT).")
 @click.option("--audio-caption", default=None, help="Caption for the sound (default: PROMPT).")
-@click.option("--seconds", type=float, default=None, help="Clip length (default: the bundle's).")
+@click.option("--seconds", type=float, default=None,
+              help="Clip length (default and maximum: the bundle's; `harmony-rt info`).")
 @click.option("--steps", type=int, default=None, help="ODE steps (default: the bundle's).")
-@click.option("--guidance", default=None, help="sync | cfg | sync+cfg | none (default: the bundle's, sync).")
-@click.option("--s-v", type=float, default=None, help="SyncCFG video scale.")
-@click.option("--s-a", type=float, default=None, help="SyncCFG audio scale.")
-@click.option("--cfg-scale", type=float, default=None, help="Text CFG scale.")
-@click.option("--scheduler", default=None, help="euler | unipc.")
+@click.option("--guidance", default=None,
+              help="sync | cfg | sync+cfg | none (default: the bundle's; sync for the demo).")
+@click.option("--s-v", type=float, default=None, help="SyncCFG video scale (sync, sync+cfg; default: the bundle's).")
+@click.option("--s-a", type=float, default=None, help="SyncCFG audio scale (sync, sync+cfg; default: the bundle's).")
+@click.option("--cfg-scale", type=float, default=None, help="Text CFG scale (cfg, sync+cfg; default: the bundle's).")
+@click.option("--scheduler", default=None, help="euler | unipc (default: the bundle's).")
 @click.option("--step-cache", type=float, default=None,
-              help="Skip denoiser calls where the velocity changes slowly (0-1; e.g. 0.1; off by default). "
+              help="Skip denoiser calls where the velocity changes slowly (0-1; e.g. 0.1; off by default; euler only). "
                    "Faster, at a measured quality cost (bench/RESULTS.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--num-samples", type=int, default=1, show_default=True, help="Variations in one batched run.")
+@click.option("--num-samples", type=int, default=1, show_default=True,
+              help="Variations in one batched run; N > 1 writes OUT_0.mp4 ... (and STEMS/0/ ...).")
 @click.option("--audio", "audio", type=click.Path(path_type=Path), default=None, help="A2V: driving audio.")
 @click.option("--video", "video", type=click.Path(path_type=Path), default=None, help="V2A: driving video.")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="I2AV: first frame.")
-@click.option("--ref-audio", type=click.Path(path_type=Path), default=None, help="Voice to clone (1-3 s).")
+@click.option("--ref-audio", type=click.Path(path_type=Path), default=None,
+              help="Voice to clone (0.5-10 s; the first max_ref_seconds of the bundle are used).")
 @click.option("--stems", type=click.Path(path_type=Path), default=None,
               help="Folder for speech/sfx/mix stems (Unison).")
-@click.option("--backend", default="auto", show_default=True, help="auto | ort | tensorrt.")
+@click.option("--backend", default="auto", show_default=True,
+              help="auto | ort | tensorrt (auto: TensorRT when engines are built for the bundle, else ORT).")
 @click.option("--precision", default=None,
               help="Graph variant: fp16 | int8 | int8-dynamic | fp8 (ORT), fp16 | fp8 (TensorRT); components "
                    "without it run fp32 (default: the main graphs).")
@@ -181,7 +221,7 @@ def export(checkpoint, output, precision, custom_op):
         from export.bundle_writer import export_bundle
     except ImportError as e:
         raise HarmonyError(f"export needs the training extra ({e.name} missing): "
-                           "pip install 'harmony-rt[train]'") from None
+                           "pip install '.[train]' in the repository") from None
     if not Path(checkpoint).is_dir():
         raise HarmonyError(f"checkpoint folder not found: {checkpoint}")
     logging.getLogger("export").setLevel(logging.INFO)
@@ -201,6 +241,10 @@ def info(bundle):
     click.echo(f"bundle   {b.path}\nvariant  {b.variant}\nformat   {m['format_version']}")
     click.echo("geometry " + json.dumps(m["geometry"]))
     click.echo("sampling " + json.dumps({k: v for k, v in m["sampling"].items() if k != "time"}))
+    g = b.geometry
+    click.echo(f"limits   clip <= {g.max_latent_frames * g.video_t_stride / g.fps:g} s, prompt <= {g.max_text_tokens} "
+               f"tokens, transcript <= {g.max_speech_chars} characters, reference voice: first "
+               f"{m['sampling'].get('max_ref_seconds', 3.0):g} s used")
     for name, c in m["components"].items():
         size = b.component_path(name).stat().st_size
         click.echo(f"  {name:15s} {c['precision']:12s} {size / 1e6:7.2f} MB  "
@@ -208,6 +252,9 @@ def info(bundle):
         for prec in list(c.get("variants") or {}):
             vsize = b.component_path(name, prec).stat().st_size
             click.echo(f"  {'':15s} {prec:12s} {vsize / 1e6:7.2f} MB  (variant)")
+    entries = [e for c in m["components"].values() for e in (c, *(c.get("variants") or {}).values())]
+    n = len(entries) + sum(len(e.get("external_data", [])) for e in entries) + len(m.get("files", {}))
+    click.echo(f"verified sha256 of all {n} files")
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -221,11 +268,17 @@ def info(bundle):
 @click.option("--dry-run", is_flag=True, help="Only show the graph each engine would be built from (no TensorRT).")
 @handle_errors
 def build(bundle, precision, max_frames, max_batch, force, plugin, dry_run):
-    """Build TensorRT engines for BUNDLE (needs an NVIDIA GPU and TensorRT 11, or >= 10.15 for RotaryEmbedding)."""
+    """Build TensorRT engines for BUNDLE (needs an NVIDIA GPU, TensorRT >= 10.15 (11 tested against) and the
+    engines extra: pip install '.[engines]')."""
+    import importlib.util
+
     try:
         from engines.build import build_engines, plan_engines
     except ImportError as e:
         raise HarmonyError(f"engine building needs the repository's engines package ({e.name} missing)") from None
+    if importlib.util.find_spec("onnx") is None:
+        raise HarmonyError("engine building reads the graphs with onnx, not installed: "
+                           "pip install '.[engines]' in the repository")
     if dry_run:
         from .bundle import Bundle
 
@@ -242,4 +295,4 @@ from .bench import bench_command  # noqa: E402  (harmony_rt/bench.py)
 main.add_command(bench_command, "bench")
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="harmony-rt")

@@ -426,13 +426,15 @@ def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.Vid
     return out, src_size
 
 
-def read_image(path: os.PathLike | str, height: int, width: int) -> np.ndarray:
+def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str] | None = None) -> np.ndarray:
     """Read a png/jpg/... (first frame) -> uint8 [height, width, 3] RGB.
 
     Accepted: 8-bit gray, gray+alpha, 1-bit, RGB, RGBA, palette (expanded by swscale), 8-bit YUV (JPEG).
     Alpha is dropped (colour channels kept as stored, not composited). Anything else (16-bit, CMYK, float)
-    raises MediaError naming the pixel format. Resized (stretched) to (height, width).
+    raises MediaError naming the pixel format. Resized (stretched) to (height, width). What was changed is
+    logged and, when `notes` is given, appended to it.
     """
+    changed: list[str] = []
     p = _check_readable(path)
     height, width = _positive_int(height, "height"), _positive_int(width, "width")
     container = _open(p)
@@ -453,13 +455,17 @@ def read_image(path: os.PathLike | str, height: int, width: int) -> np.ndarray:
             raise MediaError(_one_line(f"cannot read image {p}: unsupported pixel format {fmt} "
                                        f"(need 8-bit gray, RGB, RGBA, palette or JPEG)"))
         if fmt in _ALPHA_FORMATS:
-            log.info("%s: dropping the alpha channel (%s)", p, fmt)
+            changed.append(f"dropped the alpha channel ({fmt})")
         h, w = rgb.shape[:2]
         if (h, w) != (height, width):
             shrink = width <= w and height <= h
             rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
                 width, height, interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
-            log.info("%s: resized %dx%d -> %dx%d", p, w, h, width, height)
+            changed.append(f"resized {w}x{h} -> {width}x{height}")
+    for n in changed:
+        log.info("%s: %s", p, n)
+    if notes is not None:
+        notes += changed
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 

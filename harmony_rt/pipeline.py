@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from . import media
-from .backends import make_backend
+from .backends import Backend, make_backend
 from .bundle import Bundle, default_bundle_path
 from .errors import BundleError, Cancelled, HarmonyError
 from .guidance import MODES, GuidanceScales, GuidedDenoiser
@@ -82,6 +82,9 @@ def _check_text(name: str, value) -> str:
 REF_SECONDS = (0.5, 10.0)  # reference voice lengths accepted (the encoder sees the first max_ref_seconds)
 
 
+PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is accepted
+
+
 def _audio_input(name: str, x, sample_rate: int, max_seconds: float) -> np.ndarray:
     """A path (read and resampled; a long file only as far as `max_seconds`, all that is used) or a float
     waveform array [W] at the bundle's rate -> float32 [W]."""
@@ -92,7 +95,16 @@ def _audio_input(name: str, x, sample_rate: int, max_seconds: float) -> np.ndarr
         raise HarmonyError(f"{name} must be a file path or a mono float waveform [samples], got {what}")
     if not np.isfinite(x).all():
         raise HarmonyError(f"{name} contains NaN or infinite samples")
+    peak = float(np.abs(x).max(initial=0.0))
+    if peak > 1.0 + PEAK_SLACK:  # e.g. int16 sample values cast to float: the encoders expect [-1, 1]
+        raise HarmonyError(f"{name} must hold samples in [-1, 1], got a peak of {peak:.4g} (int16 values? "
+                           f"divide by 32768)")
     return x.astype(np.float32)
+
+
+def _latent_frames(seconds: float, g) -> int:
+    """Video latent frames of a clip `seconds` long (at least one)."""
+    return max(1, int(round(seconds * g.fps / g.video_t_stride)))
 
 
 def _rows(x: np.ndarray, B: int) -> np.ndarray:
@@ -152,14 +164,24 @@ class _Held:
 class Pipeline:
     """Text (+ optional audio / video / image / reference voice) -> synchronized video and audio."""
 
-    def __init__(self, bundle: Bundle, backend: str = "auto", split: str = "auto", threads: int | None = None,
-                 precision: str | None = None):
-        """precision: the graph variant to run (fp16, int8, int8-dynamic, fp8 on ORT; fp16 / fp8 engines on
+    def __init__(self, bundle: Bundle, backend: str | Backend = "auto", split: str = "auto",
+                 threads: int | None = None, precision: str | None = None):
+        """backend: auto | ort | tensorrt, or a backend made for this bundle (e.g. `OrtBackend(bundle,
+        spinning=False)`; then `threads` and `precision` must be left unset, they are the backend's).
+        precision: the graph variant to run (fp16, int8, int8-dynamic, fp8 on ORT; fp16 / fp8 engines on
         TensorRT); components without it run their main (fp32) graph. None: the main graphs."""
         self.bundle = bundle
         self.geometry = g = bundle.geometry
+        if isinstance(backend, str):
+            self.backend = make_backend(backend, bundle, threads=threads, precision=precision)
+        else:
+            if threads is not None or precision is not None:
+                raise HarmonyError("threads and precision are set on the backend itself when one is passed")
+            theirs = getattr(backend, "bundle", bundle)
+            if not callable(getattr(backend, "run", None)) or getattr(theirs, "manifest", None) != bundle.manifest:
+                raise HarmonyError("backend must be auto, ort, tensorrt or a backend made for this bundle")
+            self.backend, precision = backend, getattr(backend, "precision", None)
         self.precision = precision
-        self.backend = make_backend(backend, bundle, threads=threads, precision=precision)
         self.text_tok = TextTokenizer(bundle.file_path("tokenizer_text"), g.max_text_tokens, "caption")
         self.speech_tok = TextTokenizer(bundle.file_path("tokenizer_speech"), g.max_speech_chars, "transcript")
         self.split = split
@@ -221,7 +243,9 @@ class Pipeline:
     # ------------------------------------------------------------------ generate
 
     def generate(self, prompt: str, **kw) -> GenerationResult:
-        """One clip; see `generate_batch` for the arguments."""
+        """One clip; see `generate_batch` for the arguments (and for several samples in one run)."""
+        if "num_samples" in kw:
+            raise HarmonyError("generate makes one clip: use generate_batch(prompt, num_samples=N) for several")
         return self.generate_batch(prompt, num_samples=1, **kw)[0]
 
     def generate_batch(
@@ -251,7 +275,8 @@ class Pipeline:
 
         prompt fills both captions unless `video_caption` / `audio_caption` are given; `speech` is the
         transcript (any script). Tasks: `audio` (A2V: audio held clean, video generated), `video` (V2A),
-        `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 1-3 s). Sample i uses seed
+        `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 0.5-10 s; the first
+        max_ref_seconds of the bundle's sampling defaults are used). Sample i uses seed
         (seed, i): outputs do not depend on num_samples. `progress(done, total)` returning False cancels.
         `step_cache` (0-1, None: off): reuse the velocities on steps where they change slowly
         (harmony_rt.stepcache; Euler only), a note says how many steps called the denoiser.
@@ -318,14 +343,15 @@ class Pipeline:
                 if given_frames.ndim != 4:
                     raise HarmonyError(f"video must be frames [T, H, W, 3], got shape {given_frames.shape}")
             else:
-                given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width,
-                                                        g.max_latent_frames * g.video_t_stride)
+                want = g.max_latent_frames if seconds is None else _latent_frames(
+                    _check_number("seconds", seconds, g.video_t_stride / g.fps, max_s), g)
+                given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, want * g.video_t_stride)
                 notes += vnotes
             seconds = seconds if seconds is not None else given_frames.shape[0] / g.fps
         if seconds is None:
             seconds = sp.get("seconds", max_s)
         seconds = _check_number("seconds", seconds, g.video_t_stride / g.fps, max_s)
-        F = max(1, int(round(seconds * g.fps / g.video_t_stride)))
+        F = _latent_frames(seconds, g)
         T = g.audio_frames_for(F)
         FP, W = F * g.video_t_stride, T * g.audio_hop
         if given_audio is not None:  # the clip's length in samples (at least the latent's)
@@ -336,10 +362,12 @@ class Pipeline:
                 pad = np.repeat(given_frames[-1:], FP - given_frames.shape[0], axis=0)
                 notes.append(f"padded {given_frames.shape[0]} -> {FP} frames by repeating the last one")
                 given_frames = np.concatenate([given_frames, pad])
-            given_frames = given_frames[:FP]
+            elif given_frames.shape[0] > FP:
+                notes.append(f"trimmed {given_frames.shape[0]} -> {FP} frames")
+                given_frames = given_frames[:FP]
         if image is not None:
             if isinstance(image, (str, Path)):
-                img = media.read_image(image, g.height, g.width)
+                img = media.read_image(image, g.height, g.width, notes)
             else:
                 img = _frames_input("image", image, (g.height, g.width, 3))
                 if img.ndim != 3:
@@ -355,13 +383,15 @@ class Pipeline:
         sp_emb, sp_mask = self._speech([speech, ""])  # [2, L, D]: transcript, empty
         ref, ref_mask = np.zeros((1, 1, g.C_a), np.float32), np.zeros((1, 1), np.float32)
         if ref_audio is not None:
+            max_ref = float(sp.get("max_ref_seconds", 3.0))  # the longest reference the model was trained on
             wav = _audio_input("ref_audio", ref_audio, g.sample_rate, REF_SECONDS[1])  # a file: read to 11 s at most
             dur = len(wav) / g.sample_rate
             if not REF_SECONDS[0] <= dur <= REF_SECONDS[1]:
                 cut = isinstance(ref_audio, (str, Path)) and dur >= REF_SECONDS[1] + media.HEAD_MARGIN_S
                 got = "more than 10 s" if cut else f"{dur:.2f} s"  # a file is read to 11 s at most
-                raise HarmonyError(f"reference audio must be 0.5-10 s long (1-3 s works best), got {got}")
-            ref = self.encode_audio(wav[: int(sp.get("max_ref_seconds", 3.0) * g.sample_rate)])  # [1, T_ref, C_a]
+                raise HarmonyError(f"reference audio must be 0.5-10 s long (this model uses its first "
+                                   f"{max_ref:g} s), got {got}")
+            ref = self.encode_audio(wav[: int(max_ref * g.sample_rate)])  # [1, T_ref, C_a]
             ref_mask = np.ones(ref.shape[:2], np.float32)
         rows = functools.partial(_rows, B=B)
         cond = dict(

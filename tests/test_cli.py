@@ -71,7 +71,7 @@ def test_corrupted_file(tiny_bundle, tmp_path):
         (["--steps", "0"], "steps must be"),
         (["--steps", "-2"], "steps must be"),
         (["--seconds", "1000"], "seconds must be"),
-        (["--step-cache", "2"], "step_cache must be"),
+        (["--step-cache", "2"], "--step-cache must be"),
         (["--step-cache", "0.1", "--scheduler", "unipc"], "euler scheduler only"),
     ],
 )
@@ -115,7 +115,19 @@ def test_generate_threads_reach_onnx_runtime(tiny_bundle, tmp_path, monkeypatch)
 def test_generate_rejects_bad_threads(tiny_bundle, tmp_path, value):
     r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "o.mp4", "--threads", value)
     assert r.returncode == 2 and "--threads" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1  # one line, as every other error
     assert not list(tmp_path.glob("*.mp4"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    ((), "Missing argument 'PROMPT' (see harmony-rt generate --help)"),
+    (("x", "--s-v", "nan"), "--s-v must be a number"),  # the flag, not the library's argument name s_v
+    (("x", "--num-samples", "0"), "--num-samples must be an integer"),
+])
+def test_usage_errors_are_one_line_naming_the_flag(tmp_path, args, needle):
+    r = cli("generate", *args, "-o", tmp_path / "o.mp4")
+    assert r.returncode == 2 and r.stderr == f"error: {r.stderr[7:]}" and r.stderr.count("\n") == 1
+    assert needle in r.stderr
 
 
 def test_usage_error_exit_2(tmp_path):
@@ -192,3 +204,17 @@ def test_bench_command_prints_a_table_and_writes_json(tiny_bundle, tmp_path):
     assert any("step" in g for g in groups) and any("SyncCFG" in g for g in groups), groups
     assert all(row["value"] > 0 for row in run["rows"])
     assert "other_load" in run["info"]["machine"]
+
+
+def test_build_without_onnx_says_which_extra(tiny_bundle, monkeypatch):
+    """A runtime-only install (`pip install .`) has no onnx, which engine building needs for graph surgery."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from harmony_rt.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    r = CliRunner().invoke(main, ["build", str(tiny_bundle), "--dry-run"])
+    assert r.exit_code == 2 and "pip install '.[engines]'" in r.output and r.output.count("\n") == 1

@@ -64,7 +64,7 @@ def test_v2a_and_i2av_and_reference(tmp_path, geometry):
 
 
 # Issue 5 acceptance, measured on the shipped bundle with `python -m bench.demo_check --seeds 16` (README):
-# margin +0.125 (confidence 0.513 vs 0.388), 50 of 62 onsets on an impact, 12 of 16 clips above their control.
+# margin +0.310 (confidence 0.713 vs 0.403), 52 of 60 onsets on an impact, 15 of 16 clips above their control.
 MIN_SYNC_MARGIN = 0.10  # mean sync confidence minus the mean of its shuffled-audio controls, 16 seeds
 
 

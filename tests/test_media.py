@@ -320,7 +320,9 @@ def test_read_image_modes(tmp_path):
 
     rgba = rng.integers(0, 256, (6, 8, 4), dtype=np.uint8)
     write_png_pyav(tmp_path / "rgba.png", rgba, "rgba")
-    assert np.array_equal(media.read_image(tmp_path / "rgba.png", 6, 8), rgba[..., :3])
+    notes = []
+    assert np.array_equal(media.read_image(tmp_path / "rgba.png", 6, 8, notes), rgba[..., :3])
+    assert notes == ["dropped the alpha channel (rgba)"]
 
     gray = rng.integers(0, 256, (6, 8), dtype=np.uint8)
     write_png_pyav(tmp_path / "gray.png", gray, "gray")
@@ -332,7 +334,9 @@ def test_read_image_modes(tmp_path):
                                                  extra=[(b"PLTE", palette.tobytes())]))
     assert np.array_equal(media.read_image(tmp_path / "pal.png", 5, 7), palette[idx])
 
-    small = media.read_image(tmp_path / "rgb.png", 3, 4)
+    notes = []
+    small = media.read_image(tmp_path / "rgb.png", 3, 4, notes)
+    assert notes == ["resized 8x6 -> 4x3"]
     assert small.shape == (3, 4, 3) and small.dtype == np.uint8
     assert abs(small.astype(float).mean() - rgb.astype(float).mean()) < 3  # area resize keeps the mean
 

@@ -93,6 +93,27 @@ def test_bad_arguments_raise_harmony_error(pipe, kw):
         pipe.generate_batch("a red ball", **kw)
 
 
+def test_generate_refuses_num_samples(pipe):
+    with pytest.raises(HarmonyError, match="generate_batch"):
+        pipe.generate("a red ball", num_samples=2)
+
+
+def test_a_backend_made_by_the_caller(tiny_bundle, pipe):
+    from harmony_rt.backends.ort import OrtBackend
+
+    mine = OrtBackend(pipe.bundle, threads=1, spinning=False)
+    p = Pipeline(pipe.bundle, backend=mine, split="batched")
+    assert p.backend is mine and mine.spinning is False
+    a = p.generate("a red ball", steps=2, seconds=1.0, seed=3)
+    b = pipe.generate("a red ball", steps=2, seconds=1.0, seed=3)
+    np.testing.assert_allclose(a.audio, b.audio, atol=1e-5)
+    with pytest.raises(HarmonyError, match="set on the backend"):
+        Pipeline(pipe.bundle, backend=mine, threads=2)
+    other = Pipeline.from_bundle()  # the shipped demo: another model
+    with pytest.raises(HarmonyError, match="made for this bundle"):
+        Pipeline(other.bundle, backend=mine)
+
+
 def test_save_writes_mp4_with_both_streams(pipe, tmp_path):
     r = pipe.generate("a red ball bounces twice", steps=2, seconds=2.0)
     out = r.save(tmp_path / "clip.mp4")

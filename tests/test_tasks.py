@@ -55,6 +55,11 @@ def test_v2a_resizes_and_says_so(pipe, tmp_path):
     r = pipe.generate("x", video=path, steps=1)
     assert r.frames.shape[1:3] == (g.height, g.width)
     assert any("resized" in n for n in r.notes)
+    short = pipe.generate("x", video=path, steps=1, seconds=g.video_t_stride / g.fps)  # one latent frame
+    assert short.frames.shape[0] == g.video_t_stride
+    assert f"trimmed {int(g.fps)} -> {g.video_t_stride} frames" in short.notes  # what was cut, to what
+    arr = pipe.generate("x", video=np.repeat(frames[:, ::2, ::2], 2, 0), steps=1, seconds=1.0)
+    assert f"trimmed {2 * int(g.fps)} -> {int(g.fps)} frames" in arr.notes
 
 
 def test_i2av_keeps_the_first_frame_close_to_the_image(pipe, tmp_path):

@@ -1,5 +1,7 @@
 """Training core: CTS loss decreases on a fixed batch, checkpoints round-trip exactly, resume continues."""
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -104,6 +106,11 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
             assert torch.equal(torch.as_tensor(sd1[i][k]), torch.as_tensor(sd2[i][k])), (i, k)
     assert not list(tmp_path.glob(".ck.*")), "temp folders left behind"
     assert not list((tmp_path / "ck").glob("*.pt")) and not list((tmp_path / "ck").glob("*.pkl"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "ck").stat().st_mode & 0o777 == 0o777 & ~umask  # readable by others, as a plain mkdir
+    for f in (tmp_path / "ck").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
 
 
 def test_resume_continues_from_step(tiny_checkpoint, tmp_path):

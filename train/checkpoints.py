@@ -41,6 +41,15 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _normal_permissions(folder: Path) -> None:
+    """mkdtemp makes the folder 0700 (and safetensors may write 0600): give what a plain mkdir / open would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
 def save_checkpoint(
     path: str | os.PathLike, model: HarmonyModel, optimizer: torch.optim.Optimizer | None = None,
     state: dict | None = None, tokenizers: dict[str, str] | None = None, ema: dict[str, torch.Tensor] | None = None,
@@ -62,6 +71,7 @@ def save_checkpoint(
             (tmp / "optimizer.json").write_text(json.dumps(meta))
         for name, text in (tokenizers or {}).items():
             (tmp / name).write_text(text)
+        _normal_permissions(tmp)
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

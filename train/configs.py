@@ -90,9 +90,9 @@ class HarmonyConfig:
 SIZES: dict[str, HarmonyConfig] = {
     # Seconds on a CPU: for tests.
     "tiny": HarmonyConfig(),
-    # The shipped demo model: trained in about an hour on a 2-core CPU. One latent frame per video frame
-    # (a temporal stride of 2 merged the frames of a bounce and lost the impact frame) and a small shift:
-    # 8x8x16 latents are far fewer positions than the 720p geometry shift 5 was tuned for.
+    # The shipped demo model: trained in 40 minutes on a 2-core CPU (train/recipes/quick.sh). One latent
+    # frame per video frame (a temporal stride of 2 merged the frames of a bounce and lost the impact frame)
+    # and a small shift: 8x8x16 latents are far fewer positions than the 720p geometry shift 5 was tuned for.
     "demo": HarmonyConfig(
         height=64, width=64, video_t_stride=1, video_s_stride=8, C_v=8, C_a=16, video_dim=96, video_heads=2,
         video_ffn=192, audio_dim=96, audio_heads=2, audio_ffn=192, layers=3, text_dim=64, speech_dim=64,
