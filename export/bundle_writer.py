@@ -123,14 +123,36 @@ def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict
     }
 
 
+def _check_target(checkpoint: Path, out: Path) -> None:
+    """Refuse an `out` whose replacement would destroy something other than an old bundle: the checkpoint
+    (or a folder holding it, or a folder inside it), a file, a non-empty folder without a manifest."""
+    ck, dst = checkpoint.resolve(), out.resolve()
+    if dst == ck or dst.is_relative_to(ck) or ck.is_relative_to(dst):
+        raise ExportError(f"{out}: the bundle would overlap the checkpoint {checkpoint} (the same folder or one "
+                          "inside the other); refusing to replace it")
+    if out.exists() and not (out / MANIFEST).is_file():
+        if not out.is_dir():
+            raise ExportError(f"{out} exists and is not a folder; refusing to replace it")
+        if any(out.iterdir()):
+            raise ExportError(f"{out} exists and is not a bundle (no {MANIFEST}); refusing to replace it")
+
+
+def _one_line(e: Exception, limit: int = 240) -> str:
+    """An exception's message on one line (whitespace runs collapsed), cut at `limit` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, tolerance: float = FP32_TOLERANCE,
                   precisions="fp32", custom_op: bool = False) -> Path:
     """Write a complete, verified bundle for `checkpoint` at `out` (replacing an existing one atomically).
+    Refused before any work: an `out` that overlaps the checkpoint, is a file or a non-empty non-bundle folder.
 
     precisions: 'fp32,fp16,int8,fp8' (or a list); each extra one becomes a variant (see `add_variants`).
     custom_op: also write the denoiser with RoPEAlignedAttention nodes (variant `fp32-plugin`).
     """
     checkpoint, out = Path(checkpoint), Path(out)
+    _check_target(checkpoint, out)
     try:
         extra = precision.parse_precisions(precisions)
     except ValueError as e:
@@ -140,8 +162,8 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
                           "pip install onnxruntime-extensions")
     try:
         model, _, state = load_checkpoint(checkpoint)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        raise ExportError(f"cannot read checkpoint {checkpoint}: {e}") from None
+    except Exception as e:  # truncated weights, a config that does not fit them, ...: one line, not a traceback
+        raise ExportError(f"cannot read checkpoint {checkpoint}: {_one_line(e)}") from None
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -695,27 +695,30 @@ def run_runtime(bundle_path: Path | None = None, threads: int | None = None, rou
 @click.command("bench")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle folder (default: the shipped demo).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
               help="Intra-op threads (default: ONNX Runtime's, one per core).")
-@click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved rounds per comparison.")
-@click.option("--frames", type=int, default=None, help="Video latent frames of the step (default: the bundle's clip).")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Interleaved rounds per comparison.")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Video latent frames of the step (default: the bundle's clip).")
 @click.option("--quick", is_flag=True, help="Skip end-to-end, cold start and memory.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
               help="Also write rows + machine here.")
 def bench_command(bundle, threads, rounds, frames, quick, json_out):
     """Time the runtime on this machine (no torch): denoiser step, ORT settings, SyncCFG batching,
     end-to-end stages, cold start, memory, installed size. Ratios come from interleaved rounds."""
+    from .bundle import atomic_write_bytes
     from .errors import HarmonyError
 
-    try:
-        rows, info = run_runtime(bundle, threads, rounds, frames, quick)
-    except HarmonyError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    if json_out is not None:  # checked before minutes of measuring, written atomically after
+        parent = json_out.parent if str(json_out.parent) else Path(".")
+        if json_out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise HarmonyError(f"--json {json_out}: not a file in an existing, writable folder")
+    rows, info = run_runtime(bundle, threads, rounds, frames, quick)
     m = info["machine"]
     click.echo(f"{m['cpu']}, {m['cores']} cores, load {m['load']} -> {m['load_after']}, other processes at start "
                f"{m['other_load']} cores, onnxruntime {m['onnxruntime']}, threads {threads or 'default'}, "
                f"{rounds} rounds")
     click.echo(format_table(rows))
     if json_out is not None:
-        json_out.write_text(json.dumps({"info": info, "rows": [r.to_dict() for r in rows]}, indent=2))
+        atomic_write_bytes(json_out, json.dumps({"info": info, "rows": [r.to_dict() for r in rows]}, indent=2).encode())

@@ -1,8 +1,9 @@
 """Bundles: a folder with `manifest.json`, ONNX graphs and tokenizers. Loading verifies and sandboxes it.
 
 A bundle is untrusted input. `Bundle.load` refuses, with one BundleError naming the file:
-  - a manifest that is too large, not a JSON object, of a newer format, or with a field of the wrong type
-    or out of range (`_check_manifest`);
+  - a manifest that is too large, not a JSON object, of a newer format, with a field of the wrong type
+    or out of range, or without a component or file the runtime needs (contract.COMPONENTS / FILES)
+    (`_check_manifest`);
   - any path (manifest entries and the external-data locations inside every graph) that is absolute, holds
     `..`, or resolves (symlinks included) outside the bundle folder;
   - external data the manifest does not list (its bytes could not be verified);
@@ -33,7 +34,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .contract import COMPONENTS, FORMAT_VERSION, ComponentSpec, Geometry, resolve
+from .contract import COMPONENTS, FILES, FORMAT_VERSION, ComponentSpec, Geometry, resolve
 from .digests import DigestCache
 from .errors import BundleError
 
@@ -398,8 +399,12 @@ def _check_manifest(mpath: Path, manifest) -> tuple[Geometry, dict]:
             if prec == comp["precision"]:  # component_path(name, prec) means the main graph
                 raise _bad(mpath, f"component {name}: variant {prec!r:.60} has the main graph's precision")
             _check_entry_fields(mpath, f"component {name} ({prec})", variant, graph=True)
-    for key, entry in _object(mpath, "'files'", manifest.get("files", {})).items():
+    files = _object(mpath, "'files'", manifest.get("files", {}))
+    for key, entry in files.items():
         _check_entry_fields(mpath, f"file {key}", entry, graph=False)
+    missing = [f"component {c}" for c in COMPONENTS if c not in comps] + [f"file {k}" for k in FILES if k not in files]
+    if missing:
+        raise _bad(mpath, f"missing {', '.join(missing)} (every bundle needs all of them)")
     return geometry, resolve(geometry.to_dict())
 
 
@@ -506,6 +511,8 @@ class Bundle:
     def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
         """Read and check a bundle. `verify=False` skips the sha256 pass (paths and graph I/O are always checked)."""
         root = Path(path)
+        if root.exists() and not root.is_dir():
+            raise BundleError(f"{root}: not a folder (a bundle is a folder with manifest.json)")
         if not root.is_dir():
             raise BundleError(f"bundle folder not found: {root}")
         mpath = root / MANIFEST
@@ -541,8 +548,8 @@ class Bundle:
     def _check_entry(self, what: str, entry: dict, spec: ComponentSpec | None = None, precision: str = "fp32") -> None:
         """Paths, presence, a sha256 for every file (when verifying) and, for graphs, external data and I/O."""
         p = safe_path(self.path, entry["file"], what)
-        if not p.is_file():
-            raise BundleError(f"{p}: {what} file is missing")
+        if not p.is_file():  # `what` is "component NAME" (its graph file) or "file KEY"
+            raise BundleError(f"{p}: {what}{' file' if spec is not None else ''} is missing")
         verify = self.digests is not None
         if verify and not isinstance(entry.get("sha256"), str):
             raise BundleError(f"{self.path / MANIFEST}: {what} has no sha256")

@@ -5,11 +5,14 @@ Errors the user can fix print one line and exit 2; no traceback unless --debug.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -34,6 +37,29 @@ def _flag_names(msg: str) -> str:
     return msg
 
 
+class _Terminated(SystemExit):
+    """SIGTERM / SIGHUP as an exception, so temp files and folders are cleaned up as on Ctrl-C."""
+
+
+def _on_signal(signum, frame):
+    click.echo(f"error: terminated ({signal.Signals(signum).name})", err=True)
+    raise _Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _terminate_cleanly():
+    """While the command runs, SIGTERM (kill, timeout, docker stop) and SIGHUP raise `_Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
@@ -43,7 +69,8 @@ class _Group(click.Group):
     def main(self, *args, **kw):
         kw.pop("standalone_mode", None)
         try:
-            rv = super().main(*args, standalone_mode=False, **kw)
+            with _terminate_cleanly():
+                rv = super().main(*args, standalone_mode=False, **kw)
         except _NO_ARGS_IS_HELP as e:  # a bare `harmony-rt`: the help, as click shows it
             e.show()
             sys.exit(e.exit_code)
@@ -113,6 +140,31 @@ def _check_output(path: Path) -> None:
         raise HarmonyError(f"cannot write {path}: it is a folder")
 
 
+def _check_targets(output: Path, stems: Path | None, n: int, kw: dict) -> None:
+    """Every file the run will write: a writable name, no folder in the way, none of the inputs."""
+    from .pipeline import STEM_NAMES, output_paths
+
+    targets = []
+    for i, p in enumerate(output_paths(output, n)):
+        targets += [p, p.with_suffix(".wav")]
+        if stems is not None:
+            sd = stems if n == 1 else stems / str(i)
+            targets += [sd / f"{name}.wav" for name in (*STEM_NAMES, "mix")]
+    inputs = {k: Path(v) for k, v in kw.items() if k in ("audio", "video", "image", "ref_audio") and v is not None}
+    for t in targets:
+        try:
+            str(t).encode("utf-8")
+        except UnicodeEncodeError:
+            raise HarmonyError(f"cannot write {t!s}: the name is not valid UTF-8") from None
+        if t.is_dir():
+            raise HarmonyError(f"cannot write {t}: it is a folder")
+        for k, src in inputs.items():
+            if t.absolute() == src.absolute() or (t.exists() and src.exists() and os.path.samefile(t, src)):
+                raise HarmonyError(f"cannot write {t}: it is the --{k.replace('_', '-')} input")
+    if stems is not None and stems.absolute() in {p.absolute() for p in targets}:
+        raise HarmonyError(f"--stems {stems}: it is an output file, not a folder")
+
+
 def _check_stems(stems: Path, kw: dict) -> None:
     """--stems names a folder that exists or can be made (every existing ancestor a writable folder)."""
     if kw.get("audio") is not None:
@@ -164,7 +216,7 @@ def _check_stems(stems: Path, kw: dict) -> None:
               help="Graph variant: fp16 | int8 | int8-dynamic | fp8 (ORT), fp16 | fp8 (TensorRT); components "
                    "without it run fp32 (default: the main graphs).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files used (faster first load).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
               help="CPU threads for ONNX Runtime (default: ORT's choice, one per core). On a machine busy with "
                    "other work, fewer threads can be faster.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -173,11 +225,12 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     """Generate a video with synchronized audio from PROMPT."""
     from tqdm import tqdm
 
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, output_paths, save_all
 
     _check_output(output)
     if stems is not None:
         _check_stems(stems, kw)
+    _check_targets(output, stems, num_samples, kw)
     pipe = Pipeline.from_bundle(bundle, verify=not no_verify, backend=backend, precision=precision, threads=threads)
     if stems is not None and pipe.geometry.S < 2:
         raise HarmonyError(f"--stems needs a Unison bundle (speech and sound streams); {pipe.bundle.path} has one "
@@ -195,9 +248,8 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     finally:
         if bar is not None:
             bar.close()
-    for i, res in enumerate(results):
-        path = output if len(results) == 1 else output.with_name(f"{output.stem}_{i}{output.suffix}")
-        res.save(path, stems_dir=(stems if len(results) == 1 else (stems / str(i) if stems else None)))
+    save_all(results, output, stems_dir=stems)  # all files or none
+    for res, path in zip(results, output_paths(output, len(results))):
         for note in res.notes:
             click.echo(f"note: {note}", err=True)
         click.echo(f"wrote {path} and {path.with_suffix('.wav')} ({res.seconds:.2f} s, "
@@ -292,6 +344,7 @@ def build(bundle, precision, max_frames, max_batch, force, plugin, dry_run):
 
 from .bench import bench_command  # noqa: E402  (harmony_rt/bench.py)
 
+bench_command.callback = handle_errors(bench_command.callback)  # one-line errors, as the other commands
 main.add_command(bench_command, "bench")
 
 if __name__ == "__main__":

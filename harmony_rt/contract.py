@@ -97,7 +97,10 @@ _TEMPLATE: dict[str, ComponentSpec] = {
     ),
 }
 
+# Every bundle has all of these: a text -> audio + video generation runs each one (the encoders of the null
+# audio and video included). FILES: the keys of manifest["files"] it reads (the tokenizers).
 COMPONENTS: tuple[str, ...] = tuple(_TEMPLATE)
+FILES: tuple[str, ...] = ("tokenizer_text", "tokenizer_speech")
 
 
 def resolve(geometry: dict) -> dict[str, ComponentSpec]:

@@ -62,6 +62,8 @@ def _check_readable(path: os.PathLike | str) -> Path:
         raise MediaError(_one_line(f"cannot read {p}: is a directory"))
     if not os.access(p, os.R_OK):
         raise MediaError(_one_line(f"cannot read {p}: permission denied"))
+    if p.is_file() and p.stat().st_size == 0:  # regular files only: a pipe or device reports size 0
+        raise MediaError(_one_line(f"cannot read {p}: the file is empty"))
     return p
 
 
@@ -89,12 +91,27 @@ def _fmt_rate(r: Fraction | float) -> str:
 # ---------------------------------------------------------------------------------------------- writing
 
 
+def _name_max(folder: Path) -> int:
+    """Longest file name (bytes) `folder`'s filesystem allows; 255 where it cannot say."""
+    try:
+        n = os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # AttributeError: no os.pathconf (Windows)
+        return 255
+    return n if n > 0 else 255
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(OSError):  # cleanup must not hide the error that caused it
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_output(path: os.PathLike | str) -> Iterator[Path]:
     """Yield a temp path next to `path` (same suffix); on success fsync + `os.replace` it over `path`.
 
     On any exception (KeyboardInterrupt included) the temp file is removed, `path` is left as it was,
-    and the exception propagates. Raises MediaError up front if the folder is missing or not writable.
+    and the exception propagates. Raises MediaError up front if the folder is missing or not writable, or
+    the name is longer than the filesystem allows (the temp name is shortened to fit when `path`'s does).
     """
     path = Path(path)
     parent = path.parent
@@ -102,10 +119,17 @@ def atomic_output(path: os.PathLike | str) -> Iterator[Path]:
         raise MediaError(_one_line(f"cannot write {path}: folder {parent} does not exist"))
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MediaError(_one_line(f"cannot write {path}: folder {parent} is not writable"))
+    name_max = _name_max(parent)
+    if len(os.fsencode(path.name)) > name_max:
+        raise MediaError(_one_line(f"cannot write {path}: file name too long (over {name_max} bytes)"))
     if path.is_dir():
         raise MediaError(_one_line(f"cannot write {path}: is a directory"))
     # Not mkstemp: the writer creates the file itself, so it gets normal (umask) permissions, not 0600.
-    tmp = parent / f".{path.stem}.{secrets.token_hex(4)}{path.suffix}"
+    # ".<stem>.<token><suffix>", the stem cut (whole UTF-8 characters) so the name stays within name_max.
+    token = secrets.token_hex(4)
+    room = max(0, name_max - len(os.fsencode(f"..{token}{path.suffix}")))
+    stem = os.fsencode(path.stem)[:room].decode("utf-8", "ignore")
+    tmp = parent / f".{stem}.{token}{path.suffix}"
     try:
         yield tmp
         if not tmp.exists():
@@ -114,10 +138,10 @@ def atomic_output(path: os.PathLike | str) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise MediaError(_one_line(f"cannot write {path}: {e.strerror or e}")) from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
 
 
@@ -162,8 +186,11 @@ def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np
     Odd H or W is padded to even by repeating the last row/column. `audio` float [W] or [W, C] (C <= 2) at
     `sample_rate`, clipped to [-1, 1]; rates AAC lacks are resampled to 48 kHz. Streams are interleaved in
     time and both encoders are flushed. AAC starts ~2 frames (2048 samples) less accurate than the rest.
+    `path` must end in .mp4 (any case).
     """
     path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise MediaError(_one_line(f"cannot write {path}: an mp4 file's name must end in .mp4"))
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 \
             or frames.shape[-1] != 3 or 0 in frames.shape:
         what = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
@@ -321,12 +348,27 @@ def _stream_seconds(container: av.container.InputContainer, stream: av.stream.St
     return None
 
 
+def _resize(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
+    """Frame -> uint8 RGB [height, width, 3]: AREA when shrinking both axes, else BICUBIC, in one pass.
+
+    swscale refuses one pass that shrinks one axis a lot while enlarging the other (1x5000 -> 64x64); then
+    two: the shrinking axis with AREA, then the other with BICUBIC.
+    """
+    shrink = width <= frame.width and height <= frame.height
+    try:
+        return frame.reformat(width, height, format="rgb24",
+                              interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
+    except av.ArgumentError:
+        mid = (width, frame.height) if width < frame.width else (frame.width, height)
+        frame = frame.reformat(*mid, format="rgb24", interpolation="AREA")
+        return frame.reformat(width, height, interpolation="BICUBIC").to_ndarray()
+
+
 def _to_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
     """Decoded frame -> uint8 [height, width, 3]; no resize when the size already matches."""
     if frame.width == width and frame.height == height:
         return frame.to_ndarray(format="rgb24")
-    shrink = width <= frame.width and height <= frame.height
-    return frame.reformat(width, height, format="rgb24", interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
+    return _resize(frame, height, width)
 
 
 def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
@@ -458,9 +500,7 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
             changed.append(f"dropped the alpha channel ({fmt})")
         h, w = rgb.shape[:2]
         if (h, w) != (height, width):
-            shrink = width <= w and height <= h
-            rgb = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(
-                width, height, interpolation="AREA" if shrink else "BICUBIC").to_ndarray()
+            rgb = _resize(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), height, width)
             changed.append(f"resized {w}x{h} -> {width}x{height}")
     for n in changed:
         log.info("%s: %s", p, n)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import numbers
+import os
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,7 @@ import numpy as np
 from . import media
 from .backends import Backend, make_backend
 from .bundle import Bundle, default_bundle_path
-from .errors import BundleError, Cancelled, HarmonyError
+from .errors import BundleError, Cancelled, HarmonyError, MediaError
 from .guidance import MODES, GuidanceScales, GuidedDenoiser
 from .schedulers import SCHEDULERS, make_scheduler
 from .splitstore import SplitStore
@@ -51,20 +54,72 @@ class GenerationResult:
         return self.frames.shape[0] / self.fps
 
     def save(self, path: str | Path, wav: bool = True, stems_dir: str | Path | None = None) -> Path:
-        """Write `path` (.mp4, h264 + aac) and, with `wav`, the audio beside it as .wav; atomic writes."""
-        path = Path(path)
-        media.write_mp4(path, self.frames, self.fps, self.audio, self.sample_rate)
+        """Write `path` (.mp4, h264 + aac), with `wav` the audio beside it as .wav, with `stems_dir` the
+        Unison stems there; the files appear together (see `save_all`)."""
+        save_all([self], path, wav=wav, stems_dir=stems_dir)
+        return Path(path)
+
+    def writes(self, path: Path, wav: bool, stems_dir: Path | None) -> list[tuple[Path, Callable[[Path], None]]]:
+        """(target, writer of that file at a given path) for each file `save` makes."""
+        out = [(path, lambda p: media.write_mp4(p, self.frames, self.fps, self.audio, self.sample_rate))]
         if wav:
-            media.write_wav(path.with_suffix(".wav"), self.audio, self.sample_rate)
+            out.append((path.with_suffix(".wav"), lambda p: media.write_wav(p, self.audio, self.sample_rate)))
         if stems_dir is not None and self.stems:
-            Path(stems_dir).mkdir(parents=True, exist_ok=True)
             for name, x in {**self.stems, "mix": self.audio}.items():
-                media.write_wav(Path(stems_dir) / f"{name}.wav", x, self.sample_rate, subtype="FLOAT")
-        return path
+                out.append((stems_dir / f"{name}.wav",
+                            lambda p, x=x: media.write_wav(p, x, self.sample_rate, subtype="FLOAT")))
+        return out
+
+
+def output_paths(path: str | Path, n: int) -> list[Path]:
+    """Where `save_all` puts n clips: `path` itself for one, else OUT_0.mp4, OUT_1.mp4, ..."""
+    path = Path(path)
+    return [path] if n == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(n)]
+
+
+def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True,
+             stems_dir: str | Path | None = None) -> list[Path]:
+    """Write every clip of a batch (`output_paths`; stems under STEMS/i/ for several clips).
+
+    All or nothing: each file is written to a temp name beside its target, and only once all were
+    written are they renamed into place, so an error or an interrupt leaves no half of a pair or batch.
+    """
+    if Path(path).suffix.lower() != ".mp4":  # checked here too, so the message names `path`, not a temp name
+        raise MediaError(f"cannot write {path}: an mp4 file's name must end in .mp4")
+    stems = None if stems_dir is None else Path(stems_dir)
+    jobs, folders = [], []
+    for i, (res, p) in enumerate(zip(results, output_paths(path, len(results)))):
+        sd = stems if stems is None or len(results) == 1 else stems / str(i)
+        jobs += res.writes(p, wav, sd)
+        folders += [sd] if sd is not None and res.stems else []
+    for target, _ in jobs:
+        if target.is_dir():
+            raise MediaError(f"cannot write {target}: is a directory")
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for d in folders:
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise MediaError(f"cannot make folder {d}: {e.strerror or e}") from e
+        for target, write in jobs:
+            tmp = target.with_name(f".{secrets.token_hex(6)}.part{target.suffix}")  # short: any legal name fits
+            write(tmp)
+            staged.append((tmp, target))
+        for tmp, target in staged:
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                raise MediaError(f"cannot write {target}: {e.strerror or e}") from e
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return [target for target, _ in jobs]
 
 
 def _check_number(name: str, value, lo: float, hi: float, integer: bool = False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
     if ok and integer:
         ok = float(value).is_integer()
     if not ok or not lo <= value <= hi:
@@ -76,12 +131,18 @@ def _check_number(name: str, value, lo: float, hi: float, integer: bool = False)
 def _check_text(name: str, value) -> str:
     if not isinstance(value, str):
         raise HarmonyError(f"{name} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable command-line bytes arrive as lone surrogates
+        raise HarmonyError(f"{name} is not valid UTF-8 text") from None
     return value
 
 
 REF_SECONDS = (0.5, 10.0)  # reference voice lengths accepted (the encoder sees the first max_ref_seconds)
 
 
+STEM_NAMES = ("speech", "sfx")  # Unison's audio streams; saved with "mix" (the sum) as <name>.wav
+MAX_THREADS = 1024  # more only exhausts memory: ORT makes every thread up front
 PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is accepted
 
 
@@ -89,7 +150,10 @@ def _audio_input(name: str, x, sample_rate: int, max_seconds: float) -> np.ndarr
     """A path (read and resampled; a long file only as far as `max_seconds`, all that is used) or a float
     waveform array [W] at the bundle's rate -> float32 [W]."""
     if isinstance(x, (str, Path)):
-        return media.read_audio(x, sample_rate, max_seconds=max_seconds)
+        wav = media.read_audio(x, sample_rate, max_seconds=max_seconds)
+        if not np.isfinite(wav).all():  # a float wav can hold them
+            raise HarmonyError(f"{name} {x} contains NaN or infinite samples")
+        return wav
     if not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind != "f":
         what = f"array of shape {x.shape} and dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
         raise HarmonyError(f"{name} must be a file path or a mono float waveform [samples], got {what}")
@@ -172,6 +236,8 @@ class Pipeline:
         TensorRT); components without it run their main (fp32) graph. None: the main graphs."""
         self.bundle = bundle
         self.geometry = g = bundle.geometry
+        if threads is not None:
+            threads = _check_number("threads", threads, 1, MAX_THREADS, integer=True)
         if isinstance(backend, str):
             self.backend = make_backend(backend, bundle, threads=threads, precision=precision)
         else:
@@ -329,6 +395,8 @@ class Pipeline:
         g, sp = self.geometry, self.bundle.sampling
         if sum(x is not None for x in (audio, video)) > 1:
             raise HarmonyError("give at most one of audio (A2V) and video (V2A)")
+        if video is not None and image is not None:  # the given video holds every frame, the first included
+            raise HarmonyError("give at most one of video (V2A) and image (I2AV)")
         notes: list[str] = []
         max_s = g.max_latent_frames * g.video_t_stride / g.fps
         given_audio = given_frames = img = None
@@ -336,7 +404,10 @@ class Pipeline:
             given_audio = _audio_input("audio", audio, g.sample_rate, max_s)
             if given_audio.size == 0:
                 raise HarmonyError("the driving audio is empty")
-            seconds = seconds if seconds is not None else min(max_s, len(given_audio) / g.sample_rate)
+            dur, min_s = len(given_audio) / g.sample_rate, g.video_t_stride / g.fps
+            if seconds is None and dur < min_s:
+                raise HarmonyError(f"the driving audio is {dur:.3g} s long; the model needs at least {min_s:g} s")
+            seconds = seconds if seconds is not None else min(max_s, dur)
         if video is not None:
             if not isinstance(video, (str, Path)):
                 given_frames = _frames_input("video", video, (g.height, g.width, 3))
@@ -485,7 +556,7 @@ class Pipeline:
             else:
                 mix = np.clip(wav[b].sum(0), -1.0, 1.0)
                 if S == 2:
-                    stems = {"speech": wav[b, 0], "sfx": wav[b, 1]}
+                    stems = dict(zip(STEM_NAMES, (wav[b, 0], wav[b, 1])))
             mix = np.pad(mix, (0, max(0, n_samples - len(mix))))[:n_samples]
             stems = {k: np.pad(v, (0, max(0, n_samples - len(v))))[:n_samples] for k, v in stems.items()}
             results.append(GenerationResult(frames[b], mix.astype(np.float32), g.fps, g.sample_rate, run.seed, stems,

@@ -49,6 +49,7 @@ class TextTokenizer:
             unknown = list(dict.fromkeys(text[a:b] for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id))
             if unknown and text not in warned:
                 warned.add(text)
+                shown = " ".join(w.encode("unicode_escape").decode() if not w.isprintable() else w for w in unknown)
                 log.warning("%s: %d unknown token(s) the model has never seen: %s", self.what, len(unknown),
-                            " ".join(unknown))
+                            shown)  # a tab or newline as \t, \n: the warning stays one line
         return pad_ids([e.ids for e in encs])

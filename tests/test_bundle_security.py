@@ -237,6 +237,53 @@ def test_missing_graph_file(bundle):
     _refused(bundle, "audio_decoder.onnx: component audio_decoder file is missing", verify=False)
 
 
+def test_missing_tokenizer_file(bundle):
+    (bundle / "tokenizer_text.json").unlink()
+    _refused(bundle, "tokenizer_text.json: file tokenizer_text is missing", verify=False)
+
+
+def test_bundle_path_that_is_a_file(bundle, tmp_path):
+    _refused(bundle / "manifest.json", "manifest.json: not a folder")
+    _refused(tmp_path / "nope", "bundle folder not found")
+
+
+# What a text -> audio + video generation runs (harmony_rt.pipeline): the tokenizers, both text encoders, the
+# denoiser, both decoders, and the audio / video encoders (for the null audio = encoded silence, null video).
+NEEDED = [("components", c) for c in ("text_encoder", "speech_encoder", "denoiser", "video_decoder", "audio_decoder",
+                                      "audio_encoder", "video_encoder")] + \
+         [("files", k) for k in ("tokenizer_text", "tokenizer_speech")]
+
+
+@pytest.mark.parametrize("table,key", NEEDED)
+def test_bundle_without_a_needed_component_or_file(bundle, table, key):
+    m = _manifest(bundle)
+    del m[table][key]
+    _write_manifest(bundle, m)
+    for verify in (True, False):
+        msg = _refused(bundle, f"missing {table[:-1]} {key} (", verify=verify)
+        assert msg.startswith(f"{bundle / 'manifest.json'}: "), msg
+
+
+def test_bundle_without_components_or_files(bundle):
+    m = _manifest(bundle)
+    m["components"] = {}
+    del m["files"]
+    _write_manifest(bundle, m)
+    msg = _refused(bundle, "missing component text_encoder, component speech_encoder, component denoiser")
+    assert "file tokenizer_text, file tokenizer_speech" in msg
+
+
+def test_info_on_a_bundle_without_the_denoiser(bundle):
+    """The audit's case: `harmony-rt info` said it verified every file and exited 0."""
+    m = _manifest(bundle)
+    del m["components"]["denoiser"]
+    _write_manifest(bundle, m)
+    r = subprocess.run([sys.executable, "-m", "harmony_rt.cli", "info", str(bundle)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {bundle / 'manifest.json'}: missing component denoiser (every bundle needs all of them)"], r.stderr
+
+
 def test_newer_or_invalid_format_version(bundle):
     m = _manifest(bundle)
     for version, needle in ((2, "newer than this harmony-rt supports"), (True, "invalid format_version"),

@@ -218,3 +218,56 @@ def test_build_without_onnx_says_which_extra(tiny_bundle, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
     r = CliRunner().invoke(main, ["build", str(tiny_bundle), "--dry-run"])
     assert r.exit_code == 2 and "pip install '.[engines]'" in r.output and r.output.count("\n") == 1
+
+
+def test_outputs_are_checked_before_generating(tiny_bundle, tmp_path):
+    """The .wav beside the output, the OUT_i names and stems are refused up front when they would overwrite an
+    input or hit a folder, so no half of a pair or batch is written."""
+    voice = tmp_path / "speech.wav"
+    sf_bytes = b"RIFF not really a wav"  # never read: refused before
+    voice.write_bytes(sf_bytes)
+    r = cli("generate", "x", "--bundle", tiny_bundle, "--steps", "1", "--audio", voice, "-o", tmp_path / "speech.mp4")
+    _assert_clean_error(r, tmp_path, "it is the --audio input")
+    assert voice.read_bytes() == sf_bytes
+    batch = tmp_path / "batch"
+    (batch / "n_1.mp4").mkdir(parents=True)
+    r = cli("generate", "x", "--bundle", tiny_bundle, "--steps", "1", "--num-samples", "3", "-o", batch / "n.mp4")
+    assert r.returncode == 2 and "n_1.mp4: it is a folder" in r.stderr
+    assert [p.name for p in batch.iterdir()] == ["n_1.mp4"]  # n_0.mp4 was not written
+    (tmp_path / "x.wav").mkdir()
+    r = cli("generate", "x", "--bundle", tiny_bundle, "--steps", "1", "-o", tmp_path / "x.mp4")
+    _assert_clean_error(r, tmp_path, "x.wav: it is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch", "speech.wav", "x.wav"]
+
+
+def test_undecodable_bytes_in_a_prompt_or_output_name(tiny_bundle, tmp_path):
+    base = [PY, "-m", "harmony_rt.cli", "generate", "--bundle", str(tiny_bundle), "--steps", "1"]
+    r = subprocess.run(base + [b"a\xffb", "-o", str(tmp_path / "o.mp4")], capture_output=True, text=True, timeout=300)
+    _assert_clean_error(r, tmp_path, "prompt is not valid UTF-8")
+    r = subprocess.run(base + ["x", "-o", bytes(tmp_path) + b"/b\xff.mp4"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "not valid UTF-8" in r.stderr and not list(tmp_path.iterdir())
+
+
+def test_sigterm_exits_143_and_leaves_nothing(tiny_bundle, tmp_path):
+    """kill / timeout / docker stop send SIGTERM: cleaned up like Ctrl-C, one line, exit 128 + 15."""
+    import signal
+    import threading
+
+    out = tmp_path / "o.mp4"
+    p = subprocess.Popen([PY, "-m", "harmony_rt.cli", "generate", "x", "--bundle", str(tiny_bundle), "--steps", "1000",
+                          "-o", str(out)], stderr=subprocess.PIPE, text=True)
+    started, err = threading.Event(), []
+
+    def read():
+        while ch := p.stderr.read(1):
+            err.append(ch)
+            if "%|" in "".join(err[-4:]):  # the progress bar: the command is running
+                started.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert started.wait(120), "".join(err)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(60) == 143
+    assert "error: terminated (SIGTERM)" in "".join(err)
+    assert not list(tmp_path.iterdir())

@@ -73,6 +73,72 @@ def test_export_is_atomic_and_refuses_a_bad_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
 
 
+def test_export_refuses_an_output_that_is_not_a_bundle(tmp_path):
+    """A file or a non-empty folder without manifest.json is refused before any work, and left as it was."""
+    from export.bundle_writer import ExportError, export_bundle
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("precious")
+    (tmp_path / "file").write_text("precious")
+    with pytest.raises(ExportError, match=r"victim exists and is not a bundle \(no manifest.json\); refusing"):
+        export_bundle(tmp_path / "ck", victim)
+    with pytest.raises(ExportError, match="file exists and is not a folder; refusing"):
+        export_bundle(tmp_path / "ck", tmp_path / "file")
+    assert (victim / "notes.txt").read_text() == (tmp_path / "file").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "victim"]  # no temp folder either
+    # an empty folder or an old bundle may be replaced: these get as far as reading the (missing) checkpoint
+    (tmp_path / "empty").mkdir()
+    (victim / "manifest.json").write_text("{}")
+    for out in (tmp_path / "empty", victim):
+        with pytest.raises(ExportError, match="cannot read checkpoint"):
+            export_bundle(tmp_path / "ck", out)
+
+
+def test_export_refuses_an_output_overlapping_the_checkpoint(tmp_path):
+    from export.bundle_writer import ExportError, export_bundle
+
+    ck = tmp_path / "ck" / "self"
+    ck.mkdir(parents=True)
+    (ck / "model.safetensors").write_text("weights")
+    for out in (ck, tmp_path / "ck" / ".." / "ck" / "self", ck / "bundle", tmp_path / "ck", tmp_path):
+        with pytest.raises(ExportError, match="overlap the checkpoint"):
+            export_bundle(ck, out)
+    assert [p.name for p in ck.iterdir()] == ["model.safetensors"]
+    assert (ck / "model.safetensors").read_text() == "weights"
+    assert [p.name for p in (tmp_path / "ck").iterdir()] == ["self"]
+
+
+def _truncate_weights(ck):
+    (ck / "model.safetensors").write_bytes((ck / "model.safetensors").read_bytes()[:100])
+
+
+def _edit_config(**changes):
+    def edit(ck):
+        cfg = json.loads((ck / "config.json").read_text())
+        cfg.update({k: f(cfg[k]) if callable(f) else f for k, f in changes.items()})
+        (ck / "config.json").write_text(json.dumps(cfg))
+
+    return edit
+
+
+@pytest.mark.parametrize("damage", [
+    _truncate_weights, _edit_config(video_dim=lambda d: 2 * d), _edit_config(layers=-1), _edit_config(fps="x"),
+], ids=["truncated-weights", "video_dim-doubled", "layers-negative", "fps-string"])
+def test_export_reports_a_damaged_checkpoint_on_one_line(tiny_checkpoint, tmp_path, damage):
+    import re
+    import shutil
+
+    from export.bundle_writer import ExportError, export_bundle
+
+    ck = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
+    damage(ck)
+    with pytest.raises(ExportError, match=f"^cannot read checkpoint {re.escape(str(ck))}: ") as e:
+        export_bundle(ck, tmp_path / "b")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400, str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
 # ---------------------------------------------------------------- the exported denoiser's formulation
 
 

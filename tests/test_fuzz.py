@@ -131,7 +131,7 @@ def test_cli_fuzz_is_not_vacuous(tiny_bundle, tmp_path):
                "-o", str(tmp_path / "o.mp4")])
     assert ok.exit_code == 0 and (tmp_path / "o.mp4").is_file()
     bad = _run(["generate", "x", "--steps", "0", "--bundle", str(tiny_bundle), "-o", str(tmp_path / "p.mp4")])
-    assert bad.exit_code == 2 and bad.stderr.startswith("error: steps must be")
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --steps must be")
     with pytest.raises(AssertionError):
         internal = {"exit_code": 1, "stderr": "error: internal error: KeyError: 'x'", "exception": None}
         _assert_clean(type("R", (), internal)(), [])

@@ -1,5 +1,6 @@
 """harmony_rt.media: mp4/wav/image round trips, resampling, notes, one-line MediaErrors, atomic writes."""
 
+import os
 import struct
 import zlib
 from fractions import Fraction
@@ -134,6 +135,14 @@ def test_write_mp4_rejects_bad_input_before_touching_disk(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_write_mp4_needs_an_mp4_name(tmp_path):
+    for name in ("clip.avi", "clip", "clip.mp4.part"):
+        assert name in expect_error(media.write_mp4, tmp_path / name, index_frames(2), 8, match="must end in .mp4")
+    assert list(tmp_path.iterdir()) == []
+    media.write_mp4(tmp_path / "CLIP.MP4", index_frames(2), 8)  # any case
+    assert media.probe(tmp_path / "CLIP.MP4")["video"]["frames"] == 2
+
+
 # ------------------------------------------------------------------------------------------------ atomic
 
 
@@ -176,6 +185,24 @@ def test_atomic_output_replaces_on_success_and_cleans_on_error(tmp_path):
         tmp.write_text("partial")
         raise KeyboardInterrupt
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def test_longest_legal_names_are_written_and_longer_ones_refused(tmp_path):
+    """The temp name (".<stem>.<token><suffix>") is cut to fit the filesystem; the target's is not."""
+    name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
+    long_mp4 = tmp_path / ("v" * (name_max - 4) + ".mp4")
+    media.write_mp4(long_mp4, index_frames(2), 8, tone(seconds=0.25), SR)
+    assert media.probe(long_mp4)["video"]["frames"] == 2
+    long_wav = tmp_path / ("\u00e9" * ((name_max - 4) // 2) + ".wav")  # 2-byte characters: the cut keeps them whole
+    media.write_wav(long_wav, tone(seconds=0.1), SR)
+    assert np.abs(media.read_audio(long_wav, SR) - tone(seconds=0.1)).max() < 1e-4
+    assert sorted(tmp_path.iterdir()) == sorted([long_mp4, long_wav])
+
+    too_long = "v" * (name_max - 3) + ".mp4"
+    msg = expect_error(media.write_mp4, tmp_path / too_long, index_frames(2), 8, match="file name too long")
+    assert too_long in msg
+    expect_error(media.write_wav, tmp_path / ("a" * name_max + ".wav"), tone(), SR, match="file name too long")
+    assert sorted(tmp_path.iterdir()) == sorted([long_mp4, long_wav])
 
 
 def test_unwritable_destination(tmp_path):
@@ -260,6 +287,15 @@ def test_read_audio_errors(tmp_path):
     expect_error(media.read_audio, text, 0, match="sample_rate")
 
 
+@pytest.mark.parametrize("read", [lambda p: media.read_audio(p, SR), lambda p: media.read_video(p, 8, 16, 16),
+                                  lambda p: media.read_image(p, 16, 16), media.probe],
+                         ids=["read_audio", "read_video", "read_image", "probe"])
+def test_empty_file_says_so(tmp_path, read):
+    empty = tmp_path / "empty.mp4"
+    empty.touch()
+    assert "empty.mp4" in expect_error(read, empty, match="is empty")
+
+
 # ------------------------------------------------------------------------------------------------ video
 
 
@@ -309,6 +345,15 @@ def test_read_video_errors(tmp_path):
     expect_error(media.probe, bad, match="bad.mp4")
 
 
+@pytest.mark.parametrize("h,w", [(2, 5000), (5000, 2)])
+def test_read_video_extreme_aspect_ratio(tmp_path, h, w):
+    out = tmp_path / "thin.mp4"
+    media.write_mp4(out, np.full((2, h, w, 3), 120, np.uint8), 8)
+    got, notes = media.read_video(out, 8, 64, 64)
+    assert got.shape == (2, 64, 64, 3) and notes == [f"resized {w}x{h} -> 64x64"]
+    assert np.abs(got.astype(int) - 120).max() <= 3
+
+
 # ------------------------------------------------------------------------------------------------ images
 
 
@@ -352,3 +397,27 @@ def test_read_image_refuses_16_bit_and_garbage(tmp_path):
     junk.write_text("hello")
     expect_error(media.read_image, junk, 4, 4, match="junk.png")
     expect_error(media.read_image, tmp_path / "none.png", 4, 4, match="no such file")
+
+
+@pytest.mark.parametrize("h,w", [(1, 5000), (2, 5000), (5000, 1)])
+def test_read_image_extreme_aspect_ratio(tmp_path, h, w):
+    """One axis shrunk ~80x while the other is enlarged: swscale refuses that in one pass."""
+    n = max(h, w)
+    ramp = np.linspace(0, 255, n)  # along the long axis; flat along the short one
+    img = np.broadcast_to(ramp[:, None] if h == n else ramp[None, :], (h, w))
+    write_png_pyav(tmp_path / "thin.png", np.repeat(img.round().astype(np.uint8)[..., None], 3, 2), "rgb24")
+    notes = []
+    got = media.read_image(tmp_path / "thin.png", 64, 64, notes)
+    assert got.shape == (64, 64, 3) and notes == [f"resized {w}x{h} -> 64x64"]
+    centres = np.interp((np.arange(64) + 0.5) * n / 64 - 0.5, np.arange(n), ramp)  # area average of a ramp
+    want = np.broadcast_to(centres[:, None, None] if h == n else centres[None, :, None], got.shape)
+    assert np.abs(got - want).max() < 2
+
+
+def test_read_image_ordinary_resize_is_one_swscale_pass(tmp_path):
+    """The two-pass fallback leaves every size swscale takes in one pass as it was."""
+    rgb = np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    write_png_pyav(tmp_path / "rgb.png", rgb, "rgb24")
+    for (h, w), interp in [((12, 20), "AREA"), ((48, 80), "BICUBIC"), ((32, 32), "BICUBIC")]:
+        one_pass = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(w, h, interpolation=interp).to_ndarray()
+        assert np.array_equal(media.read_image(tmp_path / "rgb.png", h, w), one_pass)

@@ -134,3 +134,35 @@ def test_a_new_pipeline_reuses_the_split_decided_by_an_earlier_one(tiny_bundle, 
     second.generate("a red ball", steps=8, seconds=1.0)
     (g2,) = second._guided.values()
     assert g2.decisions == g1.decisions and not g2.timings  # decided without measuring
+
+
+def test_save_all_writes_every_file_or_none(pipe, tmp_path, monkeypatch):
+    from harmony_rt import media
+    from harmony_rt.errors import MediaError
+    from harmony_rt.pipeline import save_all
+
+    clips = pipe.generate_batch("a red ball", steps=1, seconds=1.0, num_samples=2)
+    real, calls = media.write_wav, []
+
+    def failing(path, *a, **kw):  # the second clip's wav fails, after three files were written
+        calls.append(path)
+        if len(calls) == 2:
+            raise MediaError("disk full (simulated)")
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(media, "write_wav", failing)
+    with pytest.raises(MediaError, match="simulated"):
+        save_all(clips, tmp_path / "o.mp4")
+    assert not list(tmp_path.iterdir())  # neither o_0.* nor any temp file
+    monkeypatch.setattr(media, "write_wav", real)
+    assert [p.name for p in save_all(clips, tmp_path / "o.mp4")] == ["o_0.mp4", "o_0.wav", "o_1.mp4", "o_1.wav"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o_0.mp4", "o_0.wav", "o_1.mp4", "o_1.wav"]
+
+
+def test_numpy_scalars_are_numbers(pipe):
+    a = pipe.generate("a red ball", steps=np.int64(2), seed=np.int64(3), seconds=np.float32(1.0))
+    b = pipe.generate("a red ball", steps=2, seed=3, seconds=1.0)
+    assert np.array_equal(a.frames, b.frames)
+    for bad in ("2", 2.5, 0, 10**6):
+        with pytest.raises(HarmonyError, match="threads must be an integer"):
+            Pipeline(pipe.bundle, threads=bad)

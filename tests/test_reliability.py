@@ -103,6 +103,9 @@ _G = dict(fps=8.0, height=32, width=32, sample_rate=16000)  # the tiny geometry
     (dict(ref_audio=np.zeros(100, np.float32)), "reference audio must be 0.5-10 s"),
     (dict(audio=np.full(16000, np.nan, np.float32)), "NaN"),
     (dict(audio=np.full(16000, 300.0, np.float32)), r"in \[-1, 1\], got a peak of 300"),
+    (dict(video=np.zeros((8, 32, 32, 3), np.uint8), image=np.zeros((32, 32, 3), np.uint8)), "video .V2A. and image"),
+    (dict(prompt="a\udcff"), "prompt is not valid UTF-8"),
+    (dict(speech="\ud800"), "speech is not valid UTF-8"),
     (dict(ref_audio=np.full(16000, -1.5, np.float32)), "peak of 1.5"),
 ])
 def test_bad_arguments_are_harmony_errors(pipe, kw, needle):

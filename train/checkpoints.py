@@ -80,6 +80,19 @@ def save_checkpoint(
     return path
 
 
+def _config(d) -> HarmonyConfig:
+    """HarmonyConfig from config.json, each value of its field's type (an int does for a float): a string or
+    null would otherwise load and fail later, deep inside export or sampling."""
+    if not isinstance(d, dict):
+        raise ValueError("config.json is not a JSON object")
+    defaults = HarmonyConfig().to_dict()
+    for k, v in d.items():
+        want = type(defaults.get(k, v))
+        if not (type(v) is want or (want is float and type(v) is int)):
+            raise ValueError(f"config.json: {k} is {v!r:.40}, not {want.__name__}")
+    return HarmonyConfig.from_dict(d)
+
+
 def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None = None, ema: bool = True):
     """-> (model, optimizer state dict or None, training state). No pickle: safetensors + JSON only.
 
@@ -89,7 +102,7 @@ def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None 
     path = Path(path)
     if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a harmony-rt checkpoint (model.safetensors + config.json)")
-    cfg = HarmonyConfig.from_dict(json.loads((path / "config.json").read_text()))
+    cfg = _config(json.loads((path / "config.json").read_text()))
     model = HarmonyModel(cfg)
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     if ema and (path / "ema.safetensors").is_file():
