@@ -105,15 +105,8 @@ def _discard(tmp: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def atomic_output(path: os.PathLike | str) -> Iterator[Path]:
-    """Yield a temp path next to `path` (same suffix); on success fsync + `os.replace` it over `path`.
-
-    On any exception (KeyboardInterrupt included) the temp file is removed, `path` is left as it was,
-    and the exception propagates. Raises MediaError up front if the folder is missing or not writable, or
-    the name is longer than the filesystem allows (the temp name is shortened to fit when `path`'s does).
-    """
-    path = Path(path)
+def _temp_for(path: Path) -> Path:
+    """`.<stem>.<token><suffix>` beside `path`, after checking `path` can be written (MediaError if not)."""
     parent = path.parent
     if not parent.is_dir():
         raise MediaError(_one_line(f"cannot write {path}: folder {parent} does not exist"))
@@ -124,25 +117,59 @@ def atomic_output(path: os.PathLike | str) -> Iterator[Path]:
         raise MediaError(_one_line(f"cannot write {path}: file name too long (over {name_max} bytes)"))
     if path.is_dir():
         raise MediaError(_one_line(f"cannot write {path}: is a directory"))
-    # Not mkstemp: the writer creates the file itself, so it gets normal (umask) permissions, not 0600.
-    # ".<stem>.<token><suffix>", the stem cut (whole UTF-8 characters) so the name stays within name_max.
+    # The stem is cut (whole UTF-8 characters) so the temp name stays within name_max.
     token = secrets.token_hex(4)
     room = max(0, name_max - len(os.fsencode(f"..{token}{path.suffix}")))
     stem = os.fsencode(path.stem)[:room].decode("utf-8", "ignore")
-    tmp = parent / f".{stem}.{token}{path.suffix}"
+    return parent / f".{stem}.{token}{path.suffix}"
+
+
+@contextlib.contextmanager
+def atomic_outputs(*paths: os.PathLike | str) -> Iterator[list[Path]]:
+    """Yield a temp path next to each of `paths` (same suffix); once the block is done, fsync them all and
+    `os.replace` each over its path: the files appear together (only a kill during the renames splits them).
+
+    On any exception (KeyboardInterrupt included) the temp files are removed, `paths` are left as they were,
+    and the exception propagates. Raises MediaError up front if a folder is missing or not writable, or a
+    name is longer than the filesystem allows (a temp name is shortened to fit when its path's does).
+    """
+    targets = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    # Not mkstemp: the writer creates each file itself, so it gets normal (umask) permissions, not 0600.
     try:
-        yield tmp
-        if not tmp.exists():
-            raise MediaError(_one_line(f"cannot write {path}: the writer produced no file"))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for t in targets:
+            tmps.append(_temp_for(t))
+        yield tmps
+        for t, tmp in zip(targets, tmps):
+            if not tmp.exists():
+                raise MediaError(_one_line(f"cannot write {t}: the writer produced no file"))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        for t, tmp in zip(targets, tmps):
+            try:
+                os.replace(tmp, t)
+            except OSError as e:
+                raise MediaError(_one_line(f"cannot write {t}: {e.strerror or e}")) from e
     except OSError as e:
-        _discard(tmp)
-        raise MediaError(_one_line(f"cannot write {path}: {e.strerror or e}")) from e
+        for tmp in tmps:
+            _discard(tmp)
+        raise MediaError(_one_line(f"cannot write {', '.join(map(str, targets))}: {e.strerror or e}")) from e
     except BaseException:
-        _discard(tmp)
+        for tmp in tmps:
+            _discard(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: os.PathLike | str) -> Iterator[Path]:
+    """`atomic_outputs` for one file: yield its temp path; on success it replaces `path`."""
+    with atomic_outputs(path) as (tmp,):
+        yield tmp
+
+
+def _target(path: Path, atomic: bool):
+    """The context a writer writes in: `atomic_output(path)`, or `path` itself."""
+    return atomic_output(path) if atomic else contextlib.nullcontext(Path(path))
 
 
 def _check_audio(audio: object, path: Path, max_channels: int | None = None) -> np.ndarray:
@@ -163,8 +190,10 @@ def _check_audio(audio: object, path: Path, max_channels: int | None = None) -> 
     return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
 
-def write_wav(path: os.PathLike | str, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
-    """Write float audio [W] or [W, C] as WAV, clipped to [-1, 1], atomically.
+def write_wav(path: os.PathLike | str, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16",
+              atomic: bool = True) -> None:
+    """Write float audio [W] or [W, C] as WAV, clipped to [-1, 1], atomically (`atomic=False`: straight to
+    `path`, for a caller that made it with `atomic_outputs`).
 
     `subtype` "PCM_16" (default: plays everywhere; reads back within one 16-bit step), "PCM_24", or
     "FLOAT" (32-bit float: bit-exact round trip through `read_audio`).
@@ -174,13 +203,14 @@ def write_wav(path: os.PathLike | str, audio: np.ndarray, sample_rate: int, subt
     if subtype not in WAV_SUBTYPES:
         raise MediaError(f"cannot write {path}: subtype must be one of {WAV_SUBTYPES}, got {subtype!r}")
     data = _check_audio(audio, path)  # [W, C]
-    with atomic_output(path) as tmp, _converting(path, "write"):
+    with _target(path, atomic) as tmp, _converting(path, "write"):
         sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
 
 
 def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np.ndarray | None = None,
-              sample_rate: int | None = None, crf: int = 18) -> None:
-    """Write RGB frames [T, H, W, 3] uint8 as H.264 (libx264, yuv420p) mp4, with optional AAC audio, atomically.
+              sample_rate: int | None = None, crf: int = 18, atomic: bool = True) -> None:
+    """Write RGB frames [T, H, W, 3] uint8 as H.264 (libx264, yuv420p) mp4, with optional AAC audio, atomically
+    (`atomic=False`: straight to `path`, for a caller that made it with `atomic_outputs`).
 
     `fps` may be fractional (kept as a Fraction time base); `crf` is x264's quality (lower is better, 0..51).
     Odd H or W is padded to even by repeating the last row/column. `audio` float [W] or [W, C] (C <= 2) at
@@ -216,7 +246,7 @@ def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np
         if sr_out != sr:
             log.info("%s: AAC has no %d Hz; resampling audio to %d Hz", path, sr, sr_out)
 
-    with atomic_output(path) as tmp, _converting(path, "write"):
+    with _target(path, atomic) as tmp, _converting(path, "write"):
         with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
             vs = container.add_stream("libx264", rate=rate, options={"crf": str(int(crf)), "preset": "medium"})
             vs.width, vs.height, vs.pix_fmt = w + pad_w, h + pad_h, "yuv420p"

@@ -12,8 +12,6 @@ import functools
 import logging
 import math
 import numbers
-import os
-import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,14 +58,16 @@ class GenerationResult:
         return Path(path)
 
     def writes(self, path: Path, wav: bool, stems_dir: Path | None) -> list[tuple[Path, Callable[[Path], None]]]:
-        """(target, writer of that file at a given path) for each file `save` makes."""
-        out = [(path, lambda p: media.write_mp4(p, self.frames, self.fps, self.audio, self.sample_rate))]
+        """(target, writer of that file's bytes at a given temp path) for each file `save` makes."""
+        out = [(path, lambda p: media.write_mp4(p, self.frames, self.fps, self.audio, self.sample_rate,
+                                                atomic=False))]
         if wav:
-            out.append((path.with_suffix(".wav"), lambda p: media.write_wav(p, self.audio, self.sample_rate)))
+            out.append((path.with_suffix(".wav"),
+                        lambda p: media.write_wav(p, self.audio, self.sample_rate, atomic=False)))
         if stems_dir is not None and self.stems:
             for name, x in {**self.stems, "mix": self.audio}.items():
                 out.append((stems_dir / f"{name}.wav",
-                            lambda p, x=x: media.write_wav(p, x, self.sample_rate, subtype="FLOAT")))
+                            lambda p, x=x: media.write_wav(p, x, self.sample_rate, subtype="FLOAT", atomic=False)))
         return out
 
 
@@ -81,8 +81,9 @@ def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True
              stems_dir: str | Path | None = None) -> list[Path]:
     """Write every clip of a batch (`output_paths`; stems under STEMS/i/ for several clips).
 
-    All or nothing: each file is written to a temp name beside its target, and only once all were
-    written are they renamed into place, so an error or an interrupt leaves no half of a pair or batch.
+    All or nothing (media.atomic_outputs): each file is written to a temp name beside its target, and only
+    once all were written are they renamed into place, so an error or an interrupt leaves no half of a pair
+    or batch (a SIGKILL can leave `.<name>.<random>.<ext>` temp files).
     """
     if Path(path).suffix.lower() != ".mp4":  # checked here too, so the message names `path`, not a temp name
         raise MediaError(f"cannot write {path}: an mp4 file's name must end in .mp4")
@@ -92,29 +93,14 @@ def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True
         sd = stems if stems is None or len(results) == 1 else stems / str(i)
         jobs += res.writes(p, wav, sd)
         folders += [sd] if sd is not None and res.stems else []
-    for target, _ in jobs:
-        if target.is_dir():
-            raise MediaError(f"cannot write {target}: is a directory")
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for d in folders:
-            try:
-                d.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise MediaError(f"cannot make folder {d}: {e.strerror or e}") from e
-        for target, write in jobs:
-            tmp = target.with_name(f".{secrets.token_hex(6)}.part{target.suffix}")  # short: any legal name fits
+    for d in folders:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MediaError(f"cannot make folder {d}: {e.strerror or e}") from e
+    with media.atomic_outputs(*(target for target, _ in jobs)) as tmps:
+        for (_, write), tmp in zip(jobs, tmps):
             write(tmp)
-            staged.append((tmp, target))
-        for tmp, target in staged:
-            try:
-                os.replace(tmp, target)
-            except OSError as e:
-                raise MediaError(f"cannot write {target}: {e.strerror or e}") from e
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
     return [target for target, _ in jobs]
 
 

@@ -268,7 +268,9 @@ def test_cli_export_rejects_unknown_precision_and_generate_takes_one(prec_bundle
 
     from harmony_rt.cli import main
 
-    r = CliRunner().invoke(main, ["export", str(tmp_path), "-o", str(tmp_path / "b"), "--precision", "fp32,int4"])
+    (tmp_path / "ck").mkdir()  # refused for the precision before the checkpoint is read
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "ck"), "-o", str(tmp_path / "b"), "--precision",
+                                  "fp32,int4"])
     assert r.exit_code == 2 and "unknown precision" in r.output
     out = tmp_path / "o.mp4"
     r = CliRunner().invoke(main, ["-v", "generate", "a red ball", "--bundle", str(prec_bundle), "--precision", "int8",
