@@ -27,6 +27,20 @@ def _fail(msg: str, code: int = 2):
     sys.exit(code)
 
 
+class _OutputError(HarmonyError):
+    """Standard output could not be written (a full disk, an I/O error): exit 1, not a usage error."""
+
+
+def _say(text: str = "") -> None:
+    """click.echo to stdout; a failed write says so in one line instead of an internal error."""
+    try:
+        click.echo(text)
+    except BrokenPipeError:  # the reader went away: handled quietly by handle_errors
+        raise
+    except OSError as e:
+        raise _OutputError(f"cannot write to standard output: {e.strerror or e}") from None
+
+
 def _flag_names(msg: str) -> str:
     """'s_v must be ...' (the library's argument name) -> '--s-v must be ...' when it is the command's option."""
     ctx = click.get_current_context(silent=True)
@@ -93,6 +107,8 @@ def handle_errors(fn):
         debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*a, **kw)
+        except _OutputError as e:
+            _fail(str(e), 1)
         except HarmonyError as e:
             if debug:
                 raise
@@ -252,7 +268,7 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     for res, path in zip(results, output_paths(output, len(results))):
         for note in res.notes:
             click.echo(f"note: {note}", err=True)
-        click.echo(f"wrote {path} and {path.with_suffix('.wav')} ({res.seconds:.2f} s, "
+        _say(f"wrote {path} and {path.with_suffix('.wav')} ({res.seconds:.2f} s, "
                    f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz)")
 
 
@@ -278,7 +294,7 @@ def export(checkpoint, output, precision, custom_op):
         raise HarmonyError(f"checkpoint folder not found: {checkpoint}")
     logging.getLogger("export").setLevel(logging.INFO)
     export_bundle(checkpoint, output, precisions=precision, custom_op=custom_op)
-    click.echo(f"wrote bundle {output}")
+    _say(f"wrote bundle {output}")
 
 
 @main.command()
@@ -290,23 +306,23 @@ def info(bundle):
 
     b = Bundle.load(bundle or default_bundle_path()).verify_all()
     m = b.manifest
-    click.echo(f"bundle   {b.path}\nvariant  {b.variant}\nformat   {m['format_version']}")
-    click.echo("geometry " + json.dumps(m["geometry"]))
-    click.echo("sampling " + json.dumps({k: v for k, v in m["sampling"].items() if k != "time"}))
+    _say(f"bundle   {b.path}\nvariant  {b.variant}\nformat   {m['format_version']}")
+    _say("geometry " + json.dumps(m["geometry"]))
+    _say("sampling " + json.dumps({k: v for k, v in m["sampling"].items() if k != "time"}))
     g = b.geometry
-    click.echo(f"limits   clip <= {g.max_latent_frames * g.video_t_stride / g.fps:g} s, prompt <= {g.max_text_tokens} "
+    _say(f"limits   clip <= {g.max_latent_frames * g.video_t_stride / g.fps:g} s, prompt <= {g.max_text_tokens} "
                f"tokens, transcript <= {g.max_speech_chars} characters, reference voice: first "
                f"{m['sampling'].get('max_ref_seconds', 3.0):g} s used")
     for name, c in m["components"].items():
         size = b.component_path(name).stat().st_size
-        click.echo(f"  {name:15s} {c['precision']:12s} {size / 1e6:7.2f} MB  "
+        _say(f"  {name:15s} {c['precision']:12s} {size / 1e6:7.2f} MB  "
                    f"parity {c.get('parity_max_abs_err', float('nan')):.1e}")
         for prec in list(c.get("variants") or {}):
             vsize = b.component_path(name, prec).stat().st_size
-            click.echo(f"  {'':15s} {prec:12s} {vsize / 1e6:7.2f} MB  (variant)")
+            _say(f"  {'':15s} {prec:12s} {vsize / 1e6:7.2f} MB  (variant)")
     entries = [e for c in m["components"].values() for e in (c, *(c.get("variants") or {}).values())]
     n = len(entries) + sum(len(e.get("external_data", [])) for e in entries) + len(m.get("files", {}))
-    click.echo(f"verified sha256 of all {n} files")
+    _say(f"verified sha256 of all {n} files")
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -335,11 +351,11 @@ def build(bundle, precision, max_frames, max_batch, force, plugin, dry_run):
         from .bundle import Bundle
 
         for plan in plan_engines(Bundle.load(bundle), precision, max_frames, max_batch, plugin_graphs=plugin):
-            click.echo(plan.describe())
+            _say(plan.describe())
         return
     for path in build_engines(bundle, precision, max_frames=max_frames, max_batch=max_batch, force=force,
                               plugin_graphs=plugin):
-        click.echo(f"engine {path}")
+        _say(f"engine {path}")
 
 
 from .bench import bench_command  # noqa: E402  (harmony_rt/bench.py)

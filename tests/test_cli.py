@@ -271,3 +271,11 @@ def test_sigterm_exits_143_and_leaves_nothing(tiny_bundle, tmp_path):
     assert p.wait(60) == 143
     assert "error: terminated (SIGTERM)" in "".join(err)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_stdout_is_one_line_not_an_internal_error(tiny_bundle):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([PY, "-m", "harmony_rt.cli", "info", str(tiny_bundle)], stdout=full, stderr=subprocess.PIPE,
+                           text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr == "error: cannot write to standard output: No space left on device\n"
