@@ -64,7 +64,9 @@ def safe_path(root: Path, rel: str, what: str) -> Path:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and a rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temp name keeps at most 200 bytes of path's, so a long legal name still gets a legal temp name
+    prefix = "." + os.fsencode(path.name)[:200].decode("utf-8", "ignore") + "."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     try:
         umask = os.umask(0)
         os.umask(umask)

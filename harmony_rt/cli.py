@@ -56,8 +56,13 @@ class _Terminated(SystemExit):
 
 
 def _on_signal(signum, frame):
+    for s in _SIGNALS:  # a second signal must not interrupt the clean-up this one starts
+        signal.signal(s, signal.SIG_IGN)
     click.echo(f"error: terminated ({signal.Signals(signum).name})", err=True)
     raise _Terminated(128 + signum)
+
+
+_SIGNALS = [s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGHUP")) if s is not None]  # no HUP: Windows
 
 
 @contextlib.contextmanager
@@ -66,7 +71,8 @@ def _terminate_cleanly():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # a signal the process was started ignoring (nohup, trap '' HUP) stays ignored
+    old = {s: signal.signal(s, _on_signal) for s in _SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
@@ -81,7 +87,9 @@ class _Group(click.Group):
     """Usage errors (a bad option value, a missing argument) as one `error: ...` line and exit 2, like ours."""
 
     def main(self, *args, **kw):
-        kw.pop("standalone_mode", None)
+        if kw.pop("standalone_mode", True) is False:  # embedded: click's own contract (return, raise)
+            with _terminate_cleanly():
+                return super().main(*args, standalone_mode=False, **kw)
         try:
             with _terminate_cleanly():
                 rv = super().main(*args, standalone_mode=False, **kw)
@@ -179,6 +187,11 @@ def _check_targets(output: Path, stems: Path | None, n: int, kw: dict) -> None:
                 raise HarmonyError(f"cannot write {t}: it is the --{k.replace('_', '-')} input")
     if stems is not None and stems.absolute() in {p.absolute() for p in targets}:
         raise HarmonyError(f"--stems {stems}: it is an output file, not a folder")
+    seen: dict[Path, Path] = {}
+    for t in targets:  # e.g. -o speech.mp4 --stems . : the wav beside the mp4 is also a stem
+        if (a := t.absolute()) in seen:
+            raise HarmonyError(f"cannot write {t} twice: choose another -o or --stems")
+        seen[a] = t
 
 
 def _check_stems(stems: Path, kw: dict) -> None:

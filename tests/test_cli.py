@@ -253,10 +253,12 @@ def test_sigterm_exits_143_and_leaves_nothing(tiny_bundle, tmp_path):
     """kill / timeout / docker stop send SIGTERM: cleaned up like Ctrl-C, one line, exit 128 + 15."""
     import signal
     import threading
+    import time
 
     out = tmp_path / "o.mp4"
     p = subprocess.Popen([PY, "-m", "harmony_rt.cli", "generate", "x", "--bundle", str(tiny_bundle), "--steps", "1000",
-                          "-o", str(out)], stderr=subprocess.PIPE, text=True)
+                          "-o", str(out)], stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as under nohup
     started, err = threading.Event(), []
 
     def read():
@@ -267,6 +269,9 @@ def test_sigterm_exits_143_and_leaves_nothing(tiny_bundle, tmp_path):
 
     threading.Thread(target=read, daemon=True).start()
     assert started.wait(120), "".join(err)
+    p.send_signal(signal.SIGHUP)  # ignored, as the process was started ignoring it
+    time.sleep(1.0)
+    assert p.poll() is None, "".join(err)
     p.send_signal(signal.SIGTERM)
     assert p.wait(60) == 143
     assert "error: terminated (SIGTERM)" in "".join(err)
@@ -279,3 +284,17 @@ def test_a_full_stdout_is_one_line_not_an_internal_error(tiny_bundle):
         r = subprocess.run([PY, "-m", "harmony_rt.cli", "info", str(tiny_bundle)], stdout=full, stderr=subprocess.PIPE,
                            text=True, timeout=300)
     assert r.returncode == 1 and r.stderr == "error: cannot write to standard output: No space left on device\n"
+
+
+def test_two_outputs_on_one_path_are_refused(tiny_bundle, tmp_path):
+    """-o speech.mp4 --stems DIR: the wav beside the mp4 would also be the speech stem."""
+    r = cli("generate", "x", "--bundle", tiny_bundle, "--steps", "1", "-o", tmp_path / "speech.mp4",
+            "--stems", tmp_path)
+    _assert_clean_error(r, tmp_path, "speech.wav twice")
+
+
+def test_main_embedded_without_standalone_mode_returns(tiny_bundle, capsys):
+    from harmony_rt.cli import main
+
+    assert main(["info", str(tiny_bundle)], standalone_mode=False) is None  # click's contract: no SystemExit
+    assert "verified sha256" in capsys.readouterr().out

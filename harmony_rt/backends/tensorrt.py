@@ -189,6 +189,7 @@ class TensorRTBackend:
         for lib in plugin_libraries or ():
             trt.get_plugin_registry().load_library(str(lib))
         self._runtime = trt.Runtime(self._logger)
+        self.precision = precision
         self._engines = self._pick_engines(precision)
         self._runners: dict[str, _Runner] = {}
         self._lock = threading.Lock()
