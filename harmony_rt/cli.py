@@ -160,20 +160,13 @@ def _check_output(path: Path) -> None:
         raise HarmonyError(f"cannot write {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise HarmonyError(f"cannot write {path}: folder {parent} is not writable")
-    if path.is_dir():
-        raise HarmonyError(f"cannot write {path}: it is a folder")
 
 
 def _check_targets(output: Path, stems: Path | None, n: int, kw: dict) -> None:
     """Every file the run will write: a writable name, no folder in the way, none of the inputs."""
-    from .pipeline import STEM_NAMES, output_paths
+    from .pipeline import clip_files, output_paths
 
-    targets = []
-    for i, p in enumerate(output_paths(output, n)):
-        targets += [p, p.with_suffix(".wav")]
-        if stems is not None:
-            sd = stems if n == 1 else stems / str(i)
-            targets += [sd / f"{name}.wav" for name in (*STEM_NAMES, "mix")]
+    targets = [f for p, sd in output_paths(output, n, stems) for f in clip_files(p, True, sd)]
     inputs = {k: Path(v) for k, v in kw.items() if k in ("audio", "video", "image", "ref_audio") and v is not None}
     for t in targets:
         try:
@@ -278,11 +271,11 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
         if bar is not None:
             bar.close()
     save_all(results, output, stems_dir=stems)  # all files or none
-    for res, path in zip(results, output_paths(output, len(results))):
+    for res, (path, _) in zip(results, output_paths(output, len(results))):
         for note in res.notes:
             click.echo(f"note: {note}", err=True)
         _say(f"wrote {path} and {path.with_suffix('.wav')} ({res.seconds:.2f} s, "
-                   f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz)")
+             f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz)")
 
 
 @main.command()
@@ -324,12 +317,12 @@ def info(bundle):
     _say("sampling " + json.dumps({k: v for k, v in m["sampling"].items() if k != "time"}))
     g = b.geometry
     _say(f"limits   clip <= {g.max_latent_frames * g.video_t_stride / g.fps:g} s, prompt <= {g.max_text_tokens} "
-               f"tokens, transcript <= {g.max_speech_chars} characters, reference voice: first "
-               f"{m['sampling'].get('max_ref_seconds', 3.0):g} s used")
+         f"tokens, transcript <= {g.max_speech_chars} characters, reference voice: first "
+         f"{m['sampling'].get('max_ref_seconds', 3.0):g} s used")
     for name, c in m["components"].items():
         size = b.component_path(name).stat().st_size
         _say(f"  {name:15s} {c['precision']:12s} {size / 1e6:7.2f} MB  "
-                   f"parity {c.get('parity_max_abs_err', float('nan')):.1e}")
+             f"parity {c.get('parity_max_abs_err', float('nan')):.1e}")
         for prec in list(c.get("variants") or {}):
             vsize = b.component_path(name, prec).stat().st_size
             _say(f"  {'':15s} {prec:12s} {vsize / 1e6:7.2f} MB  (variant)")

@@ -59,22 +59,32 @@ class GenerationResult:
 
     def writes(self, path: Path, wav: bool, stems_dir: Path | None) -> list[tuple[Path, Callable[[Path], None]]]:
         """(target, writer of that file's bytes at a given temp path) for each file `save` makes."""
-        out = [(path, lambda p: media.write_mp4(p, self.frames, self.fps, self.audio, self.sample_rate,
-                                                atomic=False))]
+        stems_dir = stems_dir if self.stems else None  # a one-stream clip has no stems to write
+        writers = [lambda p: media.write_mp4(p, self.frames, self.fps, self.audio, self.sample_rate, atomic=False)]
         if wav:
-            out.append((path.with_suffix(".wav"),
-                        lambda p: media.write_wav(p, self.audio, self.sample_rate, atomic=False)))
-        if stems_dir is not None and self.stems:
-            for name, x in {**self.stems, "mix": self.audio}.items():
-                out.append((stems_dir / f"{name}.wav",
-                            lambda p, x=x: media.write_wav(p, x, self.sample_rate, subtype="FLOAT", atomic=False)))
-        return out
+            writers.append(lambda p: media.write_wav(p, self.audio, self.sample_rate, atomic=False))
+        if stems_dir is not None:
+            writers += [lambda p, x=x: media.write_wav(p, x, self.sample_rate, subtype="FLOAT", atomic=False)
+                        for x in (*(self.stems[k] for k in STEM_NAMES), self.audio)]
+        return list(zip(clip_files(path, wav, stems_dir), writers, strict=True))
 
 
-def output_paths(path: str | Path, n: int) -> list[Path]:
-    """Where `save_all` puts n clips: `path` itself for one, else OUT_0.mp4, OUT_1.mp4, ..."""
-    path = Path(path)
-    return [path] if n == 1 else [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(n)]
+def output_paths(path: str | Path, n: int, stems_dir: str | Path | None = None) -> list[tuple[Path, Path | None]]:
+    """(mp4, stems folder) of each of n clips as `save_all` writes them: `path` and `stems_dir` themselves for
+    one clip, else OUT_0.mp4, OUT_1.mp4, ... and STEMS/0, STEMS/1, ..."""
+    path, stems = Path(path), None if stems_dir is None else Path(stems_dir)
+    if n == 1:
+        return [(path, stems)]
+    return [(path.with_name(f"{path.stem}_{i}{path.suffix}"), None if stems is None else stems / str(i))
+            for i in range(n)]
+
+
+def clip_files(path: Path, wav: bool, stems_dir: Path | None) -> list[Path]:
+    """The files one clip is saved as: `path`, with `wav` the .wav beside it, with `stems_dir` its stems."""
+    files = [path, path.with_suffix(".wav")] if wav else [path]
+    if stems_dir is not None:
+        files += [stems_dir / f"{name}.wav" for name in (*STEM_NAMES, "mix")]
+    return files
 
 
 def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True,
@@ -87,10 +97,8 @@ def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True
     """
     if Path(path).suffix.lower() != ".mp4":  # checked here too, so the message names `path`, not a temp name
         raise MediaError(f"cannot write {path}: an mp4 file's name must end in .mp4")
-    stems = None if stems_dir is None else Path(stems_dir)
     jobs, folders = [], []
-    for i, (res, p) in enumerate(zip(results, output_paths(path, len(results)))):
-        sd = stems if stems is None or len(results) == 1 else stems / str(i)
+    for res, (p, sd) in zip(results, output_paths(path, len(results), stems_dir)):
         jobs += res.writes(p, wav, sd)
         folders += [sd] if sd is not None and res.stems else []
     for d in folders:
@@ -384,13 +392,15 @@ class Pipeline:
         if video is not None and image is not None:  # the given video holds every frame, the first included
             raise HarmonyError("give at most one of video (V2A) and image (I2AV)")
         notes: list[str] = []
-        max_s = g.max_latent_frames * g.video_t_stride / g.fps
+        min_s, max_s = g.video_t_stride / g.fps, g.max_latent_frames * g.video_t_stride / g.fps
+        if seconds is not None:  # checked before any media is read (it bounds how much is)
+            seconds = _check_number("seconds", seconds, min_s, max_s)
         given_audio = given_frames = img = None
         if audio is not None:
             given_audio = _audio_input("audio", audio, g.sample_rate, max_s)
             if given_audio.size == 0:
                 raise HarmonyError("the driving audio is empty")
-            dur, min_s = len(given_audio) / g.sample_rate, g.video_t_stride / g.fps
+            dur = len(given_audio) / g.sample_rate
             if seconds is None and dur < min_s:
                 raise HarmonyError(f"the driving audio is {dur:.3g} s long; the model needs at least {min_s:g} s")
             seconds = seconds if seconds is not None else min(max_s, dur)
@@ -400,14 +410,13 @@ class Pipeline:
                 if given_frames.ndim != 4:
                     raise HarmonyError(f"video must be frames [T, H, W, 3], got shape {given_frames.shape}")
             else:
-                want = g.max_latent_frames if seconds is None else _latent_frames(
-                    _check_number("seconds", seconds, g.video_t_stride / g.fps, max_s), g)
+                want = g.max_latent_frames if seconds is None else _latent_frames(seconds, g)
                 given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, want * g.video_t_stride)
                 notes += vnotes
             seconds = seconds if seconds is not None else given_frames.shape[0] / g.fps
         if seconds is None:
             seconds = sp.get("seconds", max_s)
-        seconds = _check_number("seconds", seconds, g.video_t_stride / g.fps, max_s)
+        seconds = _check_number("seconds", seconds, min_s, max_s)  # as derived from the media or the default
         F = _latent_frames(seconds, g)
         T = g.audio_frames_for(F)
         FP, W = F * g.video_t_stride, T * g.audio_hop
