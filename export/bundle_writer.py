@@ -32,7 +32,7 @@ from harmony_rt import __version__
 from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir
 from harmony_rt.contract import FORMAT_VERSION, resolve
 from harmony_rt.digests import sha256_file
-from harmony_rt.errors import HarmonyError
+from harmony_rt.errors import HarmonyError, one_line
 from train.checkpoints import load_checkpoint
 from train.model import HarmonyModel
 
@@ -137,12 +137,6 @@ def _check_target(checkpoint: Path, out: Path) -> None:
             raise ExportError(f"{out} exists and is not a bundle (no {MANIFEST}); refusing to replace it")
 
 
-def _one_line(e: Exception, limit: int = 240) -> str:
-    """An exception's message on one line (whitespace runs collapsed), cut at `limit` characters."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, tolerance: float = FP32_TOLERANCE,
                   precisions="fp32", custom_op: bool = False) -> Path:
     """Write a complete, verified bundle for `checkpoint` at `out` (replacing an existing one atomically).
@@ -163,7 +157,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
     try:
         model, _, state = load_checkpoint(checkpoint)
     except Exception as e:  # truncated weights, a config that does not fit them, ...: one line, not a traceback
-        raise ExportError(f"cannot read checkpoint {checkpoint}: {_one_line(e)}") from None
+        raise ExportError(f"cannot read checkpoint {checkpoint}: {one_line(str(e) or type(e).__name__, 240)}") from None
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -4,6 +4,12 @@
 _LINE_BREAKS = {c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
 
 
+def one_line(text: object, limit: int | None = None) -> str:
+    """A library's message on one line (whitespace runs collapsed), cut to `limit` characters with '...'."""
+    text = " ".join(str(text).split()) or "unknown error"
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
 class HarmonyError(Exception):
     """A problem the user can fix (bad argument, bad file, bad bundle). The CLI prints it on one line, exit 2.
 

@@ -23,6 +23,7 @@ import numpy as np
 import soundfile as sf
 
 from .errors import MediaError
+from .errors import one_line as _one_line
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ _IMAGE_VIA_SWSCALE = {"ya8", "pal8", "monob", "monow", "yuvj420p", "yuvj422p", "
 _ALPHA_FORMATS = {"rgba", "ya8", "yuva420p", "bgra", "argb", "abgr"}
 # Exceptions PyAV / soundfile / numpy raise on bad files; converted to MediaError at the public boundary.
 _LIB_ERRORS = (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError, TypeError, IndexError, sf.SoundFileError)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split()) or "unknown error"
 
 
 @contextlib.contextmanager
