@@ -33,6 +33,8 @@ class _OutputError(HarmonyError):
 
 def _say(text: str = "") -> None:
     """click.echo to stdout; a failed write says so in one line instead of an internal error."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`): click.echo would drop the text silently
+        raise _OutputError("cannot write to standard output: it is closed")
     try:
         click.echo(text)
     except BrokenPipeError:  # the reader went away: handled quietly by handle_errors

@@ -8,6 +8,7 @@ A pipeline is safe to share between threads: sessions are shared, every call kee
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -101,14 +102,22 @@ def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True
     for res, (p, sd) in zip(results, output_paths(path, len(results), stems_dir)):
         jobs += res.writes(p, wav, sd)
         folders += [sd] if sd is not None and res.stems else []
-    for d in folders:
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MediaError(f"cannot make folder {d}: {e.strerror or e}") from e
-    with media.atomic_outputs(*(target for target, _ in jobs)) as tmps:
-        for (_, write), tmp in zip(jobs, tmps):
-            write(tmp)
+    made: list[Path] = []  # stems folders this call makes, deepest first: removed again if it fails
+    try:
+        for d in folders:
+            made[:0] = [p for p in (d, *d.parents) if not p.exists()]
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise MediaError(f"cannot make folder {d}: {e.strerror or e}") from e
+        with media.atomic_outputs(*(target for target, _ in jobs)) as tmps:
+            for (_, write), tmp in zip(jobs, tmps):
+                write(tmp)
+    except BaseException:
+        for d in made:
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if still empty
+        raise
     return [target for target, _ in jobs]
 
 

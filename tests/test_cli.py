@@ -298,3 +298,25 @@ def test_main_embedded_without_standalone_mode_returns(tiny_bundle, capsys):
 
     assert main(["info", str(tiny_bundle)], standalone_mode=False) is None  # click's contract: no SystemExit
     assert "verified sha256" in capsys.readouterr().out
+
+
+def test_a_closed_stdout_is_an_error_not_silence(tiny_bundle):
+    import os
+
+    r = subprocess.run([PY, "-m", "harmony_rt", "info", str(tiny_bundle)], stderr=subprocess.PIPE, text=True,
+                       timeout=300, preexec_fn=lambda: os.close(1))  # as `harmony-rt info ... >&-`
+    assert r.returncode == 1 and r.stderr == "error: cannot write to standard output: it is closed\n"
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_is_one_line():
+    code = ("import sys\n"
+            "class Interrupt:  # a Ctrl-C arriving while click is imported\n"
+            "    def find_spec(self, name, *a):\n"
+            "        if name == 'click':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "sys.argv = ['harmony-rt', 'info', '.']\n"
+            "from harmony_rt.__main__ import run\n"
+            "run()\n")
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stderr, r.stdout) == (130, "error: interrupted\n", "")

@@ -122,9 +122,19 @@ def _edit_config(**changes):
     return edit
 
 
+def _damage_json(name, data):
+    def damage(ck):
+        (ck / name).write_bytes(data)
+
+    damage.file = name
+    return damage
+
+
 @pytest.mark.parametrize("damage", [
     _truncate_weights, _edit_config(video_dim=lambda d: 2 * d), _edit_config(layers=-1), _edit_config(fps="x"),
-], ids=["truncated-weights", "video_dim-doubled", "layers-negative", "fps-string"])
+    _damage_json("config.json", b"{"), _damage_json("state.json", b"\xff"),
+], ids=["truncated-weights", "video_dim-doubled", "layers-negative", "fps-string", "config-not-json",
+        "state-not-utf8"])
 def test_export_reports_a_damaged_checkpoint_on_one_line(tiny_checkpoint, tmp_path, damage):
     import re
     import shutil
@@ -136,6 +146,7 @@ def test_export_reports_a_damaged_checkpoint_on_one_line(tiny_checkpoint, tmp_pa
     with pytest.raises(ExportError, match=f"^cannot read checkpoint {re.escape(str(ck))}: ") as e:
         export_bundle(ck, tmp_path / "b")
     assert "\n" not in str(e.value) and len(str(e.value)) < 400, str(e.value)
+    assert getattr(damage, "file", "") in str(e.value)  # a damaged JSON file is named
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
 
 

@@ -146,3 +146,21 @@ def test_unison_bundle_generates_stems(unison_bundle, tmp_path):
     assert np.abs(mix - r.audio).max() < 1e-6
     r.save(tmp_path / "u.mp4", stems_dir=tmp_path / "stems")
     assert sorted(p.name for p in (tmp_path / "stems").iterdir()) == ["mix.wav", "sfx.wav", "speech.wav"]
+
+
+def test_a_failed_save_removes_the_stems_folders_it_made(unison_bundle, tmp_path, monkeypatch):
+    from harmony_rt import media
+    from harmony_rt.errors import MediaError
+    from harmony_rt.pipeline import Pipeline, save_all
+
+    clips = Pipeline.from_bundle(unison_bundle).generate_batch("a ball", speech="hi", steps=1, seconds=1.0,
+                                                               num_samples=2)
+
+    def failing(*a, **kw):
+        raise MediaError("disk full (simulated)")
+
+    monkeypatch.setattr(media, "write_wav", failing)
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(MediaError, match="simulated"):
+        save_all(clips, tmp_path / "o.mp4", stems_dir=tmp_path / "kept" / "new" / "stems")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and not list((tmp_path / "kept").iterdir())

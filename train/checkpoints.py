@@ -93,6 +93,14 @@ def _config(d) -> HarmonyConfig:
     return HarmonyConfig.from_dict(d)
 
 
+def _read_json(file: Path):
+    """A checkpoint's JSON file; a damaged one is a ValueError naming the file."""
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None
+
+
 def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None = None, ema: bool = True):
     """-> (model, optimizer state dict or None, training state). No pickle: safetensors + JSON only.
 
@@ -102,7 +110,7 @@ def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None 
     path = Path(path)
     if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a harmony-rt checkpoint (model.safetensors + config.json)")
-    cfg = _config(json.loads((path / "config.json").read_text()))
+    cfg = _config(_read_json(path / "config.json"))
     model = HarmonyModel(cfg)
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     if ema and (path / "ema.safetensors").is_file():
@@ -114,11 +122,11 @@ def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None 
         with torch.no_grad():
             for k, v in averages.items():
                 params[k].copy_(v)
-    state = json.loads((path / "state.json").read_text()) if (path / "state.json").exists() else {}
+    state = _read_json(path / "state.json") if (path / "state.json").exists() else {}
     opt_sd = None
     if (path / "optimizer.safetensors").exists():
         opt_sd = _unflatten_optimizer(
-            load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text())
+            load_file(str(path / "optimizer.safetensors")), _read_json(path / "optimizer.json")
         )
     return model, opt_sd, state
 
