@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from torch.export import Dim
 
 from harmony_rt import __version__
-from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir
+from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, temp_dir
 from harmony_rt.contract import FORMAT_VERSION, resolve
 from harmony_rt.digests import sha256_file
 from harmony_rt.errors import HarmonyError, one_line
@@ -160,8 +159,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
         raise ExportError(f"cannot read checkpoint {checkpoint}: {one_line(str(e) or type(e).__name__, 240)}") from None
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o755)
+    tmp = temp_dir(out.parent, out.name)
     try:
         specs = resolve(model.cfg.geometry().to_dict())
         components = {}

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, replace_dir
+from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, replace_dir, temp_dir
 from harmony_rt.contract import example_feeds
 
 from .graphfile import graph_entry, save_graph
@@ -68,8 +67,7 @@ def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STOR
     bundle = Bundle.load(src)
     manifest = json.loads((src / MANIFEST).read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
+    tmp = temp_dir(out.parent, out.name)
     try:
         for name, comp in manifest["components"].items():
             comp.pop("variants", None)  # the shipped bundle carries the main graphs only

@@ -28,8 +28,8 @@ import logging
 import math
 import mmap
 import os
+import secrets
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,16 +61,37 @@ def safe_path(root: Path, rel: str, what: str) -> Path:
     return full
 
 
+def _short_prefix(name: str) -> str:
+    """A temp name's prefix from `name`: at most 200 bytes of it, so a long legal name gives a legal temp name."""
+    return "." + os.fsencode(name)[:200].decode("utf-8", "ignore") + "."
+
+
+def temp_dir(parent: Path, name: str) -> Path:
+    """A new folder `<parent>/.<name>.<random>` with the permissions a plain mkdir gives (mkdtemp makes 0700;
+    reading the umask means setting it, which races with other threads)."""
+    for _ in range(100):
+        p = Path(parent) / f"{_short_prefix(name)}{secrets.token_hex(4)}"
+        try:
+            p.mkdir()
+            return p
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp folder name in {parent}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and a rename."""
+    """Write `data` to `path` via a temp file in the same folder (normal permissions) and a rename."""
     path = Path(path)
-    # the temp name keeps at most 200 bytes of path's, so a long legal name still gets a legal temp name
-    prefix = "." + os.fsencode(path.name)[:200].decode("utf-8", "ignore") + "."
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    for _ in range(100):
+        tmp = path.parent / f"{_short_prefix(path.name)}{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temp file name in {path.parent}")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -110,7 +131,7 @@ def replace_dir(src: Path, dst: Path) -> None:
     if dst.is_dir() and not dst.is_symlink() and _exchange(src, dst):
         shutil.rmtree(src, ignore_errors=True)  # src now holds the old folder
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+    old = temp_dir(dst.parent, f"{dst.name}.old")
     os.replace(dst, old / "x")
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)

@@ -414,6 +414,28 @@ def test_replace_dir_swaps_and_leaves_nothing_behind(tmp_path, monkeypatch, exch
     assert (tmp_path / "fresh" / "again.txt").exists() and not src.exists()
 
 
+def test_temp_files_and_folders_get_the_umask_and_leave_it_alone(tmp_path, monkeypatch):
+    """atomic_write_bytes / temp_dir give what open / mkdir give (mkstemp / mkdtemp make 0600 / 0700) without
+    touching the umask, which another thread may be relying on."""
+    import os
+
+    import harmony_rt.bundle as hb
+
+    old = os.umask(0o027)
+    try:
+        calls = []
+        monkeypatch.setattr(os, "umask", lambda *a: calls.append(a) or 0o777)
+        hb.atomic_write_bytes(tmp_path / ("n" * 255), b"x")
+        d = hb.temp_dir(tmp_path, "n" * 255)
+        monkeypatch.undo()
+        assert not calls
+        assert (tmp_path / ("n" * 255)).stat().st_mode & 0o777 == 0o640
+        assert d.stat().st_mode & 0o777 == 0o750 and d.name.startswith(".nnn") and len(d.name) < 255
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["n" * 255, d.name])
+    finally:
+        os.umask(old)
+
+
 def test_unknown_words_warn_once_by_name(caplog):
     """Words outside the caption vocabulary are named, counted, and warned about once per text, though the
     pipeline encodes the prompt twice (video and audio caption)."""

@@ -7,13 +7,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from harmony_rt.bundle import replace_dir
+from harmony_rt.bundle import replace_dir, temp_dir
 
 from .configs import HarmonyConfig
 from .model import HarmonyModel
@@ -41,15 +40,6 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _normal_permissions(folder: Path) -> None:
-    """mkdtemp makes the folder 0700 (and safetensors may write 0600): give what a plain mkdir / open would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        f.chmod(0o666 & ~umask)
-
-
 def save_checkpoint(
     path: str | os.PathLike, model: HarmonyModel, optimizer: torch.optim.Optimizer | None = None,
     state: dict | None = None, tokenizers: dict[str, str] | None = None, ema: dict[str, torch.Tensor] | None = None,
@@ -58,7 +48,7 @@ def save_checkpoint(
     parameter names to their exponential moving averages (ema.safetensors)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = temp_dir(path.parent, path.name)  # files and folder get normal permissions, as a plain save would
     try:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
@@ -71,7 +61,9 @@ def save_checkpoint(
             (tmp / "optimizer.json").write_text(json.dumps(meta))
         for name, text in (tokenizers or {}).items():
             (tmp / name).write_text(text)
-        _normal_permissions(tmp)
+        mode = tmp.stat().st_mode & 0o666  # what open() gives under the umask (mkdir applied it to the folder)
+        for f in tmp.iterdir():
+            f.chmod(mode)  # safetensors writes 0600
         replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
