@@ -47,6 +47,8 @@ def save_checkpoint(
     """Write a checkpoint folder atomically. `tokenizers` maps file name -> tokenizer JSON text; `ema` maps
     parameter names to their exponential moving averages (ema.safetensors)."""
     path = Path(path)
+    if path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()) and not is_checkpoint(path)):
+        raise FileExistsError(f"{path}: not a checkpoint folder; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path.parent, path.name)  # files and folder get normal permissions, as a plain save would
     try:
@@ -72,58 +74,104 @@ def save_checkpoint(
     return path
 
 
-def _config(d) -> HarmonyConfig:
-    """HarmonyConfig from config.json, each value of its field's type (an int does for a float): a string or
-    null would otherwise load and fail later, deep inside export or sampling."""
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or damaged (one line, naming the file)."""
+
+
+def is_checkpoint(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+
+
+def checked_config(d) -> HarmonyConfig:
+    """HarmonyConfig from a dict (config.json, overrides), each value of its field's type (an int does for a
+    float) and the whole buildable (HarmonyConfig.check): a string or null would otherwise load and fail later,
+    deep inside training, export or sampling."""
     if not isinstance(d, dict):
-        raise ValueError("config.json is not a JSON object")
+        raise ValueError("not a JSON object")
     defaults = HarmonyConfig().to_dict()
     for k, v in d.items():
-        want = type(defaults.get(k, v))
+        if k not in defaults:
+            raise ValueError(f"unknown field {k!r}")
+        want = type(defaults[k])
         if not (type(v) is want or (want is float and type(v) is int)):
-            raise ValueError(f"config.json: {k} is {v!r:.40}, not {want.__name__}")
-    return HarmonyConfig.from_dict(d)
+            raise ValueError(f"{k} is {v!r:.40}, not {want.__name__}")
+    return HarmonyConfig.from_dict(d).check()
 
 
 def _read_json(file: Path):
-    """A checkpoint's JSON file; a damaged one is a ValueError naming the file."""
+    """A checkpoint's JSON file; a damaged one is a CheckpointError naming the file."""
     try:
         return json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+
+
+def read_meta(path: str | os.PathLike) -> tuple[HarmonyConfig, dict]:
+    """A checkpoint's config and training state, checked, without loading any weights."""
+    path = Path(path)
+    if not is_checkpoint(path):
+        raise CheckpointError(f"{path}: not a harmony-rt checkpoint (model.safetensors + config.json)")
+    try:
+        cfg = checked_config(_read_json(path / "config.json"))
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
+    state = _read_json(path / "state.json") if (path / "state.json").exists() else {}
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path / 'state.json'}: not a JSON object")
+    step = state.get("step", 0)
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"{path / 'state.json'}: step is {step!r:.40}, not a step count")
+    return cfg, state
+
+
+def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors' own error types: a truncated or foreign file
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{file}: cannot be read ({why})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None = None, ema: bool = True):
     """-> (model, optimizer state dict or None, training state). No pickle: safetensors + JSON only.
 
     ema: use the EMA weights where the checkpoint has them (what export and evaluation want); training
-    resumes with ema=False (the raw weights) and reads the averages with `load_ema`.
+    resumes with ema=False (the raw weights) and reads the averages with `load_ema`. A missing, incomplete or
+    damaged checkpoint is a CheckpointError.
     """
     path = Path(path)
-    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a harmony-rt checkpoint (model.safetensors + config.json)")
-    cfg = _config(_read_json(path / "config.json"))
+    cfg, state = read_meta(path)
     model = HarmonyModel(cfg)
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    try:
+        model.load_state_dict(_load_tensors(path / "model.safetensors"))
+    except RuntimeError as e:  # missing / unexpected keys, shapes that do not fit the config
+        raise CheckpointError(f"{path / 'model.safetensors'}: does not fit config.json ({str(e).splitlines()[0]})"
+                              ) from None
     if ema and (path / "ema.safetensors").is_file():
         averages = load_ema(path)
         params = dict(model.named_parameters())
         unknown = sorted(set(averages) - set(params))
         if unknown:
-            raise ValueError(f"{path}: ema.safetensors has unknown parameters {unknown[:3]}")
+            raise CheckpointError(f"{path}: ema.safetensors has unknown parameters {unknown[:3]}")
         with torch.no_grad():
             for k, v in averages.items():
                 params[k].copy_(v)
-    state = _read_json(path / "state.json") if (path / "state.json").exists() else {}
     opt_sd = None
     if (path / "optimizer.safetensors").exists():
-        opt_sd = _unflatten_optimizer(
-            load_file(str(path / "optimizer.safetensors")), _read_json(path / "optimizer.json")
-        )
+        try:
+            opt_sd = _unflatten_optimizer(_load_tensors(path / "optimizer.safetensors"),
+                                          _read_json(path / "optimizer.json"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{path / 'optimizer.json'}: not an optimizer state ({e})") from None
     return model, opt_sd, state
 
 
 def load_ema(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The EMA weights of a checkpoint ({} when it has none)."""
     f = Path(path) / "ema.safetensors"
-    return load_file(str(f)) if f.is_file() else {}
+    return _load_tensors(f) if f.is_file() else {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from harmony_rt.contract import Geometry
 
@@ -69,6 +69,32 @@ class HarmonyConfig:
             max_speech_chars=self.max_speech_chars, max_latent_frames=self.max_latent_frames,
             patch=tuple(self.patch),
         )
+
+    def check(self) -> "HarmonyConfig":
+        """Self, or a ValueError naming the first field no model can be built from (before any weights)."""
+        non_negative = {"gldi_window", "s_v", "s_a", "cfg_scale", "lambda_v", "lambda_a"}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "patch":
+                ok = len(v) == 3 and all(type(x) is int and x >= 1 for x in v)
+            else:
+                ok = v == v and v >= 0 if f.name in non_negative else v == v and v > 0  # v == v: not NaN
+            if not ok:
+                want = "three integers >= 1" if f.name == "patch" else ">= 0" if f.name in non_negative else "> 0"
+                raise ValueError(f"{f.name} is {v!r}, must be {want}")
+        if self.audio_streams not in (1, 2):
+            raise ValueError(f"audio_streams is {self.audio_streams}, must be 1 (Harmony) or 2 (Unison)")
+        for side in ("video", "audio"):
+            dim, heads = getattr(self, f"{side}_dim"), getattr(self, f"{side}_heads")
+            least = 6 if side == "video" else 2  # 3-D RoPE: at least one rotated pair per axis
+            if dim % heads or (dim // heads) % 2 or dim // heads < least:
+                raise ValueError(f"{side}_dim {dim} must split into {side}_heads {heads} heads of an even size "
+                                 f">= {least}")
+        for name, n in (("height", self.height), ("width", self.width)):
+            cell = self.video_s_stride * self.patch[1 if name == "height" else 2]
+            if n % cell:
+                raise ValueError(f"{name} {n} must be a multiple of video_s_stride x patch ({cell})")
+        return self
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,6 +1,6 @@
 """Training: autoencoders first, then the joint denoiser in the paper's three stages, in miniature.
 
-    python -m train.train --size tiny --clips 16 --ae-steps 20 --steps 20 -o runs/tiny
+    python -m train.train --size tiny --clips 16 --ae-steps 50 --steps 50 -o runs/tiny
 
 Stages (fractions of --steps): (1) audio pre-training with a reference cut from the same clip,
 (2) timbre disentanglement with a reference from another clip of the same speaker, (3) cross-task joint
@@ -9,14 +9,14 @@ audio-video training with CTS. Runs under torchrun (DDP, gloo on CPU) when WORLD
 
 from __future__ import annotations
 
-import argparse
-import json
+import base64
 import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -58,9 +58,23 @@ class TrainConfig:
     keep_every: int = 0  # also keep a copy of the checkpoint every N steps in OUT_<step> (0: none)
     stop_after: int = 0  # end this run after this step (the LR schedule still spans `steps`; 0: run to the end)
     ema_decay: float = 0.999  # EMA of the trained weights (what export uses); 0: none
-    warmup: int = 100  # linear LR warm-up steps, then cosine decay to lr_min_frac * lr at `steps`
+    warmup: int | None = None  # linear LR warm-up steps, then cosine decay to lr_min_frac * lr at `steps`
+                               # (None: 100, or a tenth of `steps` when that is fewer)
     lr_min_frac: float = 0.1
     overrides: dict = field(default_factory=dict)  # HarmonyConfig fields
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else max(1, min(100, self.steps // 10))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """From a checkpoint's state["train_config"] (JSON: lists back to tuples); unknown keys are dropped."""
+        known = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in cls.__dataclass_fields__}
+        dropped = sorted(set(d) - set(known))
+        if dropped:
+            log.warning("train_config: ignoring settings this version does not have: %s", dropped)
+        return cls(**known)
 
 
 # ----------------------------------------------------------------------------- data
@@ -129,7 +143,8 @@ def stft_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.Generator) -> dict:
+def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.Generator,
+                       should_stop: Callable[[], bool] | None = None) -> dict:
     cfg = model.cfg
     arrays = [_clip_arrays(c, cfg) for c in clips]
     frames = torch.stack([a[0] for a in arrays])  # [C, 3, FP, H, W]
@@ -160,6 +175,8 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
         logs = {"ae_video": lv.item(), "ae_audio": la.item()}
         if step % 50 == 0 or step == tc.ae_steps - 1:
             log.info("ae step %d %s", step, logs)
+        if _agreed_stop(should_stop):
+            raise Interrupted(f"stopped at autoencoder step {step + 1} of {tc.ae_steps}")
     with torch.no_grad():
         fit_latent_norm(model.video_ae, model.video_ae.encoder(frames), channel_dim=1)
         fit_latent_norm(model.audio_ae, model.audio_ae.encoder(wavs[:, None]).transpose(1, 2), channel_dim=2)
@@ -275,9 +292,10 @@ def _sync_grads(params) -> None:
 
 def lr_at(step: int, tc: TrainConfig) -> float:
     """Learning rate of a denoiser step: linear warm-up, then cosine decay to lr_min_frac * lr."""
-    if step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
-    x = min(1.0, (step - tc.warmup) / max(1, tc.steps - tc.warmup))
+    warmup = tc.warmup_steps
+    if step < warmup:
+        return tc.lr * (step + 1) / warmup
+    x = min(1.0, (step - warmup) / max(1, tc.steps - warmup))
     return tc.lr * (tc.lr_min_frac + (1 - tc.lr_min_frac) * 0.5 * (1 + math.cos(math.pi * x)))
 
 
@@ -294,6 +312,18 @@ class EMA:
         torch._foreach_lerp_(list(self.avg.values()), [p.detach() for p in self.named.values()], 1 - d)
 
 
+def _agreed_stop(should_stop: Callable[[], bool] | None) -> bool:
+    """should_stop(), agreed over all processes under torchrun (any rank asked: all stop at this step)."""
+    if should_stop is None:
+        return False
+    stop = bool(should_stop())
+    if torch.distributed.is_initialized():
+        flag = torch.tensor([float(stop)])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
+
+
 def _dist():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
@@ -302,14 +332,50 @@ def _dist():
     return 0, 1
 
 
-def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, clips=None) -> Path:
-    """Train (or resume) and write a checkpoint folder to `out`; returns its path."""
+class Interrupted(Exception):
+    """`should_stop` asked to stop before the denoiser's training began: nothing was saved."""
+
+
+def snapshot_path(out: str | Path, step: int) -> Path:
+    """Where --keep-every keeps the checkpoint of `step`: OUT_<step> beside OUT."""
+    out = Path(os.path.abspath(out))
+    return out.parent / f"{out.name}_{step}"
+
+
+def _rng_state(gen: torch.Generator) -> str:
+    return base64.b64encode(gen.get_state().numpy().tobytes()).decode("ascii")
+
+
+def _restore_rng(gen: torch.Generator, state: dict, world: int) -> None:
+    """A resumed single-process run continues its random stream where it stopped (bit-exact resume); under
+    torchrun, where only rank 0's stream is saved, each rank reseeds from (seed, rank, step) instead."""
+    saved = state.get("rng")
+    if world == 1 and isinstance(saved, str):
+        try:
+            gen.set_state(torch.from_numpy(np.frombuffer(base64.b64decode(saved), dtype=np.uint8).copy()))
+            return
+        except (ValueError, RuntimeError):
+            log.warning("the checkpoint's random state is damaged: reseeding")
+    gen.manual_seed(gen.initial_seed() + 7919 * state.get("step", 0))
+
+
+def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, clips=None,
+          should_stop: Callable[[], bool] | None = None) -> Path:
+    """Train (or resume) and write a checkpoint folder to `out`; returns its path.
+
+    should_stop: polled after every step; once it returns True the run saves its checkpoint at that step (as
+    at the end) and returns, resumable with `resume=out`. During the autoencoder stage it raises Interrupted.
+    """
     rank, world = _dist()
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     gen = torch.Generator().manual_seed(tc.seed + 1000 * rank)  # each rank its own batches and noise
     state = {"ae_done": False, "step": 0, "train_config": asdict(tc)}
     if resume:
         model, opt_sd, state = load_checkpoint(resume, ema=False)
+        state.setdefault("step", 0)
+        _restore_rng(gen, state, world)
+        if model.cfg != get_config(tc.size, **tc.overrides):
+            log.warning("resuming %s: the model's config is the checkpoint's, not size %r", resume, tc.size)
         log.info("resumed from %s at step %d", resume, state["step"])
     else:
         model = HarmonyModel(get_config(tc.size, **tc.overrides))
@@ -323,7 +389,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     t0 = time.time()
     if not state.get("ae_done"):
         model.train()
-        state["ae_logs"] = train_autoencoders(model, clips, tc, gen)
+        state["ae_logs"] = train_autoencoders(model, clips, tc, gen, should_stop)
         state["ae_done"] = True
         log.info("autoencoders trained in %.0f s", time.time() - t0)
     for p in list(model.video_ae.parameters()) + list(model.audio_ae.parameters()):
@@ -362,12 +428,16 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         if ema is not None:
             ema.update(step)
         state["step"] = step + 1
+        state["rng"] = _rng_state(gen)
         if step % 25 == 0 or step == tc.steps - 1:
             log.info("step %d [%s] loss %.4f %s (%.0f s)", step, stage, loss.item(), logs, time.time() - t0)
         if rank == 0 and tc.ckpt_every and (step + 1) % tc.ckpt_every == 0 and step + 1 < tc.steps:
             save_checkpoint(out, model, opt, state, tok_files, ema.avg if ema else None)
         if rank == 0 and tc.keep_every and (step + 1) % tc.keep_every == 0:
-            save_checkpoint(f"{out}_{step + 1}", model, opt, state, tok_files, ema.avg if ema else None)
+            save_checkpoint(snapshot_path(out, step + 1), model, opt, state, tok_files, ema.avg if ema else None)
+        if _agreed_stop(should_stop):
+            log.info("stopping at step %d of %d", step + 1, tc.steps)
+            break
     state["train_seconds"] = state.get("train_seconds", 0) + time.time() - t0
     if world > 1:  # every rank must end with the same weights (gradients all-reduced each step)
         digest = sum(float(p.detach().double().sum()) for p in model.parameters())
@@ -377,53 +447,10 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     return Path(out)
 
 
-def _fractions(text: str) -> tuple:
-    f = tuple(float(x) for x in text.split(","))
-    if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1) > 1e-6:
-        raise SystemExit(f"--stages needs three fractions summing to 1, got {text!r}")
-    return f
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--out", required=True)
-    ap.add_argument("--size", default="tiny")
-    ap.add_argument("--clips", type=int, default=32)
-    ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--kinds", default="ambient", help="comma list of ambient,speech,complex")
-    ap.add_argument("--ae-steps", type=int, default=200)
-    ap.add_argument("--ae-frames", type=int, default=0, help="video AE on random crops of N frames (0: whole clips)")
-    ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (0: none)")
-    ap.add_argument("--stages", default="0.15,0.15,0.7", help="fractions of --steps: audio,timbre,joint")
-    ap.add_argument("--no-cts", action="store_true", help="ablation: train the joint task only")
-    ap.add_argument("--cts-frac", type=float, default=1.0,
-                    help="share of the batch each CTS driven task takes (0.25: half the rows of 1.0)")
-    ap.add_argument("--unison", action="store_true", help="Unison variant: speech + SFX streams, forcing")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ckpt-every", type=int, default=0)
-    ap.add_argument("--keep-every", type=int, default=0, help="also save a copy every N steps to OUT_<step>")
-    ap.add_argument("--stop-after", type=int, default=0,
-                    help="stop after this step (schedule still spans --steps); resume later to go on")
-    ap.add_argument("--resume", default=None)
-    ap.add_argument("--set", action="append", default=[], help="config override KEY=JSON, e.g. --set layers=4")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    if a.unison:
-        overrides["audio_streams"] = 2
-    tc = TrainConfig(
-        size=a.size, clips=a.clips, seconds=a.seconds, kinds=tuple(a.kinds.split(",")),
-        ae_steps=a.ae_steps, ae_frames=a.ae_frames,
-        steps=a.steps, batch=a.batch, lr=a.lr, ema_decay=a.ema, use_cts=not a.no_cts, cts_frac=a.cts_frac,
-        stage_fractions=_fractions(a.stages), seed=a.seed, ckpt_every=a.ckpt_every,
-        keep_every=a.keep_every, stop_after=a.stop_after,
-        overrides=overrides,
-    )
-    train(tc, a.out, resume=a.resume)
+    from .cli import train_main
+
+    train_main(argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ spectral envelope from them: multi-resolution STFT magnitude (log and linear) pl
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import load_checkpoint, load_ema, save_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint, load_ema, save_checkpoint
 from .train import TrainConfig, _clip_arrays, make_clips, stft_loss
 
 log = logging.getLogger(__name__)
@@ -70,38 +69,43 @@ def copy_decoder(model, source: str | os.PathLike) -> None:
     mine, theirs = model.audio_ae.state_dict(), other.audio_ae.state_dict()
     for k, v in mine.items():
         if not k.startswith("decoder.") and not torch.equal(v, theirs[k]):
-            raise SystemExit(f"{source}: its audio encoder differs from this checkpoint's ({k})")
+            raise CheckpointError(f"--decoder-from {source}: its audio encoder differs from this checkpoint's ({k})")
     model.audio_ae.decoder.load_state_dict(other.audio_ae.decoder.state_dict())
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint")
-    ap.add_argument("-o", "--out", required=True)
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--decoder-from", default=None,
-                    help="start from the audio decoder of this checkpoint (same audio encoder required)")
-    a = ap.parse_args(argv)
+    from .cli import check_target, checked_inputs, fail, vocoder_parser
+
+    a = vocoder_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    checked_inputs(("checkpoint", a.checkpoint), ("--decoder-from", a.decoder_from))
+    out = Path(os.path.abspath(a.out))
+    check_target(out, "-o", a.checkpoint, a.overwrite)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    model, _, state = load_checkpoint(a.checkpoint, ema=False)
-    tc = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["train_config"].items()})
-    if a.decoder_from:
-        copy_decoder(model, a.decoder_from)
-        state["vocoder_from"] = str(a.decoder_from)
-    clips = make_clips(tc, model.cfg) if a.steps else []
-    t0 = time.time()
-    if a.steps:
-        wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in clips])  # [C*S, W]
-        state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
-    state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
-    log.info("vocoder fine-tuned in %.0f s", time.time() - t0)
-    src = Path(a.checkpoint)
-    tok = {n: (src / n).read_text() for n in ("tokenizer_text.json", "tokenizer_speech.json") if (src / n).exists()}
-    # no optimizer state: it belongs to the denoiser's training (resume from the checkpoint before this one)
-    save_checkpoint(a.out, model, None, state, tok, load_ema(src) or None)
+    try:
+        model, _, state = load_checkpoint(a.checkpoint, ema=False)
+        tc = TrainConfig.from_dict(state.get("train_config") or {})
+        if a.decoder_from:
+            copy_decoder(model, a.decoder_from)
+            state["vocoder_from"] = str(a.decoder_from)
+        clips = make_clips(tc, model.cfg) if a.steps else []
+        t0 = time.time()
+        if a.steps:
+            wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in clips])  # [C*S, W]
+            state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
+        state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
+        log.info("vocoder fine-tuned in %.0f s", time.time() - t0)
+        src = Path(a.checkpoint)
+        tok = {n: (src / n).read_text() for n in ("tokenizer_text.json", "tokenizer_speech.json")
+               if (src / n).exists()}
+        # no optimizer state: it belongs to the denoiser's training (resume from the checkpoint before this one)
+        save_checkpoint(out, model, None, state, tok, load_ema(src) or None)
+    except CheckpointError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; nothing saved", 130)
+    except OSError as e:
+        fail(f"cannot write the checkpoint: {e}", 1)
 
 
 if __name__ == "__main__":

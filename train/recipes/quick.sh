@@ -6,7 +6,7 @@
 #   --cts-frac 0.25 each CTS driven task takes a quarter of the batch: 12 rows a step instead of 24.
 # One process at a time with OpenMP's default (spinning) threads: on the AMD EPYC VM, OMP_WAIT_POLICY=PASSIVE
 # (what demo.sh uses, where runs share the cores) made a joint step 1.75x slower (0.82 vs 0.47 s).
-#   bash train/recipes/quick.sh [RUNS_DIR]
+#   bash train/recipes/quick.sh [RUNS_DIR]       (a new RUNS_DIR: checkpoints of an earlier run are not replaced)
 #   python -m bench.demo_check --bundle RUNS_DIR/full_bundle --seeds 16
 # CLIPS, AE_STEPS, VOC_STEPS, STEPS override the sizes (a smoke run: CLIPS=16 AE_STEPS=2 VOC_STEPS=2 STEPS=10).
 set -euo pipefail

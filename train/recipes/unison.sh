@@ -3,7 +3,7 @@
 #   bash train/recipes/unison.sh [RUNS_DIR]
 set -euo pipefail
 RUNS=${1:-runs/unison}
-COMMON="--size tiny --clips 96 --kinds complex --seed 0 --batch 6 --ae-steps 300 --steps 600"
+COMMON="--size tiny --clips 96 --kinds complex --seed 0 --batch 6 --ae-steps 300 --steps 600 --warmup 100"
 OMP_NUM_THREADS=1 python -m train.train $COMMON --unison -o "$RUNS/unison" > "$RUNS.unison.log" 2>&1 &
 OMP_NUM_THREADS=1 python -m train.train $COMMON -o "$RUNS/harmony" > "$RUNS.harmony.log" 2>&1 &
 wait

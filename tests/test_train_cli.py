@@ -1,0 +1,150 @@
+"""`python -m train.train` / `python -m train.vocoder` as a user meets them: options and output folders checked
+before any work (one line, exit 2), nothing of the user's replaced, resume taking the checkpoint's settings and
+continuing bit-exactly, Ctrl-C ending a run with its checkpoint saved."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from train.checkpoints import load_checkpoint  # noqa: E402
+
+RUN = ["--clips", "4", "--ae-steps", "1", "--steps", "2"]
+
+
+def _cli(module, *args, cwd=None):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _one_line_error(r, *words, code=2):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == code and lines and lines[-1].startswith("error: "), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    for w in words:
+        assert w in lines[-1], lines[-1]
+
+
+def _resolve(argv):
+    from train.cli import resolve_train, train_parser
+
+    return resolve_train(train_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--size", "huge"], ["--size", "huge"]),
+    (["--steps", "-5"], ["--steps", "integer >= 0"]),
+    (["--clips", "0"], ["--clips"]),
+    (["--lr", "nan"], ["--lr"]),
+    (["--ema", "1"], ["--ema"]),
+    (["--kinds", "ambient,foo"], ["'foo'"]),
+    (["--stages", "0.5,0.5"], ["--stages"]),
+    (["--cts-frac", "0"], ["--cts-frac"]),
+    (["--set", "layers"], ["KEY=JSON"]),
+    (["--set", "foo=1"], ["unknown field 'foo'"]),
+    (["--set", "height=30"], ["height 30"]),
+    (["--seconds", "3"], ["--seconds 3", "0.5-2 s"]),
+])
+def test_bad_options_are_one_line_and_exit_2(args, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        _resolve([*RUN, *args, "-o", "x"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and "\n" not in err, err
+    assert all(w in err for w in words), err
+
+
+def test_output_folders_are_checked_before_training_and_never_wiped(tiny_checkpoint, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("precious")
+    (tmp_path / "file").write_text("x")
+    ck = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
+    for out, words in ((tmp_path / "mine", ["other files"]), (tmp_path / "file", ["is a file"]),
+                       (tmp_path / "file" / "sub", ["is a file"]), (ck, ["holds a checkpoint", "--overwrite"])):
+        _one_line_error(_cli("train.train", *RUN, "-o", out), *words)
+    (tmp_path / "empty").mkdir()
+    _one_line_error(_cli("train.train", *RUN, "-o", ".", cwd=tmp_path / "empty"), "current folder")
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious" and (tmp_path / "file").read_text() == "x"
+    assert load_checkpoint(ck)[2]["step"] == 6
+    # the vocoder's -o follows the same rule; a damaged input checkpoint is one line
+    _one_line_error(_cli("train.vocoder", ck, "--steps", "0", "-o", tmp_path / "mine"), "other files")
+    (tmp_path / "bad").mkdir()
+    shutil.copy(ck / "config.json", tmp_path / "bad")
+    (tmp_path / "bad" / "model.safetensors").write_bytes(b"\0" * 10)
+    _one_line_error(_cli("train.vocoder", tmp_path / "bad", "--steps", "0", "-o", tmp_path / "v"), "model.safetensors")
+    assert not (tmp_path / "v").exists()
+
+
+def test_save_checkpoint_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path):
+    from train.checkpoints import save_checkpoint
+    from train.configs import get_config
+    from train.model import HarmonyModel
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a checkpoint folder"):
+        save_checkpoint(tmp_path / "mine", HarmonyModel(get_config("tiny")))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_resume_keeps_the_model_and_the_run_settings_unless_given(tiny_checkpoint, tmp_path, capsys):
+    from train.train import snapshot_path
+
+    tc, resume, step = _resolve(["--resume", str(tiny_checkpoint), "--steps", "9", "--batch", "3", "-o", "x"])
+    stored = json.loads((tiny_checkpoint / "state.json").read_text())["train_config"]
+    assert step == 6 and (tc.steps, tc.batch) == (9, 3)
+    assert (tc.clips, tc.kinds, tc.seconds, tc.size) == (stored["clips"], tuple(stored["kinds"]), stored["seconds"],
+                                                         stored["size"])
+    for flag in (["--size", "demo"], ["--unison"], ["--set", "layers=3"]):
+        with pytest.raises(SystemExit):
+            _resolve(["--resume", str(tiny_checkpoint), "--steps", "9", *flag, "-o", "x"])
+        assert "keeps its checkpoint's model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _resolve(["--resume", str(tiny_checkpoint), "--steps", "6", "-o", "x"])
+    assert "at step 6 already" in capsys.readouterr().err
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "state.json").write_text("[1, 2]")
+    (tmp_path / "ck" / "config.json").write_text("{}")
+    (tmp_path / "ck" / "model.safetensors").write_text("")
+    with pytest.raises(SystemExit):
+        _resolve(["--resume", str(tmp_path / "ck"), "-o", "x"])
+    assert "state.json: not a JSON object" in capsys.readouterr().err
+    assert snapshot_path(str(tmp_path / "run") + "/", 4) == tmp_path / "run_4"  # `-o run/`: beside, not inside
+
+
+def test_a_stopped_and_resumed_run_equals_a_straight_one(tiny_checkpoint, tmp_path):
+    """Optimizer, EMA, LR schedule and the random stream all continue: the weights are bit-identical."""
+    from train.train import TrainConfig, train
+
+    tc = TrainConfig(size="tiny", clips=6, kinds=("ambient",), ae_steps=8, steps=10, batch=2)
+    straight = train(tc, tmp_path / "straight", resume=tiny_checkpoint)
+    tc.stop_after = 8
+    part = train(tc, tmp_path / "part", resume=tiny_checkpoint)
+    tc.stop_after = 0
+    resumed = train(tc, tmp_path / "resumed", resume=part)
+    for f in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        assert (straight / f).read_bytes() == (resumed / f).read_bytes(), f
+
+
+def test_ctrl_c_saves_the_checkpoint_at_the_step_and_says_how_to_go_on(tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "train.train", "--clips", "4", "--ae-steps", "1", "--steps", "500",
+                          "-o", str(out)], stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    err = ""
+    while "step 25 [" not in err:
+        line = p.stderr.readline()
+        assert line, err
+        err += line
+    p.send_signal(signal.SIGINT)
+    err += p.stderr.read()
+    assert p.wait(120) == 130, err
+    last = err.strip().splitlines()[-1]
+    at = load_checkpoint(out)[2]["step"]
+    assert 25 < at < 500 and last.startswith(f"error: SIGINT: stopped at step {at} of 500") and "--resume" in last
+    assert "Traceback" not in err and [q.name for q in tmp_path.iterdir()] == ["run"]

@@ -1,0 +1,377 @@
+"""Command lines of training: `python -m train.train` and `python -m train.vocoder`.
+
+Options are checked before any work (one line `error: ...`, exit 2, as harmony-rt's), and so is the output
+folder: a checkpoint replaces the whole folder, so -o may only name a new or empty folder, the checkpoint being
+resumed, or (with --overwrite) another checkpoint. A resumed run keeps its checkpoint's model and takes every
+setting not given on the command line from the checkpoint. Ctrl-C / SIGTERM end a run after the current step
+with its checkpoint saved (a second one stops at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line `error: ...` and exit 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def fail(msg: str, code: int = 2):
+    sys.stderr.write(f"error: {msg}\n")
+    sys.exit(code)
+
+
+def integer(lo: int):
+    """argparse type: an integer >= lo."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}")
+        return v
+
+    return parse
+
+
+def number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False):
+    """argparse type: a finite number in the interval (open ends as flagged)."""
+    if math.isinf(hi):
+        bounds = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        bounds = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        inside = math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+        if not inside:
+            raise argparse.ArgumentTypeError(f"must be a number {bounds}, got {text!r}")
+        return v
+
+    return parse
+
+
+def _kinds(text: str) -> tuple:
+    from .data.synth import KINDS
+
+    kinds = tuple(k.strip() for k in text.split(","))
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown kind {bad[0]!r}; kinds: {', '.join(KINDS)} (comma list)")
+    return kinds
+
+
+def _fractions(text: str) -> tuple:
+    try:
+        f = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        f = ()
+    if len(f) != 3 or not all(math.isfinite(x) and x >= 0 for x in f) or abs(sum(f) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"needs three fractions >= 0 summing to 1 (audio,timbre,joint), got {text!r}")
+    return f
+
+
+def _setting(text: str) -> tuple:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return key.strip(), json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs KEY=JSON (e.g. layers=4), got {text!r}") from None
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def check_target(out: Path, flag: str, resume: Path | None = None, overwrite: bool = False,
+                 may_replace: bool = False) -> None:
+    """Refuse (exit 2) an output folder the checkpoint save would wreck or could not write, before any work.
+
+    A checkpoint replaces the whole folder: `out` may be new or empty, the checkpoint being resumed
+    (`resume`), or another checkpoint with `overwrite` (or `may_replace`: a --keep-every snapshot of a resumed
+    run)."""
+    cwd = Path.cwd()
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        fail(f"{flag} {out}: it is a file, not a checkpoint folder")
+    if out.is_dir():
+        from .checkpoints import is_checkpoint
+
+        if is_checkpoint(out):
+            if not (overwrite or may_replace or (resume is not None and _same(out, resume))):
+                fail(f"{flag} {out} holds a checkpoint already: --resume it to go on from it, --overwrite to "
+                     "replace it, or choose another -o")
+        elif any(out.iterdir()):
+            fail(f"{flag} {out}: a folder with other files in it; a checkpoint replaces the whole folder, so choose "
+                 "a new or empty one")
+        elif out == cwd or out in cwd.parents:
+            fail(f"{flag} {out}: it is the current folder (or holds it); choose a folder inside it")
+    p = out.parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        fail(f"{flag} {out}: {p} is a file, not a folder")
+    try:  # a real try: root passes os.access everywhere, and /proc or a read-only mount still refuse
+        from harmony_rt.bundle import temp_dir
+
+        temp_dir(p, "probe").rmdir()
+    except OSError as e:
+        fail(f"{flag} {out}: cannot write in folder {p} ({e.strerror or e})")
+
+
+# ----------------------------------------------------------------------------------------------- signals
+
+
+class StopOnSignal:
+    """SIGINT / SIGTERM ask the run to stop after its current step (pass as train's should_stop); a second one
+    stops at once (KeyboardInterrupt / SystemExit). A signal the process was started ignoring stays ignored."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "SIGINT"
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        log.warning("%s: stopping after this step and saving the checkpoint (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self):
+        for name in self.SIGNALS:
+            s = getattr(signal, name)
+            if signal.getsignal(s) is not signal.SIG_IGN:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+
+# option dest -> TrainConfig field, for the settings a resumed run may change
+_TRAIN_FIELDS = {
+    "clips": "clips", "seconds": "seconds", "kinds": "kinds", "ae_steps": "ae_steps", "ae_frames": "ae_frames",
+    "steps": "steps", "batch": "batch", "lr": "lr", "warmup": "warmup", "ema": "ema_decay",
+    "stages": "stage_fractions", "cts_frac": "cts_frac", "seed": "seed", "ckpt_every": "ckpt_every",
+    "keep_every": "keep_every", "stop_after": "stop_after",
+}
+
+
+def train_parser() -> Parser:
+    from . import train
+    from .configs import SIZES
+
+    d, doc = train.TrainConfig(), train.__doc__
+    ap = Parser(prog="python -m train.train", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                argument_default=argparse.SUPPRESS)  # only what was given: a resumed run fills the rest
+    opt = ap.add_argument
+    opt("-o", "--out", required=True, help="checkpoint folder to write (new or empty; see --resume, --overwrite)")
+    opt("--size", choices=sorted(SIZES), help=f"model size (train/configs.py; default: {d.size})")
+    opt("--clips", type=integer(1), help=f"procedural training clips (default: {d.clips})")
+    opt("--seconds", type=number(0, lo_open=True),
+        help=f"clip length, up to the model's longest (default: {d.seconds:g})")
+    opt("--kinds", type=_kinds, help="comma list of ambient,speech,complex (default: ambient)")
+    opt("--ae-steps", type=integer(0), help=f"autoencoder steps (default: {d.ae_steps})")
+    opt("--ae-frames", type=integer(0), help="video AE on random crops of N frames (default: 0, whole clips)")
+    opt("--steps", type=integer(0), help=f"denoiser steps; 0: autoencoders only (default: {d.steps})")
+    opt("--batch", type=integer(1), help=f"clips per step (default: {d.batch})")
+    opt("--lr", type=number(0, lo_open=True), help=f"peak learning rate of the denoiser (default: {d.lr:g})")
+    opt("--warmup", type=integer(0), help="linear LR warm-up steps (default: 100, or a tenth of --steps if fewer)")
+    opt("--ema", type=number(0, 1, hi_open=True), help=f"EMA decay of the exported weights; 0: none (default: "
+        f"{d.ema_decay:g})")
+    opt("--stages", type=_fractions, help="fractions of --steps: audio,timbre,joint (default: 0.15,0.15,0.7)")
+    opt("--no-cts", action="store_true", help="ablation: train the joint task only")
+    opt("--cts-frac", type=number(0, 1, lo_open=True),
+        help=f"share of the batch each CTS driven task takes (0.25: half the rows of 1.0; default: {d.cts_frac:g})")
+    opt("--unison", action="store_true", help="Unison variant: speech + SFX streams, forcing")
+    opt("--seed", type=integer(0), help=f"data, initial weights and noise (default: {d.seed})")
+    opt("--ckpt-every", type=integer(0), help="also save the checkpoint every N steps (default: 0, only at the end)")
+    opt("--keep-every", type=integer(0), help="also keep a copy every N steps in OUT_<step> (default: 0, none)")
+    opt("--stop-after", type=integer(0),
+        help="stop after this step (the schedule still spans --steps); resume later to go on (not kept on resume)")
+    opt("--resume", type=Path, help="checkpoint to continue: its model, step, optimizer and random state, and "
+        "every setting not given here (-o may be the same folder)")
+    opt("--overwrite", action="store_true", help="replace the checkpoint already at -o")
+    opt("--set", action="append", type=_setting, help="model config override KEY=JSON, e.g. --set layers=4")
+    return ap
+
+
+def _model_config(size: str, given: dict):
+    """The model config of a new run (size, --unison, --set), checked: exit 2 naming the problem."""
+    from .checkpoints import checked_config
+    from .configs import get_config
+
+    overrides = dict(given.get("set", []))
+    if given.get("unison"):
+        overrides["audio_streams"] = 2
+    try:
+        return checked_config({**get_config(size).to_dict(), **overrides}), overrides
+    except ValueError as e:
+        fail(f"--set: {e}" if given.get("set") else f"--size {size}: {e}")
+
+
+def _seconds_bounds(cfg) -> tuple[float, float]:
+    """Clip lengths the model trains on: at least two latent frames, at most its longest clip."""
+    frame = cfg.video_t_stride / cfg.fps
+    return 2 * frame, cfg.max_latent_frames * frame
+
+
+def resolve_train(a: argparse.Namespace):
+    """-> (TrainConfig, resume path or None, the checkpoint's step), every check done (exit 2 otherwise)."""
+    from .checkpoints import CheckpointError, read_meta
+    from .train import TrainConfig
+
+    given = vars(a)
+    settings = {f: given[k] for k, f in _TRAIN_FIELDS.items() if k in given}
+    if given.get("no_cts"):
+        settings["use_cts"] = False
+    resume, step = given.get("resume"), 0
+    if resume is not None:
+        try:
+            cfg, state = read_meta(resume)
+        except CheckpointError as e:
+            fail(f"--resume: {e}")
+        stored = state.get("train_config")
+        base = TrainConfig.from_dict(stored) if isinstance(stored, dict) else TrainConfig()
+        step = state.get("step", 0)
+        model_flags = [f for f in ("size", "unison", "set") if f in given]
+        if model_flags:
+            want, _ = _model_config(given.get("size", base.size), given)
+            if want != cfg:
+                fail(f"--{model_flags[0]}: a resumed run keeps its checkpoint's model, which differs; drop "
+                     f"{', '.join('--' + f for f in model_flags)}, or train a new model without --resume")
+        base = replace(base, stop_after=0)  # where to stop is this invocation's choice
+        changed = {k: v for k, v in settings.items() if getattr(base, k) != v}
+        tc = replace(base, **settings)
+        log.info("resuming %s at step %d; settings from the checkpoint except %s", resume, step,
+                 ", ".join(f"{k}={v!r} (was {getattr(base, k)!r})" for k, v in changed.items()) or "none")
+        if tc.steps <= step:
+            fail(f"--steps {tc.steps}: the checkpoint is at step {step} already; nothing to train (raise --steps)")
+        if tc.stop_after and tc.stop_after <= step:
+            fail(f"--stop-after {tc.stop_after}: the checkpoint is at step {step} already")
+    else:
+        size = given.get("size", TrainConfig.size)
+        cfg, overrides = _model_config(size, given)
+        tc = replace(TrainConfig(size=size, overrides=overrides), **settings)
+    lo, hi = _seconds_bounds(cfg)
+    if not lo - 1e-9 <= tc.seconds <= hi + 1e-9:
+        fail(f"--seconds {tc.seconds:g}: this model trains on clips of {lo:g}-{hi:g} s "
+             f"({cfg.max_latent_frames} latent frames at most)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if tc.clips < world:
+        fail(f"--clips {tc.clips}: each of the {world} processes needs at least one clip")
+    return tc, resume, step
+
+
+def train_main(argv=None) -> None:
+    from .checkpoints import CheckpointError
+    from .train import Interrupted, snapshot_path, train
+
+    a = train_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    tc, resume, step = resolve_train(a)
+    out = Path(os.path.abspath(a.out))
+    overwrite = getattr(a, "overwrite", False)
+    check_target(out, "-o", resume, overwrite)
+    last = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
+    for s in range(step + 1, last + 1) if tc.keep_every else ():
+        if s % tc.keep_every == 0:
+            check_target(snapshot_path(out, s), "--keep-every", may_replace=overwrite or resume is not None)
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    stop = StopOnSignal()
+    try:
+        with stop:
+            train(tc, out, resume=resume, should_stop=stop)
+    except Interrupted as e:
+        fail(f"{stop.name}: {e}; nothing saved (the autoencoder stage does not resume midway)", stop.exit_code)
+    except CheckpointError as e:
+        fail(f"--resume: {e}")
+    except KeyboardInterrupt:
+        fail("interrupted; the last checkpoint saved is left as it was", 130)
+    except OSError as e:  # a full disk, a folder removed under the run
+        fail(f"stopped by an OS error: {e}", 1)
+    if stop():
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 saves and says so
+            sys.exit(stop.exit_code)
+        from .checkpoints import read_meta
+
+        at = read_meta(out)[1]["step"]
+        if at >= (min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps):
+            return  # the signal came with the last step: the run is complete
+        fail(f"{stop.name}: stopped at step {at} of {tc.steps} and saved {out}; go on with: python -m train.train "
+             f"--resume {out} -o {out}", stop.exit_code)
+
+
+# ----------------------------------------------------------------------------------------------- vocoder
+
+
+def vocoder_parser() -> Parser:
+    from . import vocoder
+
+    ap = Parser(prog="python -m train.vocoder", description=vocoder.__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path, help="checkpoint whose audio decoder is fine-tuned")
+    ap.add_argument("-o", "--out", required=True, help="checkpoint folder to write (new or empty, or CHECKPOINT)")
+    ap.add_argument("--steps", type=integer(0), default=800, help="fine-tuning steps (default: 800)")
+    ap.add_argument("--batch", type=integer(1), default=8, help="waveform segments per step (default: 8)")
+    ap.add_argument("--lr", type=number(0, lo_open=True), default=1e-3, help="learning rate (default: 0.001)")
+    ap.add_argument("--decoder-from", type=Path, default=None,
+                    help="start from the audio decoder of this checkpoint (same audio encoder required)")
+    ap.add_argument("--overwrite", action="store_true", help="replace the checkpoint already at -o")
+    return ap
+
+
+def checked_inputs(*paths: tuple[str, Path | None]) -> None:
+    """Each (flag, path) names a readable checkpoint (exit 2 otherwise)."""
+    from .checkpoints import CheckpointError, read_meta
+
+    for flag, p in paths:
+        if p is not None:
+            try:
+                read_meta(p)
+            except CheckpointError as e:
+                fail(f"{flag}: {e}")
