@@ -50,6 +50,9 @@ def _resolve(argv):
     (["--set", "foo=1"], ["unknown field 'foo'"]),
     (["--set", "height=30"], ["height 30"]),
     (["--seconds", "3"], ["--seconds 3", "0.5-2 s"]),
+    (["--set", "audio_hop=100000"], ["power of two"]),
+    (["--set", "text_vocab=1"], ["tokenizer vocab"]),
+    (["--set", "max_latent_frames=1"], ["at least 2 latent frames"]),
 ])
 def test_bad_options_are_one_line_and_exit_2(args, words, capsys):
     with pytest.raises(SystemExit) as e:
@@ -71,6 +74,13 @@ def test_output_folders_are_checked_before_training_and_never_wiped(tiny_checkpo
     _one_line_error(_cli("train.train", *RUN, "-o", ".", cwd=tmp_path / "empty"), "current folder")
     assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious" and (tmp_path / "file").read_text() == "x"
     assert load_checkpoint(ck)[2]["step"] == 6
+    (ck / "notes.txt").write_text("mine")  # a checkpoint folder with a file of the user's: a save would delete it
+    _one_line_error(_cli("train.train", "--resume", ck, "--steps", "9", "-o", ck), "notes.txt", "move them out")
+    assert (ck / "notes.txt").read_text() == "mine"
+    (ck / "notes.txt").unlink()
+    (tmp_path / "link").symlink_to(ck)
+    _one_line_error(_cli("train.train", *RUN, "-o", tmp_path / "link"), "symbolic link")
+    _one_line_error(_cli("train.train", *RUN, "-o", tmp_path / ("n" * 300)), "File name too long")
     # the vocoder's -o follows the same rule; a damaged input checkpoint is one line
     _one_line_error(_cli("train.vocoder", ck, "--steps", "0", "-o", tmp_path / "mine"), "other files")
     (tmp_path / "bad").mkdir()
@@ -114,6 +124,17 @@ def test_resume_keeps_the_model_and_the_run_settings_unless_given(tiny_checkpoin
     with pytest.raises(SystemExit):
         _resolve(["--resume", str(tmp_path / "ck"), "-o", "x"])
     assert "state.json: not a JSON object" in capsys.readouterr().err
+    bad = shutil.copytree(tiny_checkpoint, tmp_path / "bad")
+    state = json.loads((bad / "state.json").read_text())
+    state["train_config"]["kinds"] = "speech"
+    (bad / "state.json").write_text(json.dumps(state))
+    with pytest.raises(SystemExit):
+        _resolve(["--resume", str(bad), "--steps", "9", "-o", "x"])
+    assert "train_config: kinds is 'speech'" in capsys.readouterr().err
+    (bad / "optimizer.json").unlink()
+    with pytest.raises(SystemExit):
+        _resolve(["--resume", str(bad), "--steps", "9", "-o", "x"])
+    assert "without its optimizer.json" in capsys.readouterr().err
     assert snapshot_path(str(tmp_path / "run") + "/", 4) == tmp_path / "run_4"  # `-o run/`: beside, not inside
 
 

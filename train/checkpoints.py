@@ -47,8 +47,8 @@ def save_checkpoint(
     """Write a checkpoint folder atomically. `tokenizers` maps file name -> tokenizer JSON text; `ema` maps
     parameter names to their exponential moving averages (ema.safetensors)."""
     path = Path(path)
-    if path.is_file() or path.is_symlink() or (path.is_dir() and any(path.iterdir()) and not is_checkpoint(path)):
-        raise FileExistsError(f"{path}: not a checkpoint folder; refusing to replace it")
+    if path.is_file() or path.is_symlink() or (path.is_dir() and foreign_files(path)):
+        raise FileExistsError(f"{path}: not a checkpoint folder (or holds other files); refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path.parent, path.name)  # files and folder get normal permissions, as a plain save would
     try:
@@ -78,9 +78,19 @@ class CheckpointError(ValueError):
     """A checkpoint folder that is missing, incomplete or damaged (one line, naming the file)."""
 
 
+# what save_checkpoint writes in a folder (tokenizer files by the names training gives them)
+FILES = ("model.safetensors", "config.json", "state.json", "ema.safetensors", "optimizer.safetensors",
+         "optimizer.json", "tokenizer_text.json", "tokenizer_speech.json")
+
+
 def is_checkpoint(path: str | os.PathLike) -> bool:
     path = Path(path)
     return (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+
+
+def foreign_files(path: str | os.PathLike) -> list[str]:
+    """Names in a folder that a checkpoint does not write: a save, which replaces the folder, would delete them."""
+    return sorted(p.name for p in Path(path).iterdir() if p.name not in FILES)
 
 
 def checked_config(d) -> HarmonyConfig:
@@ -105,12 +115,18 @@ def _read_json(file: Path):
         return json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{file}: not valid JSON ({e})") from None
+    except OSError as e:  # missing, a folder, unreadable
+        raise CheckpointError(f"{file}: cannot be read ({e.strerror or e})") from None
 
 
 def read_meta(path: str | os.PathLike) -> tuple[HarmonyConfig, dict]:
     """A checkpoint's config and training state, checked, without loading any weights."""
     path = Path(path)
-    if not is_checkpoint(path):
+    try:
+        found = is_checkpoint(path)
+    except OSError as e:  # a name too long, ...
+        raise CheckpointError(f"{path}: {e.strerror or e}") from None
+    if not found:
         raise CheckpointError(f"{path}: not a harmony-rt checkpoint (model.safetensors + config.json)")
     try:
         cfg = checked_config(_read_json(path / "config.json"))
@@ -119,6 +135,8 @@ def read_meta(path: str | os.PathLike) -> tuple[HarmonyConfig, dict]:
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path / 'config.json'}: {e}") from None
     state = _read_json(path / "state.json") if (path / "state.json").exists() else {}
+    if (path / "optimizer.safetensors").exists() and not (path / "optimizer.json").is_file():
+        raise CheckpointError(f"{path}: optimizer.safetensors without its optimizer.json")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path / 'state.json'}: not a JSON object")
     step = state.get("step", 0)

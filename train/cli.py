@@ -2,9 +2,10 @@
 
 Options are checked before any work (one line `error: ...`, exit 2, as harmony-rt's), and so is the output
 folder: a checkpoint replaces the whole folder, so -o may only name a new or empty folder, the checkpoint being
-resumed, or (with --overwrite) another checkpoint. A resumed run keeps its checkpoint's model and takes every
-setting not given on the command line from the checkpoint. Ctrl-C / SIGTERM end a run after the current step
-with its checkpoint saved (a second one stops at once).
+resumed, or (with --overwrite) another checkpoint, never a folder holding anything else. A resumed run keeps
+its checkpoint's model and takes every setting not given on the command line from the checkpoint. Ctrl-C /
+SIGTERM end the denoiser's training after the current step with its checkpoint saved (the autoencoder stage
+stops with nothing saved); a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -107,47 +108,78 @@ def _same(a: Path, b: Path) -> bool:
     return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
-def check_target(out: Path, flag: str, resume: Path | None = None, overwrite: bool = False,
-                 may_replace: bool = False) -> None:
-    """Refuse (exit 2) an output folder the checkpoint save would wreck or could not write, before any work.
+def writable_folder(out: Path, flag: str) -> None:
+    """The nearest existing folder above `out` takes a new folder (a real try: root passes os.access
+    everywhere, and /proc or a read-only mount still refuse); exit 2 otherwise."""
+    from harmony_rt.bundle import temp_dir
 
-    A checkpoint replaces the whole folder: `out` may be new or empty, the checkpoint being resumed
-    (`resume`), or another checkpoint with `overwrite` (or `may_replace`: a --keep-every snapshot of a resumed
-    run)."""
-    cwd = Path.cwd()
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        fail(f"{flag} {out}: it is a file, not a checkpoint folder")
-    if out.is_dir():
-        from .checkpoints import is_checkpoint
-
-        if is_checkpoint(out):
-            if not (overwrite or may_replace or (resume is not None and _same(out, resume))):
-                fail(f"{flag} {out} holds a checkpoint already: --resume it to go on from it, --overwrite to "
-                     "replace it, or choose another -o")
-        elif any(out.iterdir()):
-            fail(f"{flag} {out}: a folder with other files in it; a checkpoint replaces the whole folder, so choose "
-                 "a new or empty one")
-        elif out == cwd or out in cwd.parents:
-            fail(f"{flag} {out}: it is the current folder (or holds it); choose a folder inside it")
     p = out.parent
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    if not p.is_dir():
-        fail(f"{flag} {out}: {p} is a file, not a folder")
-    try:  # a real try: root passes os.access everywhere, and /proc or a read-only mount still refuse
-        from harmony_rt.bundle import temp_dir
-
+    try:
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir():
+            fail(f"{flag} {out}: {p} is a file, not a folder")
         temp_dir(p, "probe").rmdir()
     except OSError as e:
         fail(f"{flag} {out}: cannot write in folder {p} ({e.strerror or e})")
+
+
+def check_target(out: Path, flag: str, resume: Path | None = None, overwrite: bool = False,
+                 may_replace: bool = False, in_place: str = "--resume it to go on from it") -> None:
+    """Refuse (exit 2) an output folder the checkpoint save would wreck, before any work.
+
+    A checkpoint replaces the whole folder: `out` may be new or empty, the checkpoint being resumed
+    (`resume`), or another checkpoint with `overwrite` (or `may_replace`: a --keep-every snapshot of a resumed
+    run); never a folder holding files a checkpoint does not write."""
+    from .checkpoints import foreign_files, is_checkpoint
+
+    cwd = Path.cwd()
+    try:
+        if out.is_symlink():
+            fail(f"{flag} {out}: a symbolic link; name the folder itself (a save would replace the link)")
+        if out.exists() and not out.is_dir():
+            fail(f"{flag} {out}: it is a file, not a checkpoint folder")
+        if out.is_dir():
+            others = foreign_files(out)
+            if is_checkpoint(out) and others:
+                fail(f"{flag} {out}: a checkpoint folder that also holds {', '.join(others[:3])}"
+                     f"{' ...' if len(others) > 3 else ''}; a save replaces the whole folder: move them out first")
+            if is_checkpoint(out):
+                if not (overwrite or may_replace or (resume is not None and _same(out, resume))):
+                    fail(f"{flag} {out} holds a checkpoint already: {in_place}, --overwrite to replace it, or "
+                         "choose another -o")
+            elif others:
+                fail(f"{flag} {out}: a folder with other files in it; a checkpoint replaces the whole folder, so "
+                     "choose a new or empty one")
+            elif out == cwd or out in cwd.parents:
+                fail(f"{flag} {out}: it is the current folder (or holds it); choose a folder inside it")
+    except OSError as e:  # a name too long, a folder that cannot be listed
+        fail(f"{flag} {out}: {e.strerror or e}")
+
+
+def check_snapshots(out: Path, tc, step: int, may_replace: bool) -> None:
+    """--keep-every: the OUT_<step> names this run will write are legal, and existing ones are checked as -o is."""
+    from .train import snapshot_path
+
+    if not tc.keep_every or tc.last_step < tc.keep_every:
+        return
+    longest = snapshot_path(out, tc.last_step // tc.keep_every * tc.keep_every)
+    if len(os.fsencode(longest.name)) > 255:
+        fail(f"--keep-every: the snapshot name {longest.name[:40]}... is too long; choose a shorter -o")
+    prefix = out.name + "_"
+    for p in out.parent.iterdir() if out.parent.is_dir() else ():
+        n = p.name[len(prefix):]
+        if p.name.startswith(prefix) and n.isdigit() and step < int(n) <= tc.last_step and int(n) % tc.keep_every == 0:
+            check_target(p, "--keep-every", may_replace=may_replace)
 
 
 # ----------------------------------------------------------------------------------------------- signals
 
 
 class StopOnSignal:
-    """SIGINT / SIGTERM ask the run to stop after its current step (pass as train's should_stop); a second one
-    stops at once (KeyboardInterrupt / SystemExit). A signal the process was started ignoring stays ignored."""
+    """SIGINT / SIGTERM ask the run to stop after its current step (pass as train's should_stop); a second SIGINT
+    stops at once (KeyboardInterrupt), a second SIGTERM is ignored. A signal the process was started ignoring
+    stays ignored."""
 
     SIGNALS = ("SIGINT", "SIGTERM")
 
@@ -168,12 +200,12 @@ class StopOnSignal:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            if signum == signal.SIGINT:
+            if signum == signal.SIGINT:  # Ctrl-C twice: the user wants out now
                 raise KeyboardInterrupt
-            raise SystemExit(128 + signum)
+            return  # a repeated SIGTERM (torchrun forwarding what the workers got too) must not cut the save
         self.signum = signum
-        log.warning("%s: stopping after this step and saving the checkpoint (again to stop at once)",
-                    signal.Signals(signum).name)
+        log.warning("%s: stopping after this step%s", signal.Signals(signum).name,
+                    " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
 
     def __enter__(self):
         for name in self.SIGNALS:
@@ -222,11 +254,13 @@ def train_parser() -> Parser:
     opt("--ema", type=number(0, 1, hi_open=True), help=f"EMA decay of the exported weights; 0: none (default: "
         f"{d.ema_decay:g})")
     opt("--stages", type=_fractions, help="fractions of --steps: audio,timbre,joint (default: 0.15,0.15,0.7)")
-    opt("--no-cts", action="store_true", help="ablation: train the joint task only")
+    opt("--cts", action=argparse.BooleanOptionalAction,
+        help="Cross-Task Synergy; --no-cts (ablation) trains the joint task only (default: on)")
     opt("--cts-frac", type=number(0, 1, lo_open=True),
         help=f"share of the batch each CTS driven task takes (0.25: half the rows of 1.0; default: {d.cts_frac:g})")
     opt("--unison", action="store_true", help="Unison variant: speech + SFX streams, forcing")
-    opt("--seed", type=integer(0), help=f"data, initial weights and noise (default: {d.seed})")
+    opt("--seed", type=integer(0),
+        help=f"data, initial weights and noise; on --resume the clips only (default: {d.seed})")
     opt("--ckpt-every", type=integer(0), help="also save the checkpoint every N steps (default: 0, only at the end)")
     opt("--keep-every", type=integer(0), help="also keep a copy every N steps in OUT_<step> (default: 0, none)")
     opt("--stop-after", type=integer(0),
@@ -258,6 +292,20 @@ def _seconds_bounds(cfg) -> tuple[float, float]:
     return 2 * frame, cfg.max_latent_frames * frame
 
 
+def _check_model_data(cfg, tc) -> None:
+    """What only the data decide: the tokenizers fit the vocabularies, a clip's audio fits the STFT losses."""
+    from .train import build_tokenizers
+
+    try:
+        build_tokenizers(cfg)
+    except ValueError as e:
+        fail(f"--set: {e}")
+    samples = int(tc.seconds * cfg.fps) // cfg.video_t_stride * cfg.video_t_stride / cfg.fps * cfg.sample_rate
+    if samples < 1024:
+        fail(f"--seconds {tc.seconds:g}: a clip has {samples:.0f} audio samples at sample_rate {cfg.sample_rate}; the "
+             "audio autoencoder's loss needs at least 1024")
+
+
 def resolve_train(a: argparse.Namespace):
     """-> (TrainConfig, resume path or None, the checkpoint's step), every check done (exit 2 otherwise)."""
     from .checkpoints import CheckpointError, read_meta
@@ -265,8 +313,8 @@ def resolve_train(a: argparse.Namespace):
 
     given = vars(a)
     settings = {f: given[k] for k, f in _TRAIN_FIELDS.items() if k in given}
-    if given.get("no_cts"):
-        settings["use_cts"] = False
+    if "cts" in given:
+        settings["use_cts"] = given["cts"]
     resume, step = given.get("resume"), 0
     if resume is not None:
         try:
@@ -282,6 +330,10 @@ def resolve_train(a: argparse.Namespace):
             if want != cfg:
                 fail(f"--{model_flags[0]}: a resumed run keeps its checkpoint's model, which differs; drop "
                      f"{', '.join('--' + f for f in model_flags)}, or train a new model without --resume")
+        try:
+            base.check()
+        except ValueError as e:
+            fail(f"--resume: {Path(resume) / 'state.json'}: train_config: {e}")
         base = replace(base, stop_after=0)  # where to stop is this invocation's choice
         changed = {k: v for k, v in settings.items() if getattr(base, k) != v}
         tc = replace(base, **settings)
@@ -296,9 +348,13 @@ def resolve_train(a: argparse.Namespace):
         cfg, overrides = _model_config(size, given)
         tc = replace(TrainConfig(size=size, overrides=overrides), **settings)
     lo, hi = _seconds_bounds(cfg)
+    if lo > hi:
+        fail(f"--set: max_latent_frames {cfg.max_latent_frames}: training needs clips of at least 2 latent frames")
     if not lo - 1e-9 <= tc.seconds <= hi + 1e-9:
         fail(f"--seconds {tc.seconds:g}: this model trains on clips of {lo:g}-{hi:g} s "
              f"({cfg.max_latent_frames} latent frames at most)")
+    if resume is None:
+        _check_model_data(cfg, tc)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if tc.clips < world:
         fail(f"--clips {tc.clips}: each of the {world} processes needs at least one clip")
@@ -307,7 +363,7 @@ def resolve_train(a: argparse.Namespace):
 
 def train_main(argv=None) -> None:
     from .checkpoints import CheckpointError
-    from .train import Interrupted, snapshot_path, train
+    from .train import Interrupted, train
 
     a = train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -315,10 +371,8 @@ def train_main(argv=None) -> None:
     out = Path(os.path.abspath(a.out))
     overwrite = getattr(a, "overwrite", False)
     check_target(out, "-o", resume, overwrite)
-    last = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
-    for s in range(step + 1, last + 1) if tc.keep_every else ():
-        if s % tc.keep_every == 0:
-            check_target(snapshot_path(out, s), "--keep-every", may_replace=overwrite or resume is not None)
+    check_snapshots(out, tc, step, may_replace=overwrite or resume is not None)
+    writable_folder(out, "-o")
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
@@ -331,7 +385,7 @@ def train_main(argv=None) -> None:
     except CheckpointError as e:
         fail(f"--resume: {e}")
     except KeyboardInterrupt:
-        fail("interrupted; the last checkpoint saved is left as it was", 130)
+        fail(f"interrupted; {out} is left as it was" if out.exists() else "interrupted; nothing saved", 130)
     except OSError as e:  # a full disk, a folder removed under the run
         fail(f"stopped by an OS error: {e}", 1)
     if stop():
@@ -340,10 +394,12 @@ def train_main(argv=None) -> None:
         from .checkpoints import read_meta
 
         at = read_meta(out)[1]["step"]
-        if at >= (min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps):
+        if at >= tc.last_step:
             return  # the signal came with the last step: the run is complete
-        fail(f"{stop.name}: stopped at step {at} of {tc.steps} and saved {out}; go on with: python -m train.train "
-             f"--resume {out} -o {out}", stop.exit_code)
+        ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        how = "the same torchrun command with" if ddp else "python -m train.train"
+        fail(f"{stop.name}: stopped at step {at} of {tc.steps} and saved {out}; go on with {how} --resume {out} "
+             f"-o {out}", stop.exit_code)
 
 
 # ----------------------------------------------------------------------------------------------- vocoder

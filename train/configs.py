@@ -84,6 +84,10 @@ class HarmonyConfig:
                 raise ValueError(f"{f.name} is {v!r}, must be {want}")
         if self.audio_streams not in (1, 2):
             raise ValueError(f"audio_streams is {self.audio_streams}, must be 1 (Harmony) or 2 (Unison)")
+        for name in ("video_s_stride", "audio_hop"):  # the autoencoders halve / quarter the resolution per layer
+            v = getattr(self, name)
+            if v & (v - 1):
+                raise ValueError(f"{name} is {v}, must be a power of two")
         for side in ("video", "audio"):
             dim, heads = getattr(self, f"{side}_dim"), getattr(self, f"{side}_heads")
             least = 6 if side == "video" else 2  # 3-D RoPE: at least one rotated pair per axis

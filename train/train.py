@@ -64,6 +64,46 @@ class TrainConfig:
     overrides: dict = field(default_factory=dict)  # HarmonyConfig fields
 
     @property
+    def last_step(self) -> int:
+        """The step this run ends at: `steps`, or `stop_after` when set and earlier."""
+        return min(self.steps, self.stop_after) if self.stop_after else self.steps
+
+    def check(self) -> "TrainConfig":
+        """Self, or a ValueError naming the first setting no run can use (a damaged checkpoint's stored ones too)."""
+        from .data.synth import KINDS
+
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for k, lo in (("clips", 1), ("batch", 1), ("ae_steps", 0), ("ae_frames", 0), ("steps", 0), ("seed", 0),
+                      ("ckpt_every", 0), ("keep_every", 0), ("stop_after", 0)):
+            v = getattr(self, k)
+            if type(v) is not int or v < lo:
+                raise ValueError(f"{k} is {v!r:.40}, must be an integer >= {lo}")
+        if self.warmup is not None and (type(self.warmup) is not int or self.warmup < 0):
+            raise ValueError(f"warmup is {self.warmup!r:.40}, must be an integer >= 0")
+        for k, lo, hi, lo_open, hi_open in (
+            ("seconds", 0, math.inf, True, True), ("lr", 0, math.inf, True, True), ("ae_lr", 0, math.inf, True, True),
+            ("ema_decay", 0, 1, False, True), ("cts_frac", 0, 1, True, False), ("p_drop_cond", 0, 1, False, False),
+            ("p_no_ref", 0, 1, False, False), ("lr_min_frac", 0, 1, False, False),
+        ):
+            v = getattr(self, k)
+            if not (number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)):
+                raise ValueError(f"{k} is {v!r:.40}, out of range")
+        if not (isinstance(self.kinds, tuple) and self.kinds and all(k in KINDS for k in self.kinds)):
+            raise ValueError(f"kinds is {self.kinds!r:.60}, must be a list of {', '.join(KINDS)}")
+        f = self.stage_fractions
+        if not (isinstance(f, tuple) and len(f) == 3 and all(number(x) and x >= 0 for x in f)
+                and abs(sum(f) - 1) < 1e-6):
+            raise ValueError(f"stage_fractions is {f!r:.60}, must be three fractions summing to 1")
+        r = self.ref_seconds
+        if not (isinstance(r, tuple) and len(r) == 2 and all(number(x) for x in r) and 0 < r[0] <= r[1]):
+            raise ValueError(f"ref_seconds is {r!r:.60}, must be two lengths 0 < a <= b")
+        if type(self.use_cts) is not bool or not isinstance(self.size, str) or not isinstance(self.overrides, dict):
+            raise ValueError("use_cts, size or overrides is of the wrong type")
+        return self
+
+    @property
     def warmup_steps(self) -> int:
         return self.warmup if self.warmup is not None else max(1, min(100, self.steps // 10))
 
@@ -404,8 +444,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     denoiser = model.denoiser
     state["phase"] = "denoiser"
     model.train()
-    last = min(tc.steps, tc.stop_after) if tc.stop_after else tc.steps
-    for step in range(state["step"], last):
+    for step in range(state["step"], tc.last_step):
         stage = stage_of(step, tc)
         idx = torch.randint(len(lat), (min(tc.batch, len(lat)),), generator=gen).tolist()
         batch = make_batch(model, lat, idx, toks, tc, stage, gen)

@@ -74,13 +74,14 @@ def copy_decoder(model, source: str | os.PathLike) -> None:
 
 
 def main(argv=None):
-    from .cli import check_target, checked_inputs, fail, vocoder_parser
+    from .cli import check_target, checked_inputs, fail, vocoder_parser, writable_folder
 
     a = vocoder_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     checked_inputs(("checkpoint", a.checkpoint), ("--decoder-from", a.decoder_from))
     out = Path(os.path.abspath(a.out))
-    check_target(out, "-o", a.checkpoint, a.overwrite)
+    check_target(out, "-o", a.checkpoint, a.overwrite, in_place="-o CHECKPOINT writes in place")
+    writable_folder(out, "-o")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     try:
         model, _, state = load_checkpoint(a.checkpoint, ema=False)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The shipped demo model and the CTS ablation, as they were trained (2-core CPU).
-#   bash train/recipes/demo.sh [RUNS_DIR]
+#   bash train/recipes/demo.sh [RUNS_DIR]        (a new RUNS_DIR: checkpoints of an earlier run are not replaced)
 # Measured on the 2-core dev machine (runs sharing the cores): autoencoders 17 min; vocoder 22 min; full model
 # 6000 steps 94 min; no-CTS model 3000 steps (ablation) alongside. About 2.5 h in all.
 #  1. autoencoders once (600 steps);
