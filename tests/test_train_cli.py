@@ -153,6 +153,7 @@ def test_a_stopped_and_resumed_run_equals_a_straight_one(tiny_checkpoint, tmp_pa
 
 
 def test_ctrl_c_saves_the_checkpoint_at_the_step_and_says_how_to_go_on(tmp_path):
+    """... and while a run trains, a second one writing the same -o is refused."""
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "train.train", "--clips", "4", "--ae-steps", "1", "--steps", "500",
                           "-o", str(out)], stderr=subprocess.PIPE, text=True,
@@ -162,6 +163,8 @@ def test_ctrl_c_saves_the_checkpoint_at_the_step_and_says_how_to_go_on(tmp_path)
         line = p.stderr.readline()
         assert line, err
         err += line
+    second = _cli("train.train", *RUN, "-o", out)  # the same -o while the first run is training
+    _one_line_error(second, "another run is writing it")
     p.send_signal(signal.SIGINT)
     err += p.stderr.read()
     assert p.wait(120) == 130, err

@@ -11,6 +11,7 @@ stops with nothing saved); a second Ctrl-C stops at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -171,6 +172,37 @@ def check_snapshots(out: Path, tc, step: int, may_replace: bool) -> None:
         n = p.name[len(prefix):]
         if p.name.startswith(prefix) and n.isdigit() and step < int(n) <= tc.last_step and int(n) % tc.keep_every == 0:
             check_target(p, "--keep-every", may_replace=may_replace)
+
+
+@contextlib.contextmanager
+def exclusive(out: Path, flag: str):
+    """Only one run writes `out` at a time: a second one is refused (exit 2) while the first holds the lock
+    `.<name>.lock` beside it (rank 0 only under torchrun; no lock where fcntl is missing, i.e. Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{os.fsencode(out.name)[:240].decode('utf-8', 'ignore')}.lock"
+    while True:
+        f = open(lock, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            fail(f"{flag} {out}: another run is writing it (it holds {lock})")
+        if lock.exists() and os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+            break  # not a file the previous holder unlinked while we opened it
+        f.close()
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        f.close()
 
 
 # ----------------------------------------------------------------------------------------------- signals
@@ -378,7 +410,7 @@ def train_main(argv=None) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     stop = StopOnSignal()
     try:
-        with stop:
+        with exclusive(out, "-o"), stop:
             train(tc, out, resume=resume, should_stop=stop)
     except Interrupted as e:
         fail(f"{stop.name}: {e}; nothing saved (the autoencoder stage does not resume midway)", stop.exit_code)

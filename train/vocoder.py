@@ -74,7 +74,7 @@ def copy_decoder(model, source: str | os.PathLike) -> None:
 
 
 def main(argv=None):
-    from .cli import check_target, checked_inputs, fail, vocoder_parser, writable_folder
+    from .cli import check_target, checked_inputs, exclusive, fail, vocoder_parser, writable_folder
 
     a = vocoder_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -84,29 +84,35 @@ def main(argv=None):
     writable_folder(out, "-o")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     try:
-        model, _, state = load_checkpoint(a.checkpoint, ema=False)
-        tc = TrainConfig.from_dict(state.get("train_config") or {})
-        if a.decoder_from:
-            copy_decoder(model, a.decoder_from)
-            state["vocoder_from"] = str(a.decoder_from)
-        clips = make_clips(tc, model.cfg) if a.steps else []
-        t0 = time.time()
-        if a.steps:
-            wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in clips])  # [C*S, W]
-            state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
-        state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
-        log.info("vocoder fine-tuned in %.0f s", time.time() - t0)
-        src = Path(a.checkpoint)
-        tok = {n: (src / n).read_text() for n in ("tokenizer_text.json", "tokenizer_speech.json")
-               if (src / n).exists()}
-        # no optimizer state: it belongs to the denoiser's training (resume from the checkpoint before this one)
-        save_checkpoint(out, model, None, state, tok, load_ema(src) or None)
+        with exclusive(out, "-o"):
+            _finetune(a, out)
     except CheckpointError as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted; nothing saved", 130)
     except OSError as e:
         fail(f"cannot write the checkpoint: {e}", 1)
+
+
+def _finetune(a, out: Path) -> None:
+    """Fine-tune the decoder of a.checkpoint as the options say and save the result to `out`."""
+    model, _, state = load_checkpoint(a.checkpoint, ema=False)
+    tc = TrainConfig.from_dict(state.get("train_config") or {})
+    if a.decoder_from:
+        copy_decoder(model, a.decoder_from)
+        state["vocoder_from"] = str(a.decoder_from)
+    clips = make_clips(tc, model.cfg) if a.steps else []
+    t0 = time.time()
+    if a.steps:
+        wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in clips])  # [C*S, W]
+        state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
+    state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
+    log.info("vocoder fine-tuned in %.0f s", time.time() - t0)
+    src = Path(a.checkpoint)
+    tok = {n: (src / n).read_text() for n in ("tokenizer_text.json", "tokenizer_speech.json")
+           if (src / n).exists()}
+    # no optimizer state: it belongs to the denoiser's training (resume from the checkpoint before this one)
+    save_checkpoint(out, model, None, state, tok, load_ema(src) or None)
 
 
 if __name__ == "__main__":
