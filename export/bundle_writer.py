@@ -134,6 +134,32 @@ def _check_target(checkpoint: Path, out: Path) -> None:
             raise ExportError(f"{out} exists and is not a folder; refusing to replace it")
         if any(out.iterdir()):
             raise ExportError(f"{out} exists and is not a bundle (no {MANIFEST}); refusing to replace it")
+    elif out.is_dir():
+        others = _foreign_entries(out)
+        if others:
+            raise ExportError(f"{out}: a bundle folder that also holds {', '.join(others[:3])}"
+                              f"{' ...' if len(others) > 3 else ''}; the export replaces the whole folder: move "
+                              "them out first")
+
+
+def _foreign_entries(bundle: Path) -> list[str]:
+    """Entries of an existing bundle folder that its manifest does not name (nor engines/, which `harmony-rt
+    build` writes): somebody's files, which an export replacing the folder would delete."""
+    try:
+        manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return [f"an unreadable {MANIFEST} (remove the folder yourself if it is an old bundle)"]
+    named = {MANIFEST, "engines"}
+    stack = [manifest]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            named.add(v.split("/")[0])
+        elif isinstance(v, dict):
+            stack += v.values()
+        elif isinstance(v, list):
+            stack += v
+    return sorted(p.name for p in bundle.iterdir() if p.name not in named)
 
 
 def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, tolerance: float = FP32_TOLERANCE,

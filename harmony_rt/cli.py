@@ -283,7 +283,8 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True,
-              help="Bundle folder to write.")
+              help="Bundle folder to write: new, empty, or an old bundle (replaced whole; a folder holding "
+                   "anything else is refused).")
 @click.option("--precision", default="fp32", show_default=True,
               help="Comma list of fp32, fp16, int8 (writes int8 static and int8-dynamic), int8-dynamic, fp8; "
                    "fp32 is always the main graph, the others become variants.")

@@ -87,9 +87,16 @@ def test_export_refuses_an_output_that_is_not_a_bundle(tmp_path):
         export_bundle(tmp_path / "ck", tmp_path / "file")
     assert (victim / "notes.txt").read_text() == (tmp_path / "file").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "victim"]  # no temp folder either
-    # an empty folder or an old bundle may be replaced: these get as far as reading the (missing) checkpoint
+    # an old bundle holding somebody's file is refused too (the export replaces the whole folder) ...
+    (victim / "manifest.json").write_text('{"components": {"denoiser": {"file": "denoiser.onnx"}}}')
+    (victim / "denoiser.onnx").write_text("graph")
+    (victim / "engines").mkdir()
+    with pytest.raises(ExportError, match="a bundle folder that also holds notes.txt; .* move them out first"):
+        export_bundle(tmp_path / "ck", victim)
+    assert (victim / "notes.txt").read_text() == "precious"
+    # ... while an empty folder or an old bundle may be replaced: these get as far as reading the checkpoint
+    (victim / "notes.txt").unlink()
     (tmp_path / "empty").mkdir()
-    (victim / "manifest.json").write_text("{}")
     for out in (tmp_path / "empty", victim):
         with pytest.raises(ExportError, match="cannot read checkpoint"):
             export_bundle(tmp_path / "ck", out)
