@@ -497,7 +497,8 @@ def _drop_unread(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
 # lanes (AVX2 vpmaddubsw); a trained model's full-range weights overflow them. On the precision report's
 # trained model (AMD EPYC, AVX2): max rel error of the denoiser 1.23e-1 -> 3.6e-2 static, 1.47e-1 -> 2.6e-2
 # dynamic, speed unchanged (bench-large, session 6). A bundle is exported once and run on any CPU, so the
-# bit is given up everywhere (on VNNI CPUs, which do not saturate, it costs some weight resolution).
+# bit is given up everywhere. On a VNNI CPU, which does not saturate, it cost the dynamic variant 0.1-0.8 dB
+# frames PSNR and 1.4-2.4 dB audio SNR and the static one nothing measurable (bench/RESULTS.md, session 11).
 REDUCE_RANGE = True
 
 
