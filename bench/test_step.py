@@ -4,8 +4,6 @@ own process (see TORCH). Also the achieved GFLOP/s against the numpy matmul peak
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from harmony_rt.bench import (
@@ -77,14 +75,8 @@ def test_step_flops(model, threads, peak, record_peak, report):
     flops = sum(d["flops"] for d in ops.values())
     before = matmul_peak()
     probe = MatmulProbe()
-
-    def probe_best() -> float:  # the best of 3 products now; then OpenBLAS's spinning threads settle
-        times = interleave({"mm": probe.run}, rounds=3, warmup=1, pause=0.0)["mm"]
-        time.sleep(0.5)
-        return min(times)
-
     # each round: one step and one peak probe (the order alternates), so a drifting VM's speed is shared
-    t = interleave({"step": step.run, "probe": SelfTimed(probe_best)}, rounds=5)
+    t = interleave({"step": step.run, "probe": SelfTimed(probe.best)}, rounds=5)
     # the best of: the `peak` fixture (session start), right before, in and right after these rounds
     best_peak = max(peak, before, probe.flops / min(t["probe"]), matmul_peak())
     record_peak(best_peak)

@@ -346,15 +346,19 @@ class MatmulProbe:
     def run(self) -> None:
         np.matmul(self.a, self.b, out=self.out)
 
+    def best(self, repeats: int = 3, settle: float = 0.5) -> float:
+        """Seconds of the fastest of `repeats` products (after one warm-up). OpenBLAS's idle threads spin for
+        a while after a product; `settle` seconds of sleep afterwards keep them from slowing whatever is timed
+        next (interleaving the probe with a step did, by up to 25 %)."""
+        times = interleave({"mm": self.run}, rounds=repeats, warmup=1, pause=0.0)["mm"]
+        time.sleep(settle)
+        return min(times)
 
-def matmul_peak(n: int = 2048, repeats: int = 5, settle: float = 0.5) -> float:
-    """Best fp32 FLOP/s of numpy `a @ b` (n x n) on this machine now (after one warm-up product).
-    OpenBLAS's idle threads spin for a while after a product; `settle` seconds of sleep afterwards keep
-    them from slowing whatever is timed next (interleaving the probe with a step did, by up to 25 %)."""
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 FLOP/s of numpy `a @ b` (n x n) on this machine now."""
     probe = MatmulProbe(n)
-    times = interleave({"mm": probe.run}, rounds=repeats, warmup=1, pause=0.0)["mm"]
-    time.sleep(settle)
-    return probe.flops / min(times)
+    return probe.flops / probe.best(repeats)
 
 
 # ----------------------------------------------------------------------------- guidance split
@@ -576,9 +580,11 @@ def step_rows(bundle: Bundle, label: str, rounds: int, threads: int | None, fram
     for prec in bundle.precisions("denoiser")[1:]:
         if prec in ("int8", "int8-dynamic"):  # fp16 / fp8 are GPU precisions (slower or simulated on CPU)
             cands[prec] = OrtStep(bundle, feeds, threads, precision=prec)
+    probe = MatmulProbe()
     peak = max(peak or 0.0, matmul_peak())
-    t = interleave({k: s.run for k, s in cands.items()}, rounds=rounds)
-    peak = max(peak, matmul_peak())  # before and after the step rounds: the better of the two
+    # each round also probes the peak, so every step can be set against the machine's speed at that moment
+    t = interleave({**{k: s.run for k, s in cands.items()}, "probe": SelfTimed(probe.best)}, rounds=rounds)
+    peak = max(peak, probe.flops / min(t["probe"]), matmul_peak())  # the highest seen: before, during, after
     prof = OrtStep(bundle, feeds, threads, profile=str(Path(tempfile.gettempdir()) / "harmony-rt-prof"))
     flops = sum(d["flops"] for d in profile_ops(prof).values())
     rt = med(t["runtime"])
@@ -593,7 +599,11 @@ def step_rows(bundle: Bundle, label: str, rounds: int, threads: int | None, fram
             ratio=speedup(t["bound"], t["runtime"])),
         Row(g, "achieved GFLOP/s (matmul-like ops)", flops / min(t["runtime"]), unit="GFLOP/s",
             baseline="numpy fp32 matmul peak", base_value=peak, ratio=flops / min(t["runtime"]) / peak,
-            note=f"{flops / 1e9:.1f} GFLOP a step (ORT profile shapes); best step; peak measured before and after"),
+            note=f"{flops / 1e9:.1f} GFLOP a step (ORT profile shapes); best step vs the highest peak seen"),
+        Row(g, "achieved GFLOP/s, each round's step vs its own probe", flops / rt, unit="GFLOP/s",
+            baseline="numpy peak probed in the same round", base_value=probe.flops / med(t["probe"]),
+            ratio=med([(flops / a) / (probe.flops / b) for a, b in zip(t["runtime"], t["probe"])]),
+            note="median over rounds: pairs the step with the machine's speed at that moment"),
     ]
     for prec in cands:
         if prec not in ("runtime", "stock", "bound"):
