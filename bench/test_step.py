@@ -15,6 +15,7 @@ from harmony_rt.bench import (
     interleave,
     matmul_peak,
     med,
+    peak_share_rows,
     process_rounds,
     profile_ops,
     speedup,
@@ -81,15 +82,9 @@ def test_step_flops(model, threads, peak, record_peak, report):
     best_peak = max(peak, before, probe.flops / min(t["probe"]), matmul_peak())
     record_peak(best_peak)
     g = f"{model.label} denoiser step: arithmetic ({threads} threads)"
-    report(Row(g, "achieved GFLOP/s (matmul-like ops)", flops / min(t["step"]), unit="GFLOP/s",
-               baseline="numpy fp32 matmul peak", base_value=best_peak, ratio=flops / min(t["step"]) / best_peak,
-               note=f"{flops / 1e9:.2f} GFLOP a step (ORT profile shapes); best of 5 steps against the highest "
-                    "peak seen (session start, before, during, after); ratio = share of the peak"))
-    shares = [(flops / s) / (probe.flops / p) for s, p in zip(t["step"], t["probe"])]
-    report(Row(g, "achieved GFLOP/s, each round's step vs its own probe", flops / med(t["step"]), unit="GFLOP/s",
-               baseline="numpy peak probed in the same round", base_value=probe.flops / med(t["probe"]),
-               ratio=med(shares), note=f"median over 5 rounds (per round {min(shares):.0%}-{max(shares):.0%}); "
-                                       "pairs the step with the machine's speed at that moment"))
+    for row in peak_share_rows(g, flops, t["step"], probe, t["probe"], best_peak,
+                               "session start, before, during, after"):
+        report(row)
     kernel = sum(d["seconds"] for d in ops.values())
     top = sorted(ops.items(), key=lambda kv: -kv[1]["seconds"])[:4]
     report(Row(g, "kernel time by op (profiled step)", kernel, note=", ".join(
