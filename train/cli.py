@@ -60,12 +60,13 @@ def number(lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool
         bounds = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
     def parse(text: str) -> float:
+        from .configs import within
+
         try:
             v = float(text)
         except ValueError:
             v = math.nan
-        inside = math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-        if not inside:
+        if not within(v, lo, hi, lo_open, hi_open):
             raise argparse.ArgumentTypeError(f"must be a number {bounds}, got {text!r}")
         return v
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from harmony_rt.contract import Geometry
+
+
+def within(v, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False) -> bool:
+    """`v` is a finite real number (not a bool) from `lo` to `hi`, each end excluded when flagged open."""
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi))
 
 
 @dataclass

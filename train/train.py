@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from harmony_rt.text import pad_ids
 
 from .checkpoints import load_checkpoint, load_ema, save_checkpoint
-from .configs import HarmonyConfig, get_config
+from .configs import HarmonyConfig, get_config, within
 from .losses import CTSBatch, cts_loss, forcing_loss, noise_to, sample_t
 from .model import HarmonyModel
 from .model.autoencoders import fit_latent_norm
@@ -72,9 +72,6 @@ class TrainConfig:
         """Self, or a ValueError naming the first setting no run can use (a damaged checkpoint's stored ones too)."""
         from .data.synth import KINDS
 
-        def number(v) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
         for k, lo in (("clips", 1), ("batch", 1), ("ae_steps", 0), ("ae_frames", 0), ("steps", 0), ("seed", 0),
                       ("ckpt_every", 0), ("keep_every", 0), ("stop_after", 0)):
             v = getattr(self, k)
@@ -88,16 +85,16 @@ class TrainConfig:
             ("p_no_ref", 0, 1, False, False), ("lr_min_frac", 0, 1, False, False),
         ):
             v = getattr(self, k)
-            if not (number(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)):
+            if not within(v, lo, hi, lo_open, hi_open):
                 raise ValueError(f"{k} is {v!r:.40}, out of range")
         if not (isinstance(self.kinds, tuple) and self.kinds and all(k in KINDS for k in self.kinds)):
             raise ValueError(f"kinds is {self.kinds!r:.60}, must be a list of {', '.join(KINDS)}")
         f = self.stage_fractions
-        if not (isinstance(f, tuple) and len(f) == 3 and all(number(x) and x >= 0 for x in f)
+        if not (isinstance(f, tuple) and len(f) == 3 and all(within(x, 0) for x in f)
                 and abs(sum(f) - 1) < 1e-6):
             raise ValueError(f"stage_fractions is {f!r:.60}, must be three fractions summing to 1")
         r = self.ref_seconds
-        if not (isinstance(r, tuple) and len(r) == 2 and all(number(x) for x in r) and 0 < r[0] <= r[1]):
+        if not (isinstance(r, tuple) and len(r) == 2 and within(r[0], 0, lo_open=True) and within(r[1], r[0])):
             raise ValueError(f"ref_seconds is {r!r:.60}, must be two lengths 0 < a <= b")
         if type(self.use_cts) is not bool or not isinstance(self.size, str) or not isinstance(self.overrides, dict):
             raise ValueError("use_cts, size or overrides is of the wrong type")
