@@ -182,9 +182,9 @@ def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None 
         try:
             opt_sd = _unflatten_optimizer(_load_tensors(path / "optimizer.safetensors"),
                                           _read_json(path / "optimizer.json"))
+        except CheckpointError:  # already names its file
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            if isinstance(e, CheckpointError):
-                raise
             raise CheckpointError(f"{path / 'optimizer.json'}: not an optimizer state ({e})") from None
     return model, opt_sd, state
 
