@@ -61,36 +61,31 @@ def safe_path(root: Path, rel: str, what: str) -> Path:
     return full
 
 
-def _short_prefix(name: str) -> str:
-    """A temp name's prefix from `name`: at most 200 bytes of it, so a long legal name gives a legal temp name."""
-    return "." + os.fsencode(name)[:200].decode("utf-8", "ignore") + "."
+def _fresh(parent: Path, name: str, suffix: str, what: str, create):
+    """(path, create(path)) at the first free `<parent>/.<name>.<random><suffix>`; `create` raises
+    FileExistsError on a taken name. At most 200 bytes of `name` are used, so a long legal name gives a
+    legal temp name."""
+    prefix = "." + os.fsencode(name)[:200].decode("utf-8", "ignore") + "."
+    for _ in range(100):
+        p = Path(parent) / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            return p, create(p)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp {what} name in {parent}")
 
 
 def temp_dir(parent: Path, name: str) -> Path:
     """A new folder `<parent>/.<name>.<random>` with the permissions a plain mkdir gives (mkdtemp makes 0700;
     reading the umask means setting it, which races with other threads)."""
-    for _ in range(100):
-        p = Path(parent) / f"{_short_prefix(name)}{secrets.token_hex(4)}"
-        try:
-            p.mkdir()
-            return p
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temp folder name in {parent}")
+    return _fresh(parent, name, "", "folder", Path.mkdir)[0]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder (normal permissions) and a rename."""
     path = Path(path)
-    for _ in range(100):
-        tmp = path.parent / f"{_short_prefix(path.name)}{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"no free temp file name in {path.parent}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    tmp, fd = _fresh(path.parent, path.name, ".tmp", "file", lambda p: os.open(p, flags, 0o666))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
