@@ -25,6 +25,7 @@ from typing import Callable
 import click
 import numpy as np
 
+from .backends import MAX_THREADS
 from .bundle import Bundle, default_bundle_path
 from .contract import example_feeds
 from .splitstore import cpu_model
@@ -716,7 +717,7 @@ def run_runtime(bundle_path: Path | None = None, threads: int | None = None, rou
 @click.command("bench")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle folder (default: the shipped demo).")
-@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="Intra-op threads (default: ONNX Runtime's, one per core).")
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Interleaved rounds per comparison.")

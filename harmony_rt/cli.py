@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from .backends import MAX_THREADS
 from .errors import HarmonyError
 
 log = logging.getLogger("harmony_rt")
@@ -240,7 +241,7 @@ def _check_stems(stems: Path, kw: dict) -> None:
               help="Graph variant: fp16 | int8 | int8-dynamic | fp8 (ORT), fp16 | fp8 (TensorRT); components "
                    "without it run fp32 (default: the main graphs).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files used (faster first load).")
-@click.option("--threads", type=click.IntRange(min=1, max=1024), default=None,
+@click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="CPU threads for ONNX Runtime (default: ORT's choice, one per core). On a machine busy with "
                    "other work, fewer threads can be faster.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

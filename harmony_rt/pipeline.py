@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from . import media
-from .backends import Backend, make_backend
+from .backends import MAX_THREADS, Backend, make_backend
 from .bundle import Bundle, default_bundle_path
 from .errors import BundleError, Cancelled, HarmonyError, MediaError
 from .guidance import MODES, GuidanceScales, GuidedDenoiser
@@ -145,7 +145,6 @@ REF_SECONDS = (0.5, 10.0)  # reference voice lengths accepted (the encoder sees 
 
 
 STEM_NAMES = ("speech", "sfx")  # Unison's audio streams; saved with "mix" (the sum) as <name>.wav
-MAX_THREADS = 1024  # more only exhausts memory: ORT makes every thread up front
 PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is accepted
 
 

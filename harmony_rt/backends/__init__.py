@@ -6,6 +6,7 @@ from ..errors import HarmonyError
 from .base import Backend
 
 TENSORRT_PRECISIONS = (None, "fp16", "fp8")  # what engines are built in (engines/build.py)
+MAX_THREADS = 1024  # CPU threads a backend may be given: more only exhausts memory (ORT makes every thread up front)
 
 
 def make_backend(name: str, bundle, **kw) -> Backend:
