@@ -172,3 +172,20 @@ def test_ctrl_c_saves_the_checkpoint_at_the_step_and_says_how_to_go_on(tmp_path)
     at = load_checkpoint(out)[2]["step"]
     assert 25 < at < 500 and last.startswith(f"error: SIGINT: stopped at step {at} of 500") and "--resume" in last
     assert "Traceback" not in err and [q.name for q in tmp_path.iterdir()] == ["run"]
+
+
+def test_torch_threads_take_omp_num_threads_in_any_form_openmp_accepts(monkeypatch):
+    """OMP_NUM_THREADS="4,1" (nested levels) used to end training in int()'s traceback."""
+    from train.cli import use_cores
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2,1")
+        use_cores()
+        assert torch.get_num_threads() == 1  # set: torch's own reading of it stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        use_cores()
+        assert torch.get_num_threads() == (os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)

@@ -79,8 +79,9 @@ class CheckpointError(ValueError):
 
 
 # what save_checkpoint writes in a folder (tokenizer files by the names training gives them)
+TOKENIZER_FILES = ("tokenizer_text.json", "tokenizer_speech.json")  # caption, transcript
 FILES = ("model.safetensors", "config.json", "state.json", "ema.safetensors", "optimizer.safetensors",
-         "optimizer.json", "tokenizer_text.json", "tokenizer_speech.json")
+         "optimizer.json", *TOKENIZER_FILES)
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:

@@ -37,6 +37,20 @@ def fail(msg: str, code: int = 2):
     sys.exit(code)
 
 
+def launcher(name: str) -> int:
+    """RANK or WORLD_SIZE as torchrun sets them (0 / 1 in a plain run); read before torch.distributed is up."""
+    return int(os.environ.get(name, "1" if name == "WORLD_SIZE" else "0"))
+
+
+def use_cores() -> None:
+    """Torch's threads: every CPU, unless OMP_NUM_THREADS says otherwise (torch reads it itself, in any form
+    OpenMP accepts, e.g. "4,1", and torchrun sets it per process)."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
 def integer(lo: int):
     """argparse type: an integer >= lo."""
 
@@ -184,7 +198,7 @@ def exclusive(out: Path, flag: str):
     except ImportError:
         yield
         return
-    if int(os.environ.get("RANK", "0")) != 0:
+    if launcher("RANK") != 0:
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -388,7 +402,7 @@ def resolve_train(a: argparse.Namespace):
              f"({cfg.max_latent_frames} latent frames at most)")
     if resume is None:
         _check_model_data(cfg, tc)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launcher("WORLD_SIZE")
     if tc.clips < world:
         fail(f"--clips {tc.clips}: each of the {world} processes needs at least one clip")
     return tc, resume, step
@@ -406,9 +420,7 @@ def train_main(argv=None) -> None:
     check_target(out, "-o", resume, overwrite)
     check_snapshots(out, tc, step, may_replace=overwrite or resume is not None)
     writable_folder(out, "-o")
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    use_cores()
     stop = StopOnSignal()
     try:
         with exclusive(out, "-o"), stop:
@@ -422,14 +434,14 @@ def train_main(argv=None) -> None:
     except OSError as e:  # a full disk, a folder removed under the run
         fail(f"stopped by an OS error: {e}", 1)
     if stop():
-        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 saves and says so
+        if launcher("RANK") != 0:  # under torchrun rank 0 saves and says so
             sys.exit(stop.exit_code)
         from .checkpoints import read_meta
 
         at = read_meta(out)[1]["step"]
         if at >= tc.last_step:
             return  # the signal came with the last step: the run is complete
-        ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        ddp = launcher("WORLD_SIZE") > 1
         how = "the same torchrun command with" if ddp else "python -m train.train"
         fail(f"{stop.name}: stopped at step {at} of {tc.steps} and saved {out}; go on with {how} --resume {out} "
              f"-o {out}", stop.exit_code)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from harmony_rt.text import pad_ids
 
-from .checkpoints import load_checkpoint, load_ema, save_checkpoint
+from .checkpoints import TOKENIZER_FILES, load_checkpoint, load_ema, save_checkpoint
 from .configs import HarmonyConfig, get_config, within
 from .losses import CTSBatch, cts_loss, forcing_loss, noise_to, sample_t
 from .model import HarmonyModel
@@ -420,7 +420,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     cfg = model.cfg
     state["train_config"] = asdict(tc)
     toks = build_tokenizers(cfg)
-    tok_files = {"tokenizer_text.json": toks[0].to_str(), "tokenizer_speech.json": toks[1].to_str()}
+    tok_files = dict(zip(TOKENIZER_FILES, (t.to_str() for t in toks)))
     clips = clips if clips is not None else make_clips(tc, cfg)
     clips = clips[rank::world]
     t0 = time.time()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, load_checkpoint, load_ema, save_checkpoint
+from .checkpoints import TOKENIZER_FILES, CheckpointError, load_checkpoint, load_ema, save_checkpoint
 from .train import TrainConfig, _clip_arrays, make_clips, stft_loss
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def copy_decoder(model, source: str | os.PathLike) -> None:
 
 
 def main(argv=None):
-    from .cli import check_target, checked_inputs, exclusive, fail, vocoder_parser, writable_folder
+    from .cli import check_target, checked_inputs, exclusive, fail, use_cores, vocoder_parser, writable_folder
 
     a = vocoder_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -82,7 +82,7 @@ def main(argv=None):
     out = Path(os.path.abspath(a.out))
     check_target(out, "-o", a.checkpoint, a.overwrite, in_place="-o CHECKPOINT writes in place")
     writable_folder(out, "-o")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    use_cores()
     try:
         with exclusive(out, "-o"):
             _finetune(a, out)
@@ -109,8 +109,7 @@ def _finetune(a, out: Path) -> None:
     state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
     log.info("vocoder fine-tuned in %.0f s", time.time() - t0)
     src = Path(a.checkpoint)
-    tok = {n: (src / n).read_text() for n in ("tokenizer_text.json", "tokenizer_speech.json")
-           if (src / n).exists()}
+    tok = {n: (src / n).read_text() for n in TOKENIZER_FILES if (src / n).exists()}
     # no optimizer state: it belongs to the denoiser's training (resume from the checkpoint before this one)
     save_checkpoint(out, model, None, state, tok, load_ema(src) or None)
 
