@@ -71,7 +71,7 @@ def build_settings(component: str, precision: str, graph: graphs.GraphChoice, pr
         "profile": {k: [list(s) for s in v] for k, v in sorted(profile.items())},
         "limits": limits.to_dict(),
         "plugin": plugin,
-        "trt": trt_tag(trt_version),
+        "trt": str(trt_version),  # in full: an engine loads only on the TensorRT version that built it
         "sm": sm,
         "opt_level": opt_level,
     }
@@ -250,7 +250,7 @@ class _Builder:
         if self.cache_path.is_file():
             data = self.cache_path.read_bytes()
         cache = config.create_timing_cache(data)
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
+        if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
             log.warning("%s: timing cache does not match this GPU / TensorRT; starting a new one", self.cache_path)
             cache = config.create_timing_cache(b"")
             config.set_timing_cache(cache, ignore_mismatch=False)

@@ -175,7 +175,9 @@ def test_settings_hash_tracks_limits_and_plugin(bundle):
     plug = build.plugin_fingerprint("triton")
     base = build.build_settings("denoiser", "fp16", g, prof, lim, plug, "11.4.0", 90, 3)
     h = records.settings_hash(base)
-    assert records.settings_hash(build.build_settings("denoiser", "fp16", g, prof, lim, plug, "11.4.1", 90, 3)) == h
+    # another TensorRT, even a patch release: its engines do not load (the file name keeps major.minor, so the
+    # rebuild replaces the engine)
+    assert records.settings_hash(build.build_settings("denoiser", "fp16", g, prof, lim, plug, "11.4.1", 90, 3)) != h
     assert records.settings_hash(build.build_settings("denoiser", "fp16", g, prof, profiles.Limits(2, 8), plug,
                                                       "11.4.0", 90, 3)) != h
     assert records.settings_hash(build.build_settings("denoiser", "fp16", g, prof, lim, None, "11.4.0", 90, 3)) != h
@@ -425,3 +427,35 @@ def test_tensorrt_available_never_raises(bundle, monkeypatch):
     monkeypatch.setattr(trt_backend, "missing_requirements", boom)
     assert trt_backend.tensorrt_available(bundle) is False
 
+
+
+def test_cuda_graphs_replay_only_while_the_context_keeps_their_shapes():
+    """A graph captured for shapes A is not replayed straight after a run of shapes B (the context was
+    reconfigured for B): that run is a plain enqueue, and the next A replays again. No GPU: a recording cudart."""
+    calls = []
+
+    class Context:
+        def execute_async_v3(self, stream):
+            calls.append("enqueue")
+            return True
+
+    class Cudart:
+        class cudaStreamCaptureMode:
+            cudaStreamCaptureModeThreadLocal = 0
+
+        def __getattr__(self, name):
+            def call(*args):
+                calls.append(name)
+                return (0, f"{name}-handle")
+            return call
+
+    be = object.__new__(trt_backend.TensorRTBackend)
+    be._cudart, be.cuda_graphs = Cudart(), True
+    r = trt_backend._Runner(engine=None, context=Context(), stream=0, inputs=[], outputs=[])
+    runs = []
+    for key in ("A", "A", "A", "B", "A", "A", "B", "B"):
+        calls.clear()
+        be._execute(r, key)
+        runs.append("replay" if calls == ["cudaGraphLaunch"] else "capture" if "cudaStreamBeginCapture" in calls
+                    else "enqueue" if calls == ["enqueue"] else calls)
+    assert runs == ["enqueue", "capture", "replay", "enqueue", "enqueue", "replay", "capture", "replay"]

@@ -289,6 +289,124 @@ def test_trt_plugin_module_imports_without_tensorrt():
         trt_plugin.register()
 
 
+class _Dim(int):
+    """A static dimension as tensorrt.plugin's shape expressions show it (`is_constant`, `constant_value()`)."""
+
+    is_constant = True
+
+    def constant_value(self):
+        return int(self)
+
+
+def _stand_in_tensorrt():
+    """`tensorrt` + `tensorrt.plugin` as far as register() uses them: the decorators keep each function."""
+    import types
+
+    trt, trtp = types.ModuleType("tensorrt"), types.ModuleType("tensorrt.plugin")
+    trt.float16, trt.float32, trt.plugin = "float16", "float32", trtp
+
+    class TensorDesc:
+        def __init__(self, shape=(), dtype="float32"):
+            self.shape_expr, self.dtype = [_Dim(d) for d in shape], dtype
+
+        def like(self):
+            return TensorDesc(self.shape_expr, self.dtype)
+
+    class AutoTuneCombination:
+        def __init__(self, io_types):
+            self.io_types, self.ids = io_types, []
+
+        def tactics(self, ids):
+            self.ids = list(ids)
+
+    class SymExprs(tuple):
+        pass
+
+    class SymIntExprs(SymExprs):
+        @classmethod
+        def from_tuple(cls, items):
+            return cls(items)
+
+    trtp.TensorDesc, trtp.AutoTuneCombination, trtp.SymExprs, trtp.SymIntExprs = (
+        TensorDesc, AutoTuneCombination, SymExprs, SymIntExprs)
+    trtp.KernelLaunchParams = type("KernelLaunchParams", (), {})
+    trtp.SymInt32 = int
+    trtp.cdiv = lambda a, b: -(-a // b)
+    trtp.kept = {}
+    for kind in ("register", "autotune", "aot_impl"):
+        setattr(trtp, kind, lambda pid, kind=kind: lambda f: trtp.kept.setdefault((kind, pid), f))
+    return trt, trtp
+
+
+def _is_str_or_bytes(a):
+    import types
+    import typing
+
+    if typing.get_origin(a) in (typing.Union, types.UnionType):
+        return all(x in (str, bytes) for x in typing.get_args(a))
+    return a in (str, bytes)
+
+
+def test_trt_plugin_functions_meet_the_tensorrt_plugin_contract(monkeypatch):
+    """register() against a stand-in of tensorrt.plugin, holding each decorated function to what the real
+    decorators check (TensorRT's tensorrt/plugin/_validate.py): annotations are objects, not strings (a module
+    with `from __future__ import annotations` fails `issubclass(annotation, TensorDesc)`), the tensors then
+    the attributes in the registered order, an autotune return of list[AutoTuneCombination], an aot_impl
+    return of (str | bytes, str | bytes, KernelLaunchParams, SymExprs); then runs them on a [2, 8, 100, 64]
+    query against 300 keys (the kernel's compile replaced: it needs a GPU to pick its target)."""
+    import inspect
+    import typing
+
+    from engines.plugin import INPUTS, TRT_PLUGIN_ID, trt_plugin, type_combinations
+
+    trt, trtp = _stand_in_tensorrt()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
+    monkeypatch.setattr(trt_plugin, "_registered", False)
+    compiled = []
+
+    def compile_aot(head_dim, window, dtype, tactic):
+        compiled.append((head_dim, window, dtype, tactic))
+        return trt_plugin.AotKernel("rope_attn_fwd", b"// ptx", 90, trt_plugin.TACTICS[tactic], 4, 1024)
+
+    monkeypatch.setattr(trt_plugin, "compile_aot", compile_aot)
+    trt_plugin.register()
+    desc, tune, aot = (trtp.kept[(k, TRT_PLUGIN_ID)] for k in ("register", "autotune", "aot_impl"))
+
+    sig = inspect.signature(desc)
+    assert tuple(sig.parameters) == (*INPUTS, "window")
+    for name, p in sig.parameters.items():
+        assert p.annotation is (float if name == "window" else trtp.TensorDesc), (name, p.annotation)
+    assert sig.return_annotation is trtp.TensorDesc
+    sig = inspect.signature(tune)
+    assert tuple(sig.parameters) == (*INPUTS, "window", "outputs")
+    assert sig.parameters["window"].annotation is float
+    assert typing.get_origin(sig.return_annotation) is list
+    assert all(issubclass(a, trtp.AutoTuneCombination) for a in typing.get_args(sig.return_annotation))
+    sig = inspect.signature(aot)
+    assert tuple(sig.parameters) == (*INPUTS, "window", "outputs", "tactic")
+    assert sig.parameters["window"].annotation is float and sig.parameters["tactic"].annotation is int
+    assert all(p.annotation is trtp.TensorDesc for n, p in sig.parameters.items() if n in INPUTS)
+    ret = typing.get_args(sig.return_annotation)
+    assert typing.get_origin(sig.return_annotation) is tuple and len(ret) == 4, sig.return_annotation
+    assert _is_str_or_bytes(ret[0]) and _is_str_or_bytes(ret[1])
+    assert issubclass(ret[2], trtp.KernelLaunchParams) and issubclass(ret[3], trtp.SymExprs)
+
+    q, k = trtp.TensorDesc((2, 8, 100, 64), "float16"), trtp.TensorDesc((2, 8, 300, 64), "float16")
+    tables = [trtp.TensorDesc((300, 64))] * 6
+    assert desc(q, k, k, *tables, 1.0).shape_expr == [2, 8, 100, 64]
+    combos = tune(q, k, k, *tables, 1.0, [q])
+    assert [c.io_types for c in combos] == [", ".join(t) for t in type_combinations()]
+    assert all(c.ids == sorted(trt_plugin.TACTICS) for c in combos)
+    name, ptx, launch, extra = aot(q, k, k, *tables, 1.0, [q], 3)
+    assert compiled == [(64, 1.0, "fp16", 3)] and (name, ptx) == (b"rope_attn_fwd", b"// ptx")
+    block_m = trt_plugin.TACTICS[3].block_m
+    assert (launch.grid_x, launch.grid_y, launch.block_x) == (-(-100 // block_m), 16, 128)
+    assert launch.shared_mem == 1024 and tuple(extra) == (8, 100, 300) and isinstance(extra, trtp.SymIntExprs)
+    trt_plugin.register()  # idempotent: nothing registered twice
+    assert len(trtp.kept) == 3
+
+
 def _plugin_graph(c, window):
     """A one-node ONNX graph: the custom op, marked for TensorRT's parser as engines/build.py does; q, k, v and
     the output take c["q"]'s type (fp32 or fp16), the tables are fp32."""

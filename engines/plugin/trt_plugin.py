@@ -15,10 +15,12 @@ memory is kept <= 48 KiB (whether TensorRT raises the dynamic shared-memory limi
 
 Imports of tensorrt / triton are lazy: this module imports anywhere, `available()` says whether it works.
 The `compile_aot` half needs only Triton (not a GPU) and is tested on CPU; the `register` half needs
-TensorRT and has NOT been run on the development machines.
-"""
+TensorRT and has NOT been run on the development machines; tests/test_plugin.py checks it against a stand-in
+of `tensorrt.plugin` that holds the decorated functions to the documented contract.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: `tensorrt.plugin` reads the decorated functions' annotations as
+objects (`issubclass(annotation, TensorDesc)`, the return types), and string annotations fail its checks.
+"""
 
 import importlib.util
 import logging
@@ -152,7 +154,8 @@ def register() -> None:
         return q.like()  # [N, H, Lq, D], q's dtype
 
     @trtp.autotune(TRT_PLUGIN_ID)
-    def _autotune(q, k, v, cos_q, sin_q, cos_k, sin_k, t_q, t_k, window: float, outputs) -> list:
+    def _autotune(q, k, v, cos_q, sin_q, cos_k, sin_k, t_q, t_k, window: float,
+                  outputs) -> list[trtp.AutoTuneCombination]:
         combos = []
         for types in type_combinations():  # q, k, v alike, 4 tables + 2 positions (always FP32), out as q
             c = trtp.AutoTuneCombination(", ".join(types))
@@ -163,7 +166,8 @@ def register() -> None:
     @trtp.aot_impl(TRT_PLUGIN_ID)
     def _aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, cos_q: trtp.TensorDesc,
              sin_q: trtp.TensorDesc, cos_k: trtp.TensorDesc, sin_k: trtp.TensorDesc, t_q: trtp.TensorDesc,
-             t_k: trtp.TensorDesc, window: float, outputs, tactic: int):
+             t_k: trtp.TensorDesc, window: float, outputs,
+             tactic: int) -> tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]:
         d = q.shape_expr[3]
         if not d.is_constant:
             raise ValueError(f"{OP_NAME}: the head dimension must be static in the graph")

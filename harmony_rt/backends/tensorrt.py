@@ -157,6 +157,7 @@ class _Runner:
     buffers: dict[str, _Buffer] = field(default_factory=dict)
     graphs: dict[tuple, object] = field(default_factory=dict)  # input shapes -> cudaGraphExec_t
     warm: set = field(default_factory=set)  # input shapes run once since the last reallocation
+    last: tuple | None = None  # input shapes of the context's last enqueue
 
 
 class TensorRTBackend:
@@ -215,7 +216,9 @@ class TensorRTBackend:
                 raise HarmonyError(f"{self.bundle.path}: no TensorRT engine for {component!r} (sm{self.sm})")
             engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
             if engine is None:
-                raise HarmonyError(f"{path}: TensorRT could not load this engine (rebuild it: harmony-rt build)")
+                raise HarmonyError(f"{path}: TensorRT {self._trt.__version__} could not load this engine; an engine "
+                                   "loads only on the TensorRT version and GPU model that built it (rebuild it here: "
+                                   "harmony-rt build)")
             trt = self._trt
             names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
             inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -245,8 +248,9 @@ class TensorRTBackend:
         r.warm.clear()
 
     def run(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        r = self._runner(component)
         trt, cudart = self._trt, self._cudart
+        _ok(cudart.cudaSetDevice(self.device))  # per thread: a caller's thread may be on another device
+        r = self._runner(component)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with r.lock:
             host = {}
@@ -273,14 +277,18 @@ class TensorRTBackend:
         return {n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in results.items()}
 
     def _execute(self, r: _Runner, key: tuple) -> None:
+        """Enqueue one run of `r` for input shapes `key`, from a captured CUDA graph where there is one. A graph
+        replays only while the context's shapes stay those it was captured with: after other shapes the context
+        has been reconfigured, so the first run back is a plain enqueue (as TensorRT asks after any change)."""
         cudart = self._cudart
         graph = r.graphs.get(key)
-        if graph is not None:
+        if graph is not None and r.last == key:
             _ok(cudart.cudaGraphLaunch(graph, r.stream))
             return
         if not r.context.execute_async_v3(int(r.stream)):
             raise HarmonyError("TensorRT enqueue failed (see the TensorRT log above)")
-        if not self.cuda_graphs:
+        r.last = key
+        if not self.cuda_graphs or graph is not None:
             return
         if key not in r.warm:  # TensorRT needs one plain enqueue after a shape change before capture
             r.warm.add(key)
