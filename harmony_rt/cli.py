@@ -214,7 +214,8 @@ def _check_stems(stems: Path, kw: dict) -> None:
 @click.option("--video-caption", default=None, help="Caption for the picture (default: PROMPT).")
 @click.option("--audio-caption", default=None, help="Caption for the sound (default: PROMPT).")
 @click.option("--seconds", type=float, default=None,
-              help="Clip length (default and maximum: the bundle's; `harmony-rt info`).")
+              help="Clip length, rounded to whole latent frames (default and maximum: the bundle's; "
+                   "`harmony-rt info`).")
 @click.option("--steps", type=int, default=None, help="ODE steps (default: the bundle's).")
 @click.option("--guidance", default=None,
               help="sync | cfg | sync+cfg | none (default: the bundle's; sync for the demo).")

@@ -428,9 +428,18 @@ class Pipeline:
         F = _latent_frames(seconds, g)
         T = g.audio_frames_for(F)
         FP, W = F * g.video_t_stride, T * g.audio_hop
+        on_grid = FP / g.fps  # what the frames hold: the picture, the sound and the wav all take this length
+        if given_audio is None and abs(on_grid - seconds) * g.sample_rate >= 1:
+            notes.append(f"clip length {seconds:g} s -> {on_grid:g} s ({FP} frames at {g.fps:g} fps)")
+        seconds = on_grid
         if given_audio is not None:  # the clip's length in samples (at least the latent's)
-            n_out = max(W, int(round(seconds * g.sample_rate)))
-            given_audio = np.pad(given_audio, (0, max(0, n_out - len(given_audio))))[:n_out].astype(np.float32)
+            n_out, n_in = max(W, int(round(seconds * g.sample_rate))), len(given_audio)
+            if n_in > n_out + g.sample_rate // 100:  # 10 ms either way: resampling's rounding is no news
+                notes.append(f"used the first {seconds:g} s of the audio ({FP} frames at {g.fps:g} fps)")
+            elif n_in < n_out - g.sample_rate // 100:
+                notes.append(f"padded the audio with {(n_out - n_in) / g.sample_rate:.3g} s of silence to the "
+                             f"clip's {seconds:g} s")
+            given_audio = np.pad(given_audio, (0, max(0, n_out - n_in)))[:n_out].astype(np.float32)
         if given_frames is not None:
             if given_frames.shape[0] < FP:
                 pad = np.repeat(given_frames[-1:], FP - given_frames.shape[0], axis=0)

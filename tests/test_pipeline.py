@@ -166,3 +166,23 @@ def test_numpy_scalars_are_numbers(pipe):
     for bad in ("2", 2.5, 0, 10**6):
         with pytest.raises(HarmonyError, match="threads must be an integer"):
             Pipeline(pipe.bundle, threads=bad)
+
+
+def test_picture_sound_and_wav_take_the_length_of_the_frames(pipe, tmp_path):
+    """A length off the model's frame grid (requested, or that of a driving audio) snaps to whole frames, and
+    says so: before, the audio kept the length asked for (1.3 s of sound under 1.25 s of picture)."""
+    g = pipe.geometry
+    frame_s = g.video_t_stride / g.fps
+    ask = 5.4 * frame_s
+    r = pipe.generate("a red ball", steps=1, seconds=ask)
+    assert r.frames.shape[0] == 5 * g.video_t_stride and r.seconds == pytest.approx(5 * frame_s)
+    assert len(r.audio) == round(r.seconds * g.sample_rate)
+    assert any(n.startswith(f"clip length {ask:g} s -> {r.seconds:g} s") for n in r.notes), r.notes
+    driving = np.sin(np.arange(round(ask * g.sample_rate)) / 7.0).astype(np.float32) * 0.1
+    a2v = pipe.generate("a man speaks", steps=1, audio=driving)
+    assert a2v.frames.shape[0] == r.frames.shape[0] and len(a2v.audio) == len(r.audio)
+    assert np.array_equal(a2v.audio, driving[: len(r.audio)])
+    assert any(n.startswith(f"used the first {r.seconds:g} s of the audio") for n in a2v.notes), a2v.notes
+    info = probe(a2v.save(tmp_path / "a2v.mp4"))
+    assert info["video"]["frames"] == r.frames.shape[0], info
+    assert info["audio"]["duration"] == pytest.approx(r.seconds, abs=0.07), info  # AAC: 1024-sample frames
