@@ -28,6 +28,7 @@ import numpy as np
 from .backends import MAX_THREADS
 from .bundle import Bundle, default_bundle_path
 from .contract import example_feeds
+from .errors import HarmonyError
 from .splitstore import cpu_model
 
 log = logging.getLogger(__name__)
@@ -698,6 +699,9 @@ def run_runtime(bundle_path: Path | None = None, threads: int | None = None, rou
     """The torch-free suite on one bundle (default: the shipped one)."""
     path = Path(bundle_path) if bundle_path is not None else default_bundle_path()
     bundle = Bundle.load(path)
+    if frames is not None and frames > bundle.geometry.max_latent_frames:
+        raise HarmonyError(f"--frames {frames}: {path.name}'s model takes at most "
+                           f"{bundle.geometry.max_latent_frames} video latent frames")
     label = path.name
     info = {"machine": machine(), "bundle": str(path), "threads": threads, "rounds": rounds}
     log.info("denoiser step: runtime vs stock settings, IO binding, int8, GFLOP/s")
@@ -730,7 +734,6 @@ def bench_command(bundle, threads, rounds, frames, quick, json_out):
     """Time the runtime on this machine (no torch): denoiser step, ORT settings, SyncCFG batching,
     end-to-end stages, cold start, memory, installed size. Ratios come from interleaved rounds."""
     from .bundle import atomic_write_bytes
-    from .errors import HarmonyError
 
     if json_out is not None:  # checked before minutes of measuring, written atomically after
         parent = json_out.parent if str(json_out.parent) else Path(".")

@@ -266,7 +266,7 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     def progress(done, total):  # the bar starts with the first step, after the inputs were validated
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, disable=quiet, unit="step", file=sys.stderr, leave=False)
+            bar = tqdm(total=total, disable=quiet or sys.stderr is None, unit="step", file=sys.stderr, leave=False)
         bar.update(done - bar.n)
 
     try:

@@ -204,6 +204,8 @@ def test_bench_command_prints_a_table_and_writes_json(tiny_bundle, tmp_path):
     assert any("step" in g for g in groups) and any("SyncCFG" in g for g in groups), groups
     assert all(row["value"] > 0 for row in run["rows"])
     assert "other_load" in run["info"]["machine"]
+    r = CliRunner().invoke(main, ["bench", "--bundle", str(tiny_bundle), "--quick", "--frames", "100000"])
+    assert r.exit_code == 2 and "--frames 100000" in r.output and "at most" in r.output, r.output  # not an OOM
 
 
 def test_build_without_onnx_says_which_extra(tiny_bundle, monkeypatch):
@@ -306,6 +308,18 @@ def test_a_closed_stdout_is_an_error_not_silence(tiny_bundle):
     r = subprocess.run([PY, "-m", "harmony_rt", "info", str(tiny_bundle)], stderr=subprocess.PIPE, text=True,
                        timeout=300, preexec_fn=lambda: os.close(1))  # as `harmony-rt info ... >&-`
     assert r.returncode == 1 and r.stderr == "error: cannot write to standard output: it is closed\n"
+
+
+def test_a_closed_stderr_does_not_stop_a_generation(tiny_bundle, tmp_path):
+    """As a daemon runs it (`2>&-`): the progress bar had nowhere to go and the run ended in silence, exit 1."""
+    import os
+
+    out = tmp_path / "o.mp4"
+    r = subprocess.run([PY, "-m", "harmony_rt", "generate", "a red ball", "--bundle", str(tiny_bundle), "--steps", "2",
+                        "-o", str(out)], stdout=subprocess.PIPE, text=True, timeout=300,
+                       preexec_fn=lambda: os.close(2))
+    assert r.returncode == 0 and r.stdout.startswith(f"wrote {out}"), r.stdout
+    assert out.is_file() and out.with_suffix(".wav").is_file()
 
 
 def test_ctrl_c_while_the_cli_is_still_importing_is_one_line():
