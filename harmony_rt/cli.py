@@ -6,6 +6,7 @@ Errors the user can fix print one line and exit 2; no traceback unless --debug.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -110,6 +111,17 @@ class _Group(click.Group):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _interrupted(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `e`."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def handle_errors(fn):
     """Map HarmonyError to exit 2 and anything unexpected to exit 1, each as one line."""
 
@@ -123,7 +135,7 @@ def handle_errors(fn):
         except HarmonyError as e:
             if debug:
                 raise
-            _fail(_flag_names(str(e).replace("\n", " ")))
+            _fail(_flag_names(str(e).replace("\n", " ")), e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except BrokenPipeError:  # the reader went away (`harmony-rt info | head`): stop quietly, as on SIGPIPE
@@ -139,6 +151,10 @@ def handle_errors(fn):
         except Exception as e:  # last resort: still one line, never a traceback
             if debug:
                 raise
+            if _interrupted(e):  # a Ctrl-C inside an import turns into the importer's ImportError
+                _fail("interrupted", 130)
+            if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:  # pathlib's checks raise it
+                _fail(f"{e.filename or 'a path'}: file name too long")
             _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                   "(rerun with --debug)", 1)
 

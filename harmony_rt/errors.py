@@ -11,10 +11,13 @@ def one_line(text: object, limit: int | None = None) -> str:
 
 
 class HarmonyError(Exception):
-    """A problem the user can fix (bad argument, bad file, bad bundle). The CLI prints it on one line, exit 2.
+    """A problem the user can fix (bad argument, bad file, bad bundle). The CLI prints it on one line, exit
+    `exit_code` (2: a usage error).
 
     `str()` of it is always one line: line-break characters in the message (from file names, captions,
     library messages) are shown escaped."""
+
+    exit_code = 2
 
     def __str__(self) -> str:
         return super().__str__().translate(_LINE_BREAKS)
@@ -26,6 +29,12 @@ class BundleError(HarmonyError):
 
 class MediaError(HarmonyError):
     """An input media file that cannot be used (unreadable, empty, wrong kind)."""
+
+
+class DiskError(MediaError):
+    """An output the machine could not store (a full disk, an I/O error): not a usage error, so exit 1."""
+
+    exit_code = 1
 
 
 class Cancelled(HarmonyError):

@@ -10,10 +10,12 @@ Conventions: video frames are uint8 RGB [T, H, W, 3]; images uint8 RGB [H, W, 3]
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +24,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-from .errors import MediaError
+from .errors import DiskError, MediaError
 from .errors import one_line as _one_line
 
 log = logging.getLogger(__name__)
@@ -53,14 +55,17 @@ def _converting(path: Path, action: str) -> Iterator[None]:
 
 def _check_readable(path: os.PathLike | str) -> Path:
     p = Path(path)
-    if not p.exists():
-        raise MediaError(_one_line(f"cannot read {p}: no such file"))
-    if p.is_dir():
-        raise MediaError(_one_line(f"cannot read {p}: is a directory"))
-    if not os.access(p, os.R_OK):
-        raise MediaError(_one_line(f"cannot read {p}: permission denied"))
-    if p.is_file() and p.stat().st_size == 0:  # regular files only: a pipe or device reports size 0
-        raise MediaError(_one_line(f"cannot read {p}: the file is empty"))
+    try:
+        if not p.exists():
+            raise MediaError(_one_line(f"cannot read {p}: no such file"))
+        if p.is_dir():
+            raise MediaError(_one_line(f"cannot read {p}: is a directory"))
+        if not os.access(p, os.R_OK):
+            raise MediaError(_one_line(f"cannot read {p}: permission denied"))
+        if p.is_file() and p.stat().st_size == 0:  # regular files only: a pipe or device reports size 0
+            raise MediaError(_one_line(f"cannot read {p}: the file is empty"))
+    except OSError as e:  # a name too long, a loop of links: pathlib's checks raise what stat() says
+        raise MediaError(_one_line(f"cannot read {p}: {e.strerror or e}")) from e
     return p
 
 
@@ -121,6 +126,25 @@ def _temp_for(path: Path) -> Path:
     return parent / f".{stem}.{token}{path.suffix}"
 
 
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+_FULL = 1 << 20  # bytes free below which a write that failed is put down to a full disk
+
+
+def _for_targets(e: MediaError, tmps: list[Path], targets: list[Path]) -> MediaError:
+    """A writer's error, naming the target instead of its temp file, as a DiskError where the disk was the
+    cause (libsndfile says only "System error." when the disk is full)."""
+    msg = str(e)
+    for tmp, t in zip(tmps, targets):
+        msg = msg.replace(str(tmp), str(t)).replace(tmp.name, t.name)
+    if isinstance(e, DiskError) or (isinstance(e.__cause__, OSError) and e.__cause__.errno in _DISK_ERRNOS):
+        return DiskError(msg)
+    for folder in {t.parent for t in targets}:
+        with contextlib.suppress(OSError):
+            if (free := shutil.disk_usage(folder).free) < _FULL:
+                return DiskError(_one_line(f"{msg} (the disk is full: {free} bytes free)"))
+    return type(e)(msg)
+
+
 @contextlib.contextmanager
 def atomic_outputs(*paths: os.PathLike | str) -> Iterator[list[Path]]:
     """Yield a temp path next to each of `paths` (same suffix); once the block is done, fsync them all and
@@ -150,7 +174,12 @@ def atomic_outputs(*paths: os.PathLike | str) -> Iterator[list[Path]]:
     except OSError as e:
         for tmp in tmps:
             _discard(tmp)
-        raise MediaError(_one_line(f"cannot write {', '.join(map(str, targets))}: {e.strerror or e}")) from e
+        msg = _one_line(f"cannot write {', '.join(map(str, targets))}: {e.strerror or e}")
+        raise (DiskError if e.errno in _DISK_ERRNOS else MediaError)(msg) from e
+    except MediaError as e:  # a writer's: it names the temp file it was given, and may not say why
+        for tmp in tmps:
+            _discard(tmp)
+        raise _for_targets(e, tmps, targets) from e
     except BaseException:
         for tmp in tmps:
             _discard(tmp)

@@ -85,6 +85,37 @@ def test_unwritable_output(tiny_bundle, tmp_path):
     _assert_clean_error(r, tmp_path, "does not exist")
 
 
+@pytest.mark.parametrize("where", ["-o", "-o folder", "--audio", "--bundle", "info"])
+def test_a_name_longer_than_the_filesystem_allows_is_a_usage_error(tiny_bundle, tmp_path, where):
+    """pathlib's checks raise ENAMETOOLONG: it was an "internal error", exit 1."""
+    long = "a" * 300
+    args = {"-o": ["-o", tmp_path / f"{long}.mp4"], "-o folder": ["-o", tmp_path / long / "o.mp4"],
+            "--audio": ["--audio", tmp_path / f"{long}.wav", "-o", tmp_path / "o.mp4"],
+            "--bundle": ["--bundle", tmp_path / long, "-o", tmp_path / "o.mp4"]}.get(where)
+    r = cli("info", tmp_path / long) if args is None else cli("generate", "x", "--bundle", tiny_bundle, *args)
+    _assert_clean_error(r, tmp_path, "too long")
+
+
+def test_an_interrupt_inside_an_import_is_an_interrupt():
+    """A Ctrl-C while onnxruntime imports reaches the CLI as ImportError("initialization failed") caused by the
+    KeyboardInterrupt: exit 130, as any Ctrl-C, not "internal error", exit 1."""
+    import click
+    from click.testing import CliRunner
+
+    from harmony_rt.cli import handle_errors
+
+    @click.command()
+    @handle_errors
+    def cmd():
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise ImportError("initialization failed") from e
+
+    r = CliRunner().invoke(cmd, [])
+    assert r.exit_code == 130 and r.output.strip() == "error: interrupted", r.output
+
+
 def test_generate_threads_reach_onnx_runtime(tiny_bundle, tmp_path, monkeypatch):
     """--threads N: every ORT session of the run is made with N intra-op threads; without it ORT chooses."""
     from click.testing import CliRunner

@@ -187,6 +187,28 @@ def test_atomic_output_replaces_on_success_and_cleans_on_error(tmp_path):
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
 
 
+def test_a_failed_write_names_its_target_and_a_full_disk_is_exit_1(tmp_path, monkeypatch):
+    """A writer fails on its temp file: the error names the file the user asked for, and a full disk (libsndfile
+    says only "System error.") is a DiskError (exit 1: not a usage error), the temp files gone either way."""
+    import shutil
+
+    from harmony_rt.errors import DiskError
+
+    def fail_like_libsndfile(tmp):
+        with media._converting(tmp, "write"):
+            raise sf.LibsndfileError(1, "System error.")
+
+    target = tmp_path / "clip.wav"
+    for free, kind in ((1 << 30, MediaError), (4096, DiskError)):
+        monkeypatch.setattr(shutil, "disk_usage", lambda p, free=free: shutil._ntuple_diskusage(1 << 31, 0, free))
+        with pytest.raises(MediaError) as e, media.atomic_outputs(target) as (tmp,):
+            tmp.write_bytes(b"half")
+            fail_like_libsndfile(tmp)
+        assert type(e.value) is kind and str(e.value).startswith(f"cannot write {target}: "), e.value
+        assert tmp.name not in str(e.value) and list(tmp_path.iterdir()) == []
+    assert "the disk is full: 4096 bytes free" in str(e.value) and e.value.exit_code == 1
+
+
 def test_longest_legal_names_are_written_and_longer_ones_refused(tmp_path):
     """The temp name (".<stem>.<token><suffix>") is cut to fit the filesystem; the target's is not."""
     name_max = os.pathconf(tmp_path, "PC_NAME_MAX")
