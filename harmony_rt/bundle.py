@@ -537,7 +537,8 @@ class Bundle:
         if mpath.is_symlink():
             raise BundleError(f"{mpath}: manifest must not be a symlink")
         if not mpath.is_file():
-            raise BundleError(f"{mpath}: missing manifest.json (not a bundle, or an interrupted export)")
+            where = root.absolute() if str(root) == "." else root
+            raise BundleError(f"{where}: no manifest.json in this folder (not a bundle, or an interrupted export)")
         if mpath.stat().st_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{mpath}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
         try:

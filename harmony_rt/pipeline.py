@@ -199,6 +199,7 @@ class _Settings:
     B: int  # samples
     scales: GuidanceScales
     step_cache: float | None = None  # threshold, None: every step calls the denoiser
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -378,7 +379,12 @@ class Pipeline:
             if sched != "euler":
                 raise HarmonyError(f"step_cache works with the euler scheduler only (its multistep history would "
                                    f"mix reused velocities), got {sched!r}")
+        sync, cfg = ("sync", "sync+cfg"), ("cfg", "sync+cfg")  # the modes each scale acts in
+        unused = [n for n, v, modes in (("s_v", s_v, sync), ("s_a", s_a, sync), ("cfg_scale", cfg_scale, cfg))
+                  if v is not None and mode not in modes]
         return _Settings(
+            notes=[f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with guidance {mode!r}"]
+            if unused else [],
             mode=mode,
             scheduler=sched,
             steps=_check_number("steps", steps if steps is not None else sp["steps"], 1, 1000, integer=True),
@@ -572,7 +578,7 @@ class Pipeline:
             mix = np.pad(mix, (0, max(0, n_samples - len(mix))))[:n_samples]
             stems = {k: np.pad(v, (0, max(0, n_samples - len(v))))[:n_samples] for k, v in stems.items()}
             results.append(GenerationResult(frames[b], mix.astype(np.float32), g.fps, g.sample_rate, run.seed, stems,
-                                            list(clip.notes)))
+                                            run.notes + clip.notes))
         return results
 
     # Decoder tiles (harmony_rt.tiling): clips longer than a tile decode in overlapping temporal tiles, so

@@ -349,7 +349,7 @@ def test_oversized_manifest(bundle):
 
 def test_missing_manifest(bundle):
     (bundle / "manifest.json").unlink()
-    _refused(bundle, "missing manifest.json")
+    _refused(bundle, "no manifest.json in this folder")
 
 
 @pytest.mark.parametrize("edit,needle", [

@@ -186,3 +186,10 @@ def test_picture_sound_and_wav_take_the_length_of_the_frames(pipe, tmp_path):
     info = probe(a2v.save(tmp_path / "a2v.mp4"))
     assert info["video"]["frames"] == r.frames.shape[0], info
     assert info["audio"]["duration"] == pytest.approx(r.seconds, abs=0.07), info  # AAC: 1024-sample frames
+
+
+def test_a_scale_the_guidance_mode_does_not_use_is_noted(pipe):
+    r = pipe.generate("a red ball", steps=1, seconds=1.0, guidance="cfg", s_v=2.0, s_a=1.0)
+    assert "s_v and s_a have no effect with guidance 'cfg'" in r.notes, r.notes
+    r = pipe.generate("a red ball", steps=1, seconds=1.0, guidance="sync", s_v=2.0)
+    assert not any("no effect" in n for n in r.notes), r.notes

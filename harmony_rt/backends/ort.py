@@ -58,7 +58,7 @@ class OrtBackend:
         self.graph_precision = {name: self._pick(name) for name in bundle.manifest["components"]}
         if precision is not None and precision not in self.graph_precision.values():
             have = sorted({p for n in self.graph_precision for p in self._runnable(n)})
-            raise HarmonyError(f"bundle {bundle.path} has no {precision} graphs for ONNX Runtime "
+            raise HarmonyError(f"the bundle {bundle.path} has no {precision} graphs for ONNX Runtime "
                                f"(has {', '.join(have)})")
         for name, prec in self.graph_precision.items():  # bytes checked now, not after a denoising loop
             bundle.component_path(name, prec)
