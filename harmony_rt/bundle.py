@@ -296,7 +296,7 @@ def scan_onnx(path: Path) -> OnnxInfo:
 
 _NUM = "number"
 # geometry field -> (kind, lo, hi). Bounds keep a hand-edited manifest from asking for absurd allocations.
-_GEOMETRY = {
+GEOMETRY_RANGES = {
     "fps": (_NUM, 1e-3, 1000.0), "height": (int, 1, 16384), "width": (int, 1, 16384),
     "sample_rate": (int, 1000, 768000), "C_v": (int, 1, 4096), "C_a": (int, 1, 4096), "S": (int, 1, 2),
     "video_t_stride": (int, 1, 64), "video_s_stride": (int, 1, 1024), "audio_hop": (int, 1, 1 << 16),
@@ -304,7 +304,7 @@ _GEOMETRY = {
     "max_speech_chars": (int, 1, 1 << 20), "max_latent_frames": (int, 1, 1 << 20),
 }
 # sampling field -> (kind, lo, hi, required)
-_SAMPLING = {
+SAMPLING_RANGES = {
     "shift": (_NUM, 1e-6, 1e6, True), "steps": (int, 1, 1000, True), "s_v": (_NUM, 0, 100, True),
     "s_a": (_NUM, 0, 100, True), "cfg_scale": (_NUM, 0, 100, True), "seconds": (_NUM, 1e-6, 1e9, False),
     "max_ref_seconds": (_NUM, 1e-3, 1e3, False), "guidance": (str, None, None, False),
@@ -341,7 +341,7 @@ def _object(mpath: Path, where: str, value) -> dict:
 
 def _check_geometry(mpath: Path, raw) -> Geometry:
     raw = _object(mpath, "'geometry'", raw)
-    for key, (kind, lo, hi) in _GEOMETRY.items():
+    for key, (kind, lo, hi) in GEOMETRY_RANGES.items():
         if key not in raw:
             raise _bad(mpath, f"geometry has no {key!r}")
         _value(mpath, f"geometry.{key}", raw[key], kind, lo, hi)
@@ -362,7 +362,7 @@ def _check_sampling(mpath: Path, raw, geometry: Geometry) -> None:
     from .schedulers import SCHEDULERS
 
     raw = _object(mpath, "'sampling'", raw)
-    for key, (kind, lo, hi, required) in _SAMPLING.items():
+    for key, (kind, lo, hi, required) in SAMPLING_RANGES.items():
         if key in raw:
             _value(mpath, f"sampling.{key}", raw[key], kind, lo, hi)
         elif required:

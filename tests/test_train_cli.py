@@ -50,9 +50,12 @@ def _resolve(argv):
     (["--set", "foo=1"], ["unknown field 'foo'"]),
     (["--set", "height=30"], ["height 30"]),
     (["--seconds", "3"], ["--seconds 3", "0.5-2 s"]),
-    (["--set", "audio_hop=100000"], ["power of two"]),
+    (["--set", "audio_hop=1000"], ["power of two"]),
+    (["--set", "audio_hop=131072"], ["audio_hop is 131072", "1..65536"]),
     (["--set", "text_vocab=1"], ["tokenizer vocab"]),
     (["--set", "max_latent_frames=1"], ["at least 2 latent frames"]),
+    (["--set", "shift=Infinity"], ["shift is inf", "finite"]),  # trained on NaN and wrote invalid JSON
+    (["--set", "s_v=500"], ["s_v is 500", "0..100"]),  # exported, then every generate refused the bundle
 ])
 def test_bad_options_are_one_line_and_exit_2(args, words, capsys):
     with pytest.raises(SystemExit) as e:
@@ -189,3 +192,13 @@ def test_torch_threads_take_omp_num_threads_in_any_form_openmp_accepts(monkeypat
         assert torch.get_num_threads() == (os.cpu_count() or 1)
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_diverging_run_stops_before_its_weights_and_saves_nothing(tmp_path):
+    """A NaN / Inf gradient (here from a huge learning rate) used to train on and save NaN weights."""
+    from train.train import Diverged, TrainConfig, train
+
+    tc = TrainConfig(size="tiny", clips=2, kinds=("ambient",), ae_steps=1, steps=4, batch=2, lr=1e30)
+    with pytest.raises(Diverged, match="non-finite gradient"):
+        train(tc, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -410,7 +410,7 @@ def resolve_train(a: argparse.Namespace):
 
 def train_main(argv=None) -> None:
     from .checkpoints import CheckpointError
-    from .train import Interrupted, train
+    from .train import Diverged, Interrupted, train
 
     a = train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -429,6 +429,10 @@ def train_main(argv=None) -> None:
         fail(f"{stop.name}: {e}; nothing saved (the autoencoder stage does not resume midway)", stop.exit_code)
     except CheckpointError as e:
         fail(f"--resume: {e}")
+    except Diverged as e:
+        kept = f"{out} is left as it was" if out.exists() else "nothing saved"
+        hint = "" if e.stage == "autoencoders" else "; try a lower --lr"
+        fail(f"training diverged: {e}; stopped before it reached the weights, {kept}{hint}", 1)
     except KeyboardInterrupt:
         fail(f"interrupted; {out} is left as it was" if out.exists() else "interrupted; nothing saved", 130)
     except OSError as e:  # a full disk, a folder removed under the run

@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+from harmony_rt.bundle import GEOMETRY_RANGES, SAMPLING_RANGES
 from harmony_rt.contract import Geometry
+
+# config fields the runtime bounds under the same name in the manifest (geometry or sampling): (lo, hi)
+RUNTIME_RANGES = {k: (lo, hi) for k, (_, lo, hi, *_) in {**GEOMETRY_RANGES, **SAMPLING_RANGES}.items()
+                  if lo is not None}
 
 
 def within(v, lo: float, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False) -> bool:
@@ -85,10 +90,14 @@ class HarmonyConfig:
             if f.name == "patch":
                 ok = len(v) == 3 and all(type(x) is int and x >= 1 for x in v)
             else:
-                ok = v == v and v >= 0 if f.name in non_negative else v == v and v > 0  # v == v: not NaN
+                ok = math.isfinite(v) and (v >= 0 if f.name in non_negative else v > 0)
             if not ok:
                 want = "three integers >= 1" if f.name == "patch" else ">= 0" if f.name in non_negative else "> 0"
-                raise ValueError(f"{f.name} is {v!r}, must be {want}")
+                raise ValueError(f"{f.name} is {v!r}, must be finite and {want}")
+            if f.name in RUNTIME_RANGES:  # what a bundle's manifest may hold: harmony-rt refuses the rest
+                lo, hi = RUNTIME_RANGES[f.name]
+                if not lo <= v <= hi:
+                    raise ValueError(f"{f.name} is {v!r}; a bundle's manifest takes {lo:g}..{hi:g}")
         if self.audio_streams not in (1, 2):
             raise ValueError(f"audio_streams is {self.audio_streams}, must be 1 (Harmony) or 2 (Unison)")
         for name in ("video_s_stride", "audio_hop"):  # the autoencoders halve / quarter the resolution per layer

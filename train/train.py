@@ -208,6 +208,8 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
         opt.zero_grad()
         (lv + la).backward()
         _sync_grads(params)
+        _check_finite(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]), step,
+                      "autoencoders", lv + la)
         opt.step()
         logs = {"ae_video": lv.item(), "ae_audio": la.item()}
         if step % 50 == 0 or step == tc.ae_steps - 1:
@@ -373,6 +375,19 @@ class Interrupted(Exception):
     """`should_stop` asked to stop before the denoiser's training began: nothing was saved."""
 
 
+class Diverged(Exception):
+    """A step's gradient was not finite (a NaN / Inf loss): training stopped before it reached the weights."""
+
+
+def _check_finite(norm: torch.Tensor, step: int, stage: str, loss: torch.Tensor) -> None:
+    """Raise Diverged when the gradient norm of a step is NaN / Inf. Gradients are all-reduced before this, so
+    under torchrun every rank sees the same norm and stops at the same step."""
+    if not torch.isfinite(norm):
+        e = Diverged(f"step {step} ({stage}) gave a non-finite gradient (loss {loss.item():.4g})")
+        e.stage = stage
+        raise e
+
+
 def snapshot_path(out: str | Path, step: int) -> Path:
     """Where --keep-every keeps the checkpoint of `step`: OUT_<step> beside OUT."""
     out = Path(os.path.abspath(out))
@@ -457,7 +472,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         opt.zero_grad()
         loss.backward()
         _sync_grads(trainable)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        _check_finite(torch.nn.utils.clip_grad_norm_(trainable, 1.0), step, stage, loss)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tc)
         opt.step()
