@@ -151,8 +151,8 @@ def test_ema_weights_are_what_export_loads_and_raw_weights_resume(tiny_checkpoin
 
     from train.checkpoints import load_ema
 
-    ema = load_ema(tiny_checkpoint)
     raw = load_file(str(tiny_checkpoint / "model.safetensors"))
+    ema = load_ema(tiny_checkpoint, raw)
     assert ema and set(ema) <= set(raw)
     assert any(not torch.equal(ema[k], raw[k]) for k in ema), "EMA identical to the raw weights"
     exported, _, _ = load_checkpoint(tiny_checkpoint)  # default: EMA where present

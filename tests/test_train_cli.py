@@ -138,7 +138,33 @@ def test_resume_keeps_the_model_and_the_run_settings_unless_given(tiny_checkpoin
     with pytest.raises(SystemExit):
         _resolve(["--resume", str(bad), "--steps", "9", "-o", "x"])
     assert "without its optimizer.json" in capsys.readouterr().err
+    (bad / "optimizer.safetensors").unlink()
+    (bad / "state.json").unlink()  # it started over on default settings, retraining the autoencoders
+    with pytest.raises(SystemExit):
+        _resolve(["--resume", str(bad), "--steps", "9", "-o", "x"])
+    assert "state.json: missing" in capsys.readouterr().err
     assert snapshot_path(str(tmp_path / "run") + "/", 4) == tmp_path / "run_4"  # `-o run/`: beside, not inside
+
+
+def test_ema_averages_that_do_not_fit_the_model_name_their_file(tiny_checkpoint, tmp_path):
+    """A shape the model does not have was a traceback from the EMA's first update on resume."""
+    from safetensors.torch import load_file, save_file
+
+    from train.checkpoints import CheckpointError
+
+    bad = shutil.copytree(tiny_checkpoint, tmp_path / "bad")
+    ema = load_file(str(bad / "ema.safetensors"))
+    name = next(iter(ema))
+    save_file({**ema, name: torch.zeros(3, 3)}, str(bad / "ema.safetensors"))
+    for ema_weights in (True, False):
+        with pytest.raises(CheckpointError, match=f"ema.safetensors: {name} has shape \\[3, 3\\]"):
+            if ema_weights:
+                load_checkpoint(bad)  # export's read
+            else:
+                from train.train import TrainConfig, train
+
+                train(TrainConfig(size="tiny", clips=2, kinds=("ambient",), ae_steps=1, steps=8), tmp_path / "o",
+                      resume=bad)
 
 
 def test_a_stopped_and_resumed_run_equals_a_straight_one(tiny_checkpoint, tmp_path):

@@ -167,14 +167,12 @@ def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None 
     try:
         model.load_state_dict(_load_tensors(path / "model.safetensors"))
     except RuntimeError as e:  # missing / unexpected keys, shapes that do not fit the config
-        raise CheckpointError(f"{path / 'model.safetensors'}: does not fit config.json ({str(e).splitlines()[0]})"
-                              ) from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]  # the first says only "Error(s) in ..."
+        raise CheckpointError(f"{path / 'model.safetensors'}: does not fit config.json "
+                              f"({lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__})") from None
     if ema and (path / "ema.safetensors").is_file():
-        averages = load_ema(path)
         params = dict(model.named_parameters())
-        unknown = sorted(set(averages) - set(params))
-        if unknown:
-            raise CheckpointError(f"{path}: ema.safetensors has unknown parameters {unknown[:3]}")
+        averages = load_ema(path, params)
         with torch.no_grad():
             for k, v in averages.items():
                 params[k].copy_(v)
@@ -190,7 +188,15 @@ def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None 
     return model, opt_sd, state
 
 
-def load_ema(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The EMA weights of a checkpoint ({} when it has none)."""
+def load_ema(path: str | os.PathLike, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The EMA weights of a checkpoint ({} when it has none), each checked against `params` (the model's
+    parameters by name): a name or shape they do not have is a CheckpointError naming ema.safetensors."""
     f = Path(path) / "ema.safetensors"
-    return _load_tensors(f) if f.is_file() else {}
+    averages = _load_tensors(f) if f.is_file() else {}
+    unknown = sorted(set(averages) - set(params))
+    if unknown:
+        raise CheckpointError(f"{f}: unknown parameters {unknown[:3]}")
+    for k, v in averages.items():
+        if v.shape != params[k].shape:
+            raise CheckpointError(f"{f}: {k} has shape {list(v.shape)}, the model's is {list(params[k].shape)}")
+    return averages

@@ -369,7 +369,10 @@ def resolve_train(a: argparse.Namespace):
         except CheckpointError as e:
             fail(f"--resume: {e}")
         stored = state.get("train_config")
-        base = TrainConfig.from_dict(stored) if isinstance(stored, dict) else TrainConfig()
+        if not isinstance(stored, dict):  # it would start over on the defaults, retraining the autoencoders
+            fail(f"--resume: {Path(resume) / 'state.json'}: {'no train_config in it' if state else 'missing'}; "
+                 "a run resumes from the step, settings and random state it holds")
+        base = TrainConfig.from_dict(stored)
         step = state.get("step", 0)
         model_flags = [f for f in ("size", "unison", "set") if f in given]
         if model_flags:

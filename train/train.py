@@ -450,7 +450,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     trainable = list(named.values())
     opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=0.0)
-    ema = EMA(named, tc.ema_decay, load_ema(resume) if resume else None) if tc.ema_decay > 0 else None
+    ema = EMA(named, tc.ema_decay, load_ema(resume, named) if resume else None) if tc.ema_decay > 0 else None
     if opt_sd is not None and state.get("phase") == "denoiser":
         opt.load_state_dict(opt_sd)
     denoiser = model.denoiser

@@ -111,7 +111,7 @@ def _finetune(a, out: Path) -> None:
     src = Path(a.checkpoint)
     tok = {n: (src / n).read_text() for n in TOKENIZER_FILES if (src / n).exists()}
     # no optimizer state: it belongs to the denoiser's training (resume from the checkpoint before this one)
-    save_checkpoint(out, model, None, state, tok, load_ema(src) or None)
+    save_checkpoint(out, model, None, state, tok, load_ema(src, dict(model.named_parameters())) or None)
 
 
 if __name__ == "__main__":
