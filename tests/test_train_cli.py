@@ -228,3 +228,29 @@ def test_a_diverging_run_stops_before_its_weights_and_saves_nothing(tmp_path):
     with pytest.raises(Diverged, match="non-finite gradient"):
         train(tc, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_what_the_machine_lacks_is_said_before_any_work(monkeypatch, capsys):
+    """espeak-ng for speech clips (a RuntimeError traceback after every check had passed), and the memory a
+    model needs to train (harmony-5b passed every check, then ran out of memory)."""
+    import train.data
+
+    monkeypatch.setattr(train.data, "have_espeak", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        _resolve([*RUN, "--kinds", "ambient,speech", "-o", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "speech clips need espeak-ng" in err, err
+    _resolve([*RUN, "--kinds", "ambient", "-o", "x"])  # ambient clips need no speech
+    with pytest.raises(SystemExit) as e:
+        _resolve(["--size", "harmony-5b", "-o", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "B parameters need" in err and "GiB to train" in err, err
+
+
+def test_the_vocoder_in_place_keeps_the_denoisers_optimizer_state(tiny_checkpoint, tmp_path):
+    """`python -m train.vocoder CK -o CK` dropped optimizer.*, and a later --resume went on with a fresh AdamW."""
+    ck = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
+    before = {f: (ck / f).read_bytes() for f in ("optimizer.safetensors", "optimizer.json")}
+    r = _cli("train.vocoder", ck, "--steps", "0", "-o", ck)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {f: (ck / f).read_bytes() for f in before} == before

@@ -20,8 +20,8 @@ from .model import HarmonyModel
 log = logging.getLogger(__name__)
 
 
-def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
+def _flatten_optimizer(opt: torch.optim.Optimizer | dict) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt if isinstance(opt, dict) else opt.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
@@ -41,11 +41,12 @@ def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
 
 
 def save_checkpoint(
-    path: str | os.PathLike, model: HarmonyModel, optimizer: torch.optim.Optimizer | None = None,
+    path: str | os.PathLike, model: HarmonyModel, optimizer: torch.optim.Optimizer | dict | None = None,
     state: dict | None = None, tokenizers: dict[str, str] | None = None, ema: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically. `tokenizers` maps file name -> tokenizer JSON text; `ema` maps
-    parameter names to their exponential moving averages (ema.safetensors)."""
+    """Write a checkpoint folder atomically. `optimizer`: an optimizer or its state dict (as load_checkpoint
+    gives it); `tokenizers` maps file name -> tokenizer JSON text; `ema` maps parameter names to their
+    exponential moving averages (ema.safetensors)."""
     path = Path(path)
     if path.is_file() or path.is_symlink() or (path.is_dir() and foreign_files(path)):
         raise FileExistsError(f"{path}: not a checkpoint folder (or holds other files); refusing to replace it")

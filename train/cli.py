@@ -339,6 +339,9 @@ def _seconds_bounds(cfg) -> tuple[float, float]:
     return 2 * frame, cfg.max_latent_frames * frame
 
 
+BYTES_PER_PARAM = 20  # fp32 weights, gradients, AdamW's two moments, EMA
+
+
 def _check_model_data(cfg, tc) -> None:
     """What only the data decide: the tokenizers fit the vocabularies, a clip's audio fits the STFT losses."""
     from .train import build_tokenizers
@@ -351,6 +354,25 @@ def _check_model_data(cfg, tc) -> None:
     if samples < 1024:
         fail(f"--seconds {tc.seconds:g}: a clip has {samples:.0f} audio samples at sample_rate {cfg.sample_rate}; the "
              "audio autoencoder's loss needs at least 1024")
+    import torch
+
+    from .model import HarmonyModel
+
+    with torch.device("meta"):  # shapes only: no memory
+        n = sum(p.numel() for p in HarmonyModel(cfg).parameters())
+    need, have = n * BYTES_PER_PARAM, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        fail(f"--size {tc.size}: {n / 1e9:.1f} B parameters need ~{need / 2**30:.0f} GiB to train (weights, "
+             f"gradients, AdamW, EMA in fp32); this machine has {have / 2**30:.0f} GiB")
+
+
+def check_tools(kinds) -> None:
+    """Speech clips (kinds speech / complex) are spoken by espeak-ng: checked before any work."""
+    from .data import have_espeak
+
+    if {"speech", "complex"} & set(kinds) and not have_espeak():
+        fail(f"--kinds {','.join(kinds)}: speech clips need espeak-ng, which is not installed "
+             "(apt-get install espeak-ng), or train on --kinds ambient")
 
 
 def resolve_train(a: argparse.Namespace):
@@ -408,6 +430,7 @@ def resolve_train(a: argparse.Namespace):
     world = launcher("WORLD_SIZE")
     if tc.clips < world:
         fail(f"--clips {tc.clips}: each of the {world} processes needs at least one clip")
+    check_tools(tc.kinds)
     return tc, resume, step
 
 

@@ -96,8 +96,12 @@ def main(argv=None):
 
 def _finetune(a, out: Path) -> None:
     """Fine-tune the decoder of a.checkpoint as the options say and save the result to `out`."""
-    model, _, state = load_checkpoint(a.checkpoint, ema=False)
+    model, opt_sd, state = load_checkpoint(a.checkpoint, ema=False)
     tc = TrainConfig.from_dict(state.get("train_config") or {})
+    if a.steps:
+        from .cli import check_tools
+
+        check_tools(tc.kinds)
     if a.decoder_from:
         copy_decoder(model, a.decoder_from)
         state["vocoder_from"] = str(a.decoder_from)
@@ -110,8 +114,8 @@ def _finetune(a, out: Path) -> None:
     log.info("vocoder fine-tuned in %.0f s", time.time() - t0)
     src = Path(a.checkpoint)
     tok = {n: (src / n).read_text() for n in TOKENIZER_FILES if (src / n).exists()}
-    # no optimizer state: it belongs to the denoiser's training (resume from the checkpoint before this one)
-    save_checkpoint(out, model, None, state, tok, load_ema(src, dict(model.named_parameters())) or None)
+    # the denoiser's optimizer state passes through: it covers the denoiser, not the audio decoder trained here
+    save_checkpoint(out, model, opt_sd, state, tok, load_ema(src, dict(model.named_parameters())) or None)
 
 
 if __name__ == "__main__":
