@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from safetensors import safe_open
+from tokenizers import Tokenizer
 from torch.export import Dim
 
 from harmony_rt import __version__
@@ -80,7 +82,8 @@ def _name_dims(m: onnx.ModelProto, spec) -> None:
 
 
 def parity(name: str, module, spec, model: HarmonyModel, path: Path, sess=None) -> float:
-    """Max abs difference ORT vs PyTorch over two input shapes (the second checks the dynamic dims)."""
+    """Max abs difference ORT vs PyTorch over two input shapes (the second checks the dynamic dims).
+    NaN / Inf in either output is an ExportError (a NaN difference would pass max() and any tolerance)."""
     sess = sess or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for variant in (0, 1):
@@ -92,8 +95,66 @@ def parity(name: str, module, spec, model: HarmonyModel, path: Path, sess=None) 
         for r, g in zip(ref, got):
             if tuple(r.shape) != g.shape:
                 raise ExportError(f"{name}: ORT output shape {g.shape} != PyTorch {tuple(r.shape)}")
-            worst = max(worst, float(np.abs(r.numpy() - g).max()))
+            r = r.numpy()
+            if not np.isfinite(r).all():
+                owned = {id(t) for t in module.state_dict(keep_vars=True).values()}  # named as in the model
+                bad = _first_non_finite({k: t for k, t in model.state_dict(keep_vars=True).items() if id(t) in owned})
+                why = f"the checkpoint's weights are not finite ({bad})" if bad else "on finite weights and inputs"
+                raise ExportError(f"{name}: PyTorch gives NaN/Inf outputs: {why}")
+            if not np.isfinite(g).all():
+                raise ExportError(f"{name}: ONNX Runtime gives NaN/Inf outputs where PyTorch's are finite")
+            if r.size:
+                worst = max(worst, float(np.abs(r - g).max()))
     return worst
+
+
+def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor holding NaN / Inf, None when all are finite."""
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+            return k
+    return None
+
+
+def _check_weights(checkpoint: Path, model: HarmonyModel) -> None:
+    """Refuse weights holding NaN / Inf (a diverged run) before minutes of tracing, naming the first one."""
+    bad = _first_non_finite(model.state_dict())
+    if bad is None:
+        return
+    src = checkpoint / "model.safetensors"
+    ema = checkpoint / "ema.safetensors"
+    if ema.is_file():  # load_checkpoint takes the averages from here where it has them
+        with safe_open(str(ema), "pt") as f:
+            src = ema if bad in f.keys() else src
+    raise ExportError(f"{src}: tensor {bad} holds NaN/Inf values (did training diverge?); refusing to export it")
+
+
+# bundle file key, file name (as the checkpoint and the bundle call it), the model's vocabulary field
+TOKENIZERS = (("tokenizer_text", "tokenizer_text.json", "text_vocab"),
+              ("tokenizer_speech", "tokenizer_speech.json", "speech_vocab"))
+
+
+def _read_tokenizers(checkpoint: Path, cfg) -> dict[str, bytes]:
+    """The checkpoint's tokenizer files, checked before any tracing: present, loadable by `tokenizers` (as
+    generate loads them) and no id past the model's vocabulary. -> {file name: its bytes, for the bundle}."""
+    files = {}
+    for _, fname, field in TOKENIZERS:
+        src = checkpoint / fname
+        try:
+            data = src.read_bytes()
+        except FileNotFoundError:
+            raise ExportError(f"{src}: checkpoint has no tokenizer file") from None
+        except OSError as e:
+            raise ExportError(f"{src}: cannot read the tokenizer file ({e.strerror or e})") from None
+        try:
+            vocab = Tokenizer.from_str(data.decode("utf-8")).get_vocab(with_added_tokens=True)
+        except Exception as e:  # the tokenizers library raises plain Exceptions on bad JSON
+            raise ExportError(f"{src}: not a tokenizer file ({one_line(str(e) or type(e).__name__, 200)})") from None
+        n, limit = max(vocab.values(), default=-1) + 1, getattr(cfg, field)
+        if n > limit:
+            raise ExportError(f"{src}: the tokenizer has {n} ids, more than the model's {field} ({limit})")
+        files[fname] = data
+    return files
 
 
 def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict) -> dict:
@@ -140,6 +201,23 @@ def _check_target(checkpoint: Path, out: Path) -> None:
             raise ExportError(f"{out}: a bundle folder that also holds {', '.join(others[:3])}"
                               f"{' ...' if len(others) > 3 else ''}; the export replaces the whole folder: move "
                               "them out first")
+    _check_writable(out)
+
+
+def _check_writable(out: Path) -> None:
+    """The bundle's folder can be made: the nearest existing folder above `out` takes a new entry (tried with a
+    real mkdir: root's os.access says yes to /proc and to some read-only places)."""
+    for p in out.absolute().parents:
+        try:
+            if not p.exists():
+                continue
+            if not p.is_dir():
+                raise ExportError(f"cannot write the bundle {out}: {p} is not a folder")
+            temp_dir(p, out.name).rmdir()
+        except OSError as e:
+            raise ExportError(f"cannot write the bundle {out}: folder {p} is not writable "
+                              f"({e.strerror or e})") from None
+        return
 
 
 def _foreign_entries(bundle: Path) -> list[str]:
@@ -165,7 +243,9 @@ def _foreign_entries(bundle: Path) -> list[str]:
 def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, tolerance: float = FP32_TOLERANCE,
                   precisions="fp32", custom_op: bool = False) -> Path:
     """Write a complete, verified bundle for `checkpoint` at `out` (replacing an existing one atomically).
-    Refused before any work: an `out` that overlaps the checkpoint, is a file or a non-empty non-bundle folder.
+    Refused before any work: an `out` that overlaps the checkpoint, is a file or a non-empty non-bundle folder,
+    or cannot be made (an unwritable place); then, before any tracing, weights holding NaN / Inf and tokenizer
+    files that are missing, do not load or hold ids past the model's vocabulary.
 
     precisions: 'fp32,fp16,int8,fp8' (or a list); each extra one becomes a variant (see `add_variants`).
     custom_op: also write the denoiser with RoPEAlignedAttention nodes (variant `fp32-plugin`).
@@ -184,8 +264,13 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
     except Exception as e:  # truncated weights, a config that does not fit them, ...: one line, not a traceback
         raise ExportError(f"cannot read checkpoint {checkpoint}: {one_line(str(e) or type(e).__name__, 240)}") from None
     model.eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out.parent, out.name)
+    _check_weights(checkpoint, model)
+    tokenizers = _read_tokenizers(checkpoint, model.cfg)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(out.parent, out.name)
+    except OSError as e:
+        raise ExportError(f"cannot write the bundle {out}: {e.strerror or e}") from None
     try:
         specs = resolve(model.cfg.geometry().to_dict())
         components = {}
@@ -202,11 +287,8 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
                 "io": specs[name].to_dict(), "parity_max_abs_err": err, "parity_tolerance": tolerance,
             }
         files = {}
-        for key, fname in (("tokenizer_text", "tokenizer_text.json"), ("tokenizer_speech", "tokenizer_speech.json")):
-            src = checkpoint / fname
-            if not src.is_file():
-                raise ExportError(f"{src}: checkpoint has no tokenizer file")
-            shutil.copyfile(src, tmp / fname)
+        for key, fname, _ in TOKENIZERS:  # the bytes checked before tracing, not whatever the file holds now
+            (tmp / fname).write_bytes(tokenizers[fname])
             files[key] = {"file": fname, "sha256": sha256_file(tmp / fname)}
         training = {"training": {k: state.get(k) for k in ("step", "train_seconds", "train_config") if k in state}}
         manifest = manifest_for(model, components, files, training)

@@ -1,6 +1,7 @@
 """Export: every component matches PyTorch, the manifest is complete, dims are symbolic."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -276,3 +277,157 @@ def test_large_weights_go_beside_the_graph(tiny_checkpoint, tiny_bundle, tmp_pat
         f.write(b"\xff\xfe\xfd")
     with pytest.raises(BundleError, match="denoiser.onnx.data: sha256 mismatch"):
         Bundle.load(out).component_path("denoiser")
+
+
+# ---------------------------------------------------------------- refused before any tracing
+
+
+@pytest.fixture
+def no_tracing(monkeypatch):
+    """Fail the test if the export gets as far as tracing a graph (the checks must come before it)."""
+    from export import bundle_writer
+
+    def traced(name, *a, **kw):
+        raise AssertionError(f"traced {name}: the export should have stopped before any tracing")
+
+    monkeypatch.setattr(bundle_writer, "export_component", traced)
+
+
+def _old_bundle(path):
+    """A stand-in old bundle at `path` (an export may replace it), returned with its manifest's text."""
+    path.mkdir()
+    text = '{"components": {}}'
+    (path / "manifest.json").write_text(text)
+    return text
+
+
+@pytest.mark.parametrize("where", ["model.safetensors", "ema.safetensors"])
+def test_export_refuses_weights_that_are_not_finite(tiny_checkpoint, tmp_path, no_tracing, where):
+    """A NaN weight (a diverged run) is named, file and tensor, before any tracing; the old bundle stays."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from export.bundle_writer import ExportError, export_bundle
+
+    ck = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
+    ema = set(load_file(ck / "ema.safetensors"))
+    tensors = load_file(ck / where)
+    key = next(k for k, t in tensors.items() if t.is_floating_point() and (where == "ema.safetensors") == (k in ema))
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, ck / where)
+    manifest = _old_bundle(tmp_path / "b")
+    with pytest.raises(ExportError, match=f"{where}: tensor {key} holds NaN/Inf values") as e:
+        export_bundle(ck, tmp_path / "b")
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "b" / "manifest.json").read_text() == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "ck"]  # no temp folder either
+
+
+def test_parity_fails_on_outputs_that_are_not_finite(tiny_checkpoint, tiny_bundle):
+    """max(0.0, nan) is 0.0: a NaN / Inf output of ONNX Runtime or of PyTorch must fail parity, not pass it
+    with error 0."""
+    import onnxruntime as ort
+    import torch
+
+    from export.bundle_writer import ExportError, parity
+    from export.components import component_modules
+    from harmony_rt.contract import resolve
+    from train.checkpoints import load_checkpoint
+
+    model, _, _ = load_checkpoint(tiny_checkpoint)
+    model.eval()
+    name = "audio_decoder"
+    module, spec = component_modules(model)[name], resolve(model.cfg.geometry().to_dict())[name]
+    path = tiny_bundle / f"{name}.onnx"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert parity(name, module, spec, model, path, sess=sess) <= 1e-3
+
+    class Broken:
+        def __init__(self, value):
+            self.value = value
+
+        def run(self, names, feeds):
+            out = sess.run(names, feeds)
+            out[0].flat[len(out[0].flat) // 2] = self.value
+            return out
+
+    for value in (np.nan, np.inf):
+        with pytest.raises(ExportError, match=f"^{name}: ONNX Runtime gives NaN/Inf outputs where PyTorch's are "
+                                              "finite$"):
+            parity(name, module, spec, model, path, sess=Broken(value))
+    key, weight = next((k, p) for k, p in model.named_parameters() if k.startswith("audio_ae.decoder"))
+    with torch.no_grad():
+        weight.view(-1)[0] = float("nan")
+    with pytest.raises(ExportError, match=f"^{name}: PyTorch gives NaN/Inf outputs: the checkpoint's weights "
+                                          rf"are not finite \({key}\)$"):
+        parity(name, module, spec, model, path, sess=sess)
+
+
+def _write_tokenizer(ck, name, n):
+    """A loadable tokenizer with `n` ids in place of the checkpoint's `name`."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    (ck / name).write_text(Tokenizer(WordLevel({f"w{i}": i for i in range(n)}, unk_token="w0")).to_str())
+
+
+@pytest.mark.parametrize("name, damage, why", [
+    ("tokenizer_speech.json", lambda f: f.write_bytes(f.read_bytes()[:200]), "not a tokenizer file"),
+    ("tokenizer_text.json", lambda f: f.unlink(), "checkpoint has no tokenizer file"),
+    ("tokenizer_text.json", lambda f: f.write_bytes(b"\xff\xfe"), "not a tokenizer file"),
+    ("tokenizer_speech.json", lambda f: f.write_text('{"model": 1}'), "not a tokenizer file"),
+    ("tokenizer_speech.json", lambda f: _write_tokenizer(f.parent, f.name, 513),
+     r"the tokenizer has 513 ids, more than the model's speech_vocab \(512\)"),
+    ("tokenizer_text.json", lambda f: _write_tokenizer(f.parent, f.name, 600),
+     r"the tokenizer has 600 ids, more than the model's text_vocab \(512\)"),
+], ids=["speech-truncated", "text-missing", "text-not-utf8", "speech-not-a-tokenizer", "speech-vocab-too-big",
+        "text-vocab-too-big"])
+def test_export_checks_the_tokenizers_before_tracing(tiny_checkpoint, tmp_path, no_tracing, name, damage, why):
+    """A tokenizer file generate could not use (missing, not loadable, ids past the model's vocabulary) is a
+    one-line error naming it, before any tracing, from the API and from the command line (exit 2)."""
+    import re
+    import shutil
+
+    from click.testing import CliRunner
+
+    from export.bundle_writer import ExportError, export_bundle
+    from harmony_rt.cli import main
+
+    ck = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
+    damage(ck / name)
+    with pytest.raises(ExportError, match=f"^{re.escape(str(ck / name))}: {why}") as e:
+        export_bundle(ck, tmp_path / "b")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400, str(e.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+    r = CliRunner().invoke(main, ["export", str(ck), "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and str(ck / name) in r.output, r.output
+    _write_tokenizer(ck, name, 512)  # exactly the model's vocabulary: accepted (and traced, here refused)
+    with pytest.raises(AssertionError, match="should have stopped before any tracing"):
+        export_bundle(ck, tmp_path / "b")
+
+
+def test_export_refuses_an_output_it_cannot_write(tiny_checkpoint, tmp_path, no_tracing):
+    """An -o in a place that takes no new folder (/proc, under a file) is one line, exit 2, before any work;
+    a parent folder that does not exist yet is made (nothing is left behind by the check)."""
+    from click.testing import CliRunner
+
+    from export.bundle_writer import ExportError, export_bundle
+    from harmony_rt.cli import main
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match=f"^cannot write the bundle {tmp_path}/file/b: {tmp_path}/file is not a "
+                                          "folder$"):
+        export_bundle(tiny_checkpoint, tmp_path / "file" / "b")
+    if os.path.isdir("/proc/self"):  # Linux: no new entries in /proc, even for root
+        with pytest.raises(ExportError, match="^cannot write the bundle /proc/x: folder /proc is not writable"):
+            export_bundle(tiny_checkpoint, "/proc/x")
+        r = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "-o", "/proc/x"])
+        assert r.exit_code == 2 and r.output.startswith("error: cannot write the bundle /proc/x: folder /proc is "
+                                                        "not writable"), r.output
+        assert r.output.count("\n") == 1 and "internal error" not in r.output
+    empty = tmp_path / "ck"
+    empty.mkdir()
+    with pytest.raises(ExportError, match="cannot read checkpoint"):  # the check passed: on to the checkpoint
+        export_bundle(empty, tmp_path / "new" / "deeper" / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "file"]
