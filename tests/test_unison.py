@@ -89,6 +89,30 @@ def test_unison_training_step_decreases_loss():
     assert after < 0.9 * before
 
 
+def test_forcing_trains_the_synccfg_anchors_of_the_runtime():
+    """With CTS (the default) the forcing loss adds the driven rows: audio-driven (t_a = 0) and video-driven
+    (t_v = 0), whose clean partner is at times its null (silence in both streams / a static video): the anchors
+    a Unison bundle's SyncCFG evaluates every step. Without CTS only the B forcing rows are run."""
+    from dataclasses import replace
+
+    cfg = unison(get_config("tiny"))
+    seen = {}
+
+    def denoiser(zt_v, zt_a, t_v, t_a, **cond):
+        seen.update(zt_v=zt_v, zt_a=zt_a, t_v=t_v, t_a=t_a, text=cond["text_emb"])
+        return torch.zeros_like(zt_v), torch.zeros_like(zt_a)
+
+    b = _batch(cfg, B=4)
+    b = replace(b, null_v=torch.full_like(b.z_v, 7.0), null_a=torch.full_like(b.z_a, -7.0))
+    loss, logs = forcing_loss(denoiser, b, cfg, 0.9, torch.Generator().manual_seed(0), p_null=1.0, driven_frac=0.5)
+    assert seen["zt_v"].shape[0] == 4 + 2 * 2 and {"audio_driven", "video_driven"} <= set(logs)
+    assert torch.all(seen["t_a"][4:6] == 0) and torch.all(seen["t_v"][6:] == 0) and torch.all(seen["t_v"][4:6] > 0)
+    assert torch.all(seen["zt_a"][4:6] == -7.0) and torch.all(seen["zt_v"][6:] == 7.0)  # the anchors' nulls
+    assert torch.equal(seen["text"], b.cond["text_emb"][[0, 1, 2, 3, 0, 1, 2, 3]])
+    loss, logs = forcing_loss(denoiser, b, cfg, 0.9, torch.Generator().manual_seed(0), use_cts=False)
+    assert seen["zt_v"].shape[0] == 4 and "audio_driven" not in logs
+
+
 def test_scg_gates_scale_each_streams_contribution():
     cfg = unison(get_config("tiny"))
     model = HarmonyModel(cfg).eval()

@@ -302,10 +302,11 @@ def train_parser() -> Parser:
         f"{d.ema_decay:g})")
     opt("--stages", type=_fractions, help="fractions of --steps: audio,timbre,joint (default: 0.15,0.15,0.7)")
     opt("--cts", action=argparse.BooleanOptionalAction,
-        help="Cross-Task Synergy; --no-cts (ablation) trains the joint task only (default: on)")
+        help="Cross-Task Synergy (with --unison too: its driven rows are SyncCFG's anchors); --no-cts "
+             "(ablation) trains the joint task only (default: on)")
     opt("--cts-frac", type=number(0, 1, lo_open=True),
         help=f"share of the batch each CTS driven task takes (0.25: half the rows of 1.0; default: {d.cts_frac:g})")
-    opt("--unison", action="store_true", help="Unison variant: speech + SFX streams, forcing")
+    opt("--unison", action="store_true", help="Unison variant: speech + SFX streams, cross-modal forcing (+ CTS)")
     opt("--seed", type=integer(0),
         help=f"data, initial weights and noise; on --resume the clips only (default: {d.seed})")
     opt("--ckpt-every", type=integer(0), help="also save the checkpoint every N steps (default: 0, only at the end)")

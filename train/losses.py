@@ -37,6 +37,32 @@ class CTSBatch:
     null_a: torch.Tensor | None = None  # silence latent, like z_a
 
 
+def _rows(B: int, m: int) -> torch.Tensor:
+    """The clip of each row: B joint rows, then m audio-driven (clips 0..m-1), then m video-driven (the next m,
+    cyclically)."""
+    return torch.cat([torch.arange(B), torch.arange(m), (torch.arange(m) + m) % B])
+
+
+def _driven(batch: CTSBatch, B: int, m: int, t_v: torch.Tensor, t_a: torch.Tensor, p_null: float,
+            generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean latents of `_rows(B, m)`, the driven rows made in place in t_v / t_a: audio-driven t_a = 0,
+    video-driven t_v = 0; with probability `p_null` a driven row's clean partner is its null (silence / static
+    video): the SyncCFG anchors, trained in distribution."""
+    ad, vd = torch.arange(m), (torch.arange(m) + m) % B
+    rows = _rows(B, m)
+    zv0, za0 = batch.z_v[rows], batch.z_a[rows]
+    if m:
+        t_a[B : B + m] = 0.0  # audio-driven
+        t_v[B + m :] = 0.0  # video-driven
+        if batch.null_a is not None and p_null > 0:
+            use_null = (torch.rand(m, generator=generator) < p_null).reshape(m, *[1] * (za0.dim() - 1))
+            za0[B : B + m] = torch.where(use_null, batch.null_a[ad], batch.z_a[ad])
+        if batch.null_v is not None and p_null > 0:
+            use_null = (torch.rand(m, generator=generator) < p_null).reshape(m, *[1] * (zv0.dim() - 1))
+            zv0[B + m :] = torch.where(use_null, batch.null_v[vd], batch.z_v[vd])
+    return zv0, za0
+
+
 def cts_loss(
     denoiser, batch: CTSBatch, cfg: HarmonyConfig, use_cts: bool = True, p_null: float = 0.1,
     generator: torch.Generator | None = None, driven_frac: float = 1.0,
@@ -53,24 +79,13 @@ def cts_loss(
     """
     z_v, z_a, B = batch.z_v, batch.z_a, batch.z_v.shape[0]
     m = max(1, min(B, round(driven_frac * B))) if use_cts else 0
-    ad = torch.arange(m)  # clips of the audio-driven rows
-    vd = (torch.arange(m) + m) % B  # clips of the video-driven rows
-    rows = torch.cat([torch.arange(B), ad, vd])  # [B + 2m] clip of each row
+    rows = _rows(B, m)
     n = len(rows)
     eps_v = torch.randn(z_v.shape, generator=generator)[rows]
     eps_a = torch.randn(z_a.shape, generator=generator)[rows]
     t_v = sample_t(n, cfg.shift, generator)
     t_a = sample_t(n, cfg.shift, generator)
-    zv0, za0 = z_v[rows], z_a[rows]
-    if use_cts:
-        t_a[B : B + m] = 0.0  # audio-driven
-        t_v[B + m :] = 0.0  # video-driven
-        if batch.null_a is not None and p_null > 0:
-            use_null = (torch.rand(m, generator=generator) < p_null).reshape(m, 1, 1, 1)
-            za0[B : B + m] = torch.where(use_null, batch.null_a[ad], z_a[ad])
-        if batch.null_v is not None and p_null > 0:
-            use_null = (torch.rand(m, generator=generator) < p_null).reshape(m, 1, 1, 1, 1)
-            zv0[B + m :] = torch.where(use_null, batch.null_v[vd], z_v[vd])
+    zv0, za0 = _driven(batch, B, m, t_v, t_a, p_null, generator)
     zt_v, zt_a = noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a)
     cond = {name: x[rows] for name, x in batch.cond.items()}
     pv, pa = denoiser(zt_v, zt_a, t_v, t_a, **cond)
@@ -115,18 +130,31 @@ def forcing_weights(t_v: torch.Tensor, t_a: torch.Tensor) -> tuple[torch.Tensor,
     return 1 + 0.5 * d, 1 + 0.5 * (1 - d)
 
 
-def forcing_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, progress: float, generator=None):
-    """Unison's bidirectional cross-modal forcing: per-stream flow matching with weighted modalities."""
+def forcing_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, progress: float, generator=None,
+                 use_cts: bool = True, p_null: float = 0.1, driven_frac: float = 1.0):
+    """Unison's bidirectional cross-modal forcing: per-stream flow matching with weighted modalities, plus (with
+    `use_cts`) the CTS driven rows of `cts_loss`, whose null partners are the anchors SyncCFG evaluates at every
+    step (forcing alone never shows the model t_a = 0 beside silence, or t_v = 0 on a static video)."""
     z_v, z_a = batch.z_v, batch.z_a  # z_a [B, S, T, C_a]: speech, sfx stems
     B = z_v.shape[0]
-    t_v, t_a = forcing_timesteps(B, progress, cfg.shift, generator)
-    eps_v = torch.randn(z_v.shape, generator=generator)
-    eps_a = torch.randn(z_a.shape, generator=generator)
-    pv, pa = denoiser(noise_to(z_v, t_v, eps_v), noise_to(z_a, t_a, eps_a), t_v, t_a, **batch.cond)
-    w_v, w_a = forcing_weights(t_v, t_a)
-    err_v = ((pv - (eps_v - z_v)) ** 2).flatten(1).mean(1)  # [B]
-    err_streams = ((pa - (eps_a - z_a)) ** 2).flatten(2).mean(2)  # [B, S]: one loss per stream
-    loss = (w_v * err_v).mean() + (w_a[:, None] * err_streams).sum(1).mean()
-    logs = {"video": err_v.mean().item(),
-            **{f"stream{k}": err_streams[:, k].mean().item() for k in range(z_a.shape[1])}}
+    m = max(1, min(B, round(driven_frac * B))) if use_cts else 0
+    rows = _rows(B, m)
+    t_v, t_a = forcing_timesteps(B, progress, cfg.shift, generator)  # the joint rows'
+    eps_v = torch.randn(z_v.shape, generator=generator)[rows]
+    eps_a = torch.randn(z_a.shape, generator=generator)[rows]
+    t_v = torch.cat([t_v, sample_t(2 * m, cfg.shift, generator)])
+    t_a = torch.cat([t_a, sample_t(2 * m, cfg.shift, generator)])
+    zv0, za0 = _driven(batch, B, m, t_v, t_a, p_null, generator)
+    cond = {name: x[rows] for name, x in batch.cond.items()}
+    pv, pa = denoiser(noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a), t_v, t_a, **cond)
+    w_v, w_a = forcing_weights(t_v[:B], t_a[:B])
+    err_v = ((pv - (eps_v - zv0)) ** 2).flatten(1).mean(1)  # [B + 2m]
+    err_streams = ((pa - (eps_a - za0)) ** 2).flatten(2).mean(2)  # [B + 2m, S]: one loss per stream
+    loss = (w_v * err_v[:B]).mean() + (w_a[:, None] * err_streams[:B]).sum(1).mean()
+    logs = {"video": err_v[:B].mean().item(),
+            **{f"stream{k}": err_streams[:B, k].mean().item() for k in range(z_a.shape[1])}}
+    if m:
+        l_ad, l_vd = err_v[B : B + m].mean(), err_streams[B + m :].sum(1).mean()
+        logs.update(audio_driven=l_ad.item(), video_driven=l_vd.item())
+        loss = loss + cfg.lambda_v * l_ad + cfg.lambda_a * l_vd
     return loss, logs

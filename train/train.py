@@ -128,6 +128,7 @@ class ClipLatents:
     audio_caption: str
     transcript: str
     speaker: str | None
+    z_mix: torch.Tensor | None = None  # [T, C_a] the mix encoded (Unison; Harmony: z_a[0]), as a reference is
 
 
 def make_clips(tc: TrainConfig, cfg: HarmonyConfig):
@@ -235,7 +236,9 @@ def encode_clips(model: HarmonyModel, clips) -> list[ClipLatents]:
         static = fr[:, :1].expand_as(fr)
         null_v = model.video_ae.encode(static[None])[0]
         z_a = model.audio_ae.encode(wav)  # [S, T, C_a]
-        out.append(ClipLatents(z_v, z_a, null_v, c.video_caption, c.audio_caption, c.transcript, c.speaker))
+        # the runtime encodes a reference voice as one waveform: for Unison the mix, not the stems' latents summed
+        z_mix = z_a[0] if len(wav) == 1 else model.audio_ae.encode(wav.sum(0, keepdim=True))[0]
+        out.append(ClipLatents(z_v, z_a, null_v, c.video_caption, c.audio_caption, c.transcript, c.speaker, z_mix))
     return out
 
 
@@ -283,7 +286,7 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
             same = [o for o in lat if o.speaker == it.speaker and o is not it]
             if same:
                 src = same[int(torch.randint(len(same), (1,), generator=gen))]
-        za = src.z_a.sum(0)  # [T, C_a] (stems summed: the reference is a voice sample of the mix)
+        za = src.z_mix if src.z_mix is not None else src.z_a.sum(0)  # [T, C_a] a voice sample of the mix
         r = min(R, za.shape[0])
         off = int(torch.randint(za.shape[0] - r + 1, (1,), generator=gen))
         refs.append(F.pad(za[off : off + r], (0, 0, 0, R - r)))
@@ -463,7 +466,8 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         if stage == "joint" and cfg.audio_streams == 2:  # Unison: cross-modal forcing on the stems
             a, b, c = tc.stage_fractions
             progress = (step / max(1, tc.steps) - a - b) / max(c, 1e-9)
-            loss, logs = forcing_loss(denoiser, batch, cfg, progress, gen)
+            loss, logs = forcing_loss(denoiser, batch, cfg, progress, gen, use_cts=tc.use_cts,
+                                      driven_frac=tc.cts_frac)
         elif stage == "joint":
             loss, logs = cts_loss(denoiser, batch, cfg, use_cts=tc.use_cts, generator=gen,
                                     driven_frac=tc.cts_frac)
