@@ -524,7 +524,7 @@ class Pipeline:
                             for i in range(B)])
         noise_a = np.stack([np.random.default_rng([seed, i, 1]).standard_normal(held.null_a.shape[1:], np.float32)
                             for i in range(B)])
-        z_v = held.video if held.video is not None else noise_v
+        z_v = held.video if held.video is not None else noise_v.copy()  # I2AV writes into z_v; noise_v stays
         z_a = held.audio if held.audio is not None else noise_a
         shift = self.bundle.sampling["shift"]
         sched_v, sched_a = make_scheduler(run.scheduler, shift), make_scheduler(run.scheduler, shift)

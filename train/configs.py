@@ -104,6 +104,12 @@ class HarmonyConfig:
             v = getattr(self, name)
             if v & (v - 1):
                 raise ValueError(f"{name} is {v}, must be a power of two")
+        # GLDI: every video frame and audio frame must reach at least one partner within the window (frame-wise
+        # attention with none is a softmax over nothing); positions are in video latent frames
+        audio_frame = (self.audio_hop / self.sample_rate) / (self.video_t_stride / self.fps)
+        if self.gldi_window < 0.5 * max(1.0, audio_frame):
+            raise ValueError(f"gldi_window is {self.gldi_window:g}: at least {0.5 * max(1.0, audio_frame):g} (half a "
+                             "latent frame) is needed for every frame to attend across")
         for side in ("video", "audio"):
             dim, heads = getattr(self, f"{side}_dim"), getattr(self, f"{side}_heads")
             least = 6 if side == "video" else 2  # 3-D RoPE: at least one rotated pair per axis
