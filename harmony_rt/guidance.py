@@ -14,6 +14,9 @@ Branches are stacked on axis 0 in `branches(mode)` order, B rows each (N = branc
     sync      v_v = mute_v + s_v (c_v - mute_v);   v_a = static_a + s_a (c_a - static_a)
     sync+cfg  v_v = c_v + (s_v - 1)(c_v - mute_v) + (cfg - 1)(c_v - u_v)        (audio: static, s_a)
 
+With a modality given rather than generated (A2V: the audio, V2A: the video) the anchor that guides only it
+is left out (`held`): A2V and V2A run 2 rows a step in "sync", not 3.
+
 `GuidedDenoiser` runs the stacked batch as one call or one call per branch (same inputs, same numbers), the
 choice made per input shape by measurement when split="auto" (DESIGN: batching wins on GPUs, not on a
 2-core CPU).
@@ -59,12 +62,20 @@ class GuidanceScales:
     cfg: float = 5.0
 
 
-def branches(mode: str) -> tuple[str, ...]:
-    """Names of the batch branches of `mode`, in stacking order."""
+HELD = (None, "audio", "video")  # the modality given (A2V: audio, V2A: video), not generated
+_UNUSED = {"audio": "static", "video": "mute"}  # the anchor that guides only the given modality
+
+
+def branches(mode: str, held: str | None = None) -> tuple[str, ...]:
+    """Names of the batch branches of `mode`, in stacking order. With a `held` modality (A2V / V2A) its
+    anchor is left out: it guides only the velocity of a latent that is given, which no step uses."""
     try:
-        return _BRANCHES[mode]
+        names = _BRANCHES[mode]
     except KeyError:
         raise HarmonyError(f"unknown guidance mode {mode!r}; choose one of {', '.join(MODES)}") from None
+    if held not in HELD:
+        raise HarmonyError(f"held must be one of {HELD}, got {held!r}")
+    return tuple(n for n in names if n != _UNUSED.get(held))
 
 
 def _pad_axis1(x: np.ndarray, length: int) -> np.ndarray:
@@ -102,9 +113,10 @@ def build_batch(
     uncond: Feeds | None = None,  # same keys; needed by "cfg" modes
     null_video: np.ndarray | None = None,  # like z_v; needed by "sync" modes
     null_audio: np.ndarray | None = None,  # like z_a; needed by "sync" modes
+    held: str | None = None,  # "audio" (A2V) / "video" (V2A): that modality's anchor is left out
 ) -> Feeds:
     """The denoiser feeds of all branches of `mode`, stacked on axis 0: every array [N = len(branches) * B, ...]."""
-    names = branches(mode)
+    names = branches(mode, held)
     z_v, z_a = np.asarray(z_v), np.asarray(z_a)
     B = z_v.shape[0]
     if z_a.shape[0] != B:
@@ -116,7 +128,7 @@ def build_batch(
         if uncond is None:
             raise HarmonyError(f"guidance mode {mode!r} needs uncond inputs")
         cond, uncond = _match_lengths(cond, uncond)
-    if "mute" in names:
+    if "mute" in names or "static" in names:
         if null_video is None or null_audio is None:
             raise HarmonyError(f"guidance mode {mode!r} needs null_video and null_audio")
         null_video, null_audio = np.asarray(null_video), np.asarray(null_audio)
@@ -147,9 +159,11 @@ def build_batch(
     return feeds
 
 
-def combine(mode: str, out: Feeds, B: int, scales: GuidanceScales) -> tuple[np.ndarray, np.ndarray]:
-    """Guided velocities (v_video [B, C_v, F, H, W], v_audio [B, S, T, C_a]) from the stacked outputs."""
-    names = branches(mode)
+def combine(mode: str, out: Feeds, B: int, scales: GuidanceScales, held: str | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Guided velocities (v_video [B, C_v, F, H, W], v_audio [B, S, T, C_a]) from the stacked outputs. A `held`
+    modality, whose anchor was left out, gets its joint velocity (unused: its latent is given)."""
+    names = branches(mode, held)
     for k in OUTPUT_KEYS:
         if k not in out:
             raise HarmonyError(f"denoiser output lacks {k!r}")
@@ -157,21 +171,19 @@ def combine(mode: str, out: Feeds, B: int, scales: GuidanceScales) -> tuple[np.n
             raise HarmonyError(f"denoiser output {k!r} has {out[k].shape[0]} rows, expected {len(names) * B}")
     v = {n: out["video_velocity"][i * B : (i + 1) * B] for i, n in enumerate(names)}
     a = {n: out["audio_velocity"][i * B : (i + 1) * B] for i, n in enumerate(names)}
+    g = scales.cfg - 1.0
     if mode == "none":
         return v["joint"], a["joint"]
     if mode == "cfg":
-        g = scales.cfg - 1.0
         return v["joint"] + g * (v["joint"] - v["uncond"]), a["joint"] + g * (a["joint"] - a["uncond"])
     if mode == "sync":  # Eq. 9-10
         return (
-            v["mute"] + scales.s_v * (v["joint"] - v["mute"]),
-            a["static"] + scales.s_a * (a["joint"] - a["static"]),
+            v["mute"] + scales.s_v * (v["joint"] - v["mute"]) if "mute" in v else v["joint"],
+            a["static"] + scales.s_a * (a["joint"] - a["static"]) if "static" in a else a["joint"],
         )
-    g = scales.cfg - 1.0  # sync+cfg
-    return (
-        v["joint"] + (scales.s_v - 1.0) * (v["joint"] - v["mute"]) + g * (v["joint"] - v["uncond"]),
-        a["joint"] + (scales.s_a - 1.0) * (a["joint"] - a["static"]) + g * (a["joint"] - a["uncond"]),
-    )
+    vs = (scales.s_v - 1.0) * (v["joint"] - v["mute"]) if "mute" in v else 0.0  # sync+cfg
+    as_ = (scales.s_a - 1.0) * (a["joint"] - a["static"]) if "static" in a else 0.0
+    return v["joint"] + vs + g * (v["joint"] - v["uncond"]), a["joint"] + as_ + g * (a["joint"] - a["uncond"])
 
 
 def _shape_key(mode: str, feeds: Feeds) -> tuple:
@@ -204,12 +216,13 @@ class GuidedDenoiser:
         early: float | None = 1.25,
         clock: Callable[[], float] = time.perf_counter,
         store=None,
+        held: str | None = None,
     ):
-        branches(mode)  # validates
+        self.names = branches(mode, held)  # validates
         if split not in SPLITS:
             raise HarmonyError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         self.call = call
-        self.mode = mode
+        self.mode, self.held = mode, held
         self.scales = scales if scales is not None else GuidanceScales()
         self.split = split
         self.repeats = max(1, int(repeats))
@@ -225,9 +238,9 @@ class GuidedDenoiser:
     def __call__(self, z_v, z_a, t_v, t_a, cond, uncond=None, null_video=None, null_audio=None):
         """Guided (v_video [B, C_v, F, H, W], v_audio [B, S, T, C_a]) at (z_v at t_v, z_a at t_a)."""
         B = np.shape(z_v)[0]
-        feeds = build_batch(self.mode, z_v, z_a, t_v, t_a, cond, uncond, null_video, null_audio)
+        feeds = build_batch(self.mode, z_v, z_a, t_v, t_a, cond, uncond, null_video, null_audio, self.held)
         split = self.split
-        if len(branches(self.mode)) == 1:
+        if len(self.names) == 1:
             split = "batched"  # nothing to split
         if split == "auto":
             key = _shape_key(self.mode, feeds)
@@ -241,7 +254,7 @@ class GuidedDenoiser:
             out = self._measured(key, feeds, B) if split is None else self._run(split, feeds, B)
         else:
             out = self._run(split, feeds, B)
-        return combine(self.mode, out, B, self.scales)
+        return combine(self.mode, out, B, self.scales, self.held)
 
     def _run(self, split: str, feeds: Feeds, B: int) -> Feeds:
         if split == "batched":

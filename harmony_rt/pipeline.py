@@ -300,13 +300,13 @@ class Pipeline:
             "spinning": getattr(self.backend, "spinning", None), "onnxruntime": onnxruntime.__version__,
         }
 
-    def _guided_for(self, mode: str, scales: GuidanceScales) -> GuidedDenoiser:
-        key = (mode, scales.s_v, scales.s_a, scales.cfg)
+    def _guided_for(self, mode: str, scales: GuidanceScales, held: str | None = None) -> GuidedDenoiser:
+        key = (mode, scales.s_v, scales.s_a, scales.cfg, held)
         with self._lock:
             if key not in self._guided:
                 call = lambda feeds: self.backend.run("denoiser", feeds)  # noqa: E731
                 store = SplitStore.default(self._split_context()) if self.split == "auto" else None
-                self._guided[key] = GuidedDenoiser(call, mode, scales, split=self.split, store=store)
+                self._guided[key] = GuidedDenoiser(call, mode, scales, split=self.split, store=store, held=held)
             return self._guided[key]
 
     # ------------------------------------------------------------------ generate
@@ -530,7 +530,8 @@ class Pipeline:
         sched_v, sched_a = make_scheduler(run.scheduler, shift), make_scheduler(run.scheduler, shift)
         sched_v.set_timesteps(run.steps)
         sched_a.set_timesteps(run.steps)
-        guided = self._guided_for(run.mode, run.scales)
+        given = "audio" if held.audio is not None else "video" if held.video is not None else None  # A2V / V2A
+        guided = self._guided_for(run.mode, run.scales, given)
         cache = StepCache(run.steps, run.step_cache) if run.step_cache else None
         for i in range(run.steps):
             t = float(sched_v.sigmas[i])

@@ -289,6 +289,20 @@ def test_batched_equals_sequential_equals_separate_calls(inputs, mode):
             np.testing.assert_array_equal(out[key][i * B : (i + 1) * B], sep[name][key])
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("held", ["audio", "video"])
+def test_a_given_modality_drops_its_anchor_and_the_other_is_unchanged(inputs, mode, held):
+    """A2V (audio given) has no use for the static row, V2A (video given) none for the mute row: the step runs
+    one branch fewer in the sync modes, and the generated modality's guided velocity is exactly as before."""
+    full, part = Recorder(), Recorder()
+    v, a = GuidedDenoiser(full, mode, SCALES, split="batched")(**inputs)
+    pv, pa = GuidedDenoiser(part, mode, SCALES, split="batched", held=held)(**inputs)
+    dropped = {"audio": "static", "video": "mute"}[held]
+    assert part.rows == [(len(branches(mode)) - (dropped in branches(mode))) * B]
+    generated_full, generated_part = (v, pv) if held == "audio" else (a, pa)
+    np.testing.assert_array_equal(generated_part, generated_full)
+
+
 @pytest.mark.parametrize("cost,expected", [(lambda n: 10.0 + n, "batched"), (lambda n: float(n * n), "sequential")])
 def test_auto_measures_once_per_shape_and_picks_the_faster(inputs, cost, expected, caplog):
     clock = FakeClock()

@@ -47,6 +47,30 @@ def test_v2a_returns_the_given_frames_and_generates_audio(pipe, tmp_path):
     assert np.abs(r.audio).max() > 0
 
 
+def test_a2v_and_v2a_steps_run_two_rows_per_sample_not_three(tiny_bundle, monkeypatch):
+    """With the audio (A2V) or the video (V2A) given, the anchor that guides only that modality is left out of
+    the SyncCFG batch: 2 denoiser rows a step instead of 3, a third less work for the same guided output."""
+    p = Pipeline.from_bundle(tiny_bundle, backend="ort", split="batched")
+    g, rows = p.geometry, []
+    run = p.backend.run
+
+    def spy(name, feeds):
+        if name == "denoiser":
+            rows.append(feeds["video_latent"].shape[0])
+        return run(name, feeds)
+
+    monkeypatch.setattr(p.backend, "run", spy)
+    p.generate("a face speaks", steps=2, seconds=1.0, guidance="sync")
+    assert rows == [3, 3]
+    rows.clear()
+    p.generate("a face speaks", audio=_tone(1.0, g.sample_rate), steps=2, guidance="sync")
+    assert rows == [2, 2]
+    rows.clear()
+    frames = np.random.default_rng(0).integers(0, 255, (int(g.fps), g.height, g.width, 3), dtype=np.uint8)
+    p.generate("a red ball bounces", video=frames, steps=2, guidance="sync+cfg")
+    assert rows == [3, 3]  # joint, uncond, static
+
+
 def test_v2a_resizes_and_says_so(pipe, tmp_path):
     g = pipe.geometry
     frames = np.full((int(g.fps), 2 * g.height, 2 * g.width, 3), 90, np.uint8)
