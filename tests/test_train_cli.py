@@ -185,10 +185,12 @@ def test_a_stopped_and_resumed_run_equals_a_straight_one(tiny_checkpoint, tmp_pa
 def test_ctrl_c_saves_the_checkpoint_at_the_step_and_says_how_to_go_on(tmp_path):
     """... and while a run trains, a second one writing the same -o is refused."""
     out = tmp_path / "run"
-    # a run far too long to end by itself while the second one (a fresh interpreter) is refused on a busy machine
-    p = subprocess.Popen([sys.executable, "-m", "train.train", "--clips", "4", "--ae-steps", "1", "--steps", "100000",
+    # a run too long to end by itself while a second interpreter is refused on a busy machine; SIGINT restored
+    # to its default in the child (a shell's background job inherits it ignored: the run would go on to the end)
+    p = subprocess.Popen([sys.executable, "-m", "train.train", "--clips", "4", "--ae-steps", "1", "--steps", "3000",
                           "-o", str(out)], stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err = ""
     while "step 25 [" not in err:
         line = p.stderr.readline()
@@ -201,7 +203,7 @@ def test_ctrl_c_saves_the_checkpoint_at_the_step_and_says_how_to_go_on(tmp_path)
     assert p.wait(120) == 130, err
     last = err.strip().splitlines()[-1]
     at = load_checkpoint(out)[2]["step"]
-    assert 25 < at < 100000 and last.startswith(f"error: SIGINT: stopped at step {at} of 100000")
+    assert 25 < at < 3000 and last.startswith(f"error: SIGINT: stopped at step {at} of 3000")
     assert "--resume" in last
     assert "Traceback" not in err and [q.name for q in tmp_path.iterdir()] == ["run"]
 
