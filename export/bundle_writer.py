@@ -260,7 +260,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
         raise ExportError("--custom-op checks the plugin graph with onnxruntime-extensions: "
                           "pip install onnxruntime-extensions")
     try:
-        model, _, state = load_checkpoint(checkpoint)
+        model, _, state = load_checkpoint(checkpoint, optimizer=False)  # export needs no optimizer state
     except Exception as e:  # truncated weights, a config that does not fit them, ...: one line, not a traceback
         raise ExportError(f"cannot read checkpoint {checkpoint}: {one_line(str(e) or type(e).__name__, 240)}") from None
     model.eval()

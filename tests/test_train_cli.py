@@ -259,3 +259,28 @@ def test_the_vocoder_in_place_keeps_the_denoisers_optimizer_state(tiny_checkpoin
     r = _cli("train.vocoder", ck, "--steps", "0", "-o", ck)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {f: (ck / f).read_bytes() for f in before} == before
+
+
+def test_export_reads_no_optimizer_state(tiny_checkpoint, tmp_path, monkeypatch):
+    """A damaged optimizer file stops a resume, which needs it, not an export (load_checkpoint(optimizer=False))."""
+    from export import bundle_writer
+    from train.checkpoints import CheckpointError
+
+    ck = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
+    with open(ck / "optimizer.safetensors", "r+b") as f:
+        f.truncate(100)
+    model, opt_sd, _ = load_checkpoint(ck, optimizer=False)
+    assert opt_sd is None and model is not None
+    with pytest.raises(CheckpointError, match="optimizer.safetensors"):
+        load_checkpoint(ck, ema=False)
+    asked = []
+
+    def spy(*a, **kw):
+        asked.append(kw)
+        return load_checkpoint(*a, **kw)
+
+    monkeypatch.setattr(bundle_writer, "load_checkpoint", spy)
+    monkeypatch.setattr(bundle_writer, "export_component", lambda *a, **kw: 1 / 0)  # stop at the first trace
+    with pytest.raises(ZeroDivisionError):
+        bundle_writer.export_bundle(ck, tmp_path / "b")
+    assert asked == [{"optimizer": False}]

@@ -155,12 +155,14 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file}: cannot be read ({why})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None = None, ema: bool = True):
+def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None = None, ema: bool = True,
+                    optimizer: bool = True):
     """-> (model, optimizer state dict or None, training state). No pickle: safetensors + JSON only.
 
     ema: use the EMA weights where the checkpoint has them (what export and evaluation want); training
-    resumes with ema=False (the raw weights) and reads the averages with `load_ema`. A missing, incomplete or
-    damaged checkpoint is a CheckpointError.
+    resumes with ema=False (the raw weights) and reads the averages with `load_ema`. optimizer=False: the
+    optimizer files are not read (export has no use for them; None is returned). A missing, incomplete or
+    damaged checkpoint (of the files read) is a CheckpointError.
     """
     path = Path(path)
     cfg, state = read_meta(path)
@@ -178,7 +180,7 @@ def load_checkpoint(path: str | os.PathLike, optimizer_for: HarmonyModel | None 
             for k, v in averages.items():
                 params[k].copy_(v)
     opt_sd = None
-    if (path / "optimizer.safetensors").exists():
+    if optimizer and (path / "optimizer.safetensors").exists():
         try:
             opt_sd = _unflatten_optimizer(_load_tensors(path / "optimizer.safetensors"),
                                           _read_json(path / "optimizer.json"))
