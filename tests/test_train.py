@@ -245,3 +245,16 @@ def test_autoencoder_frame_crops(monkeypatch):
     fp = clips[0].frames.shape[0]
     assert [s[2] for s in shapes[:3]] == [2, 2, 2]  # training steps
     assert shapes[-1][2] == fp  # latent normalisation on whole clips
+
+
+def test_text_conditions_are_also_dropped_together():
+    """The text-CFG negative at runtime leaves out both captions and the transcript at once; training dropped
+    each on its own coin only, so all three were empty together in p^3 of the clips (0.1%)."""
+    from train.train import drop_texts
+
+    g = torch.Generator().manual_seed(0)
+    draws = [drop_texts(("v", "a", "s"), 0.5, g) for _ in range(4000)]
+    together = sum(d == ("", "", "") for d in draws) / len(draws)
+    assert abs(together - (0.5 + 0.5 * 0.5**3)) < 0.03, together
+    assert sum(d == ("v", "", "s") for d in draws) > 0  # and still one at a time
+    assert drop_texts(("v", "a", "s"), 0.0, g) == ("v", "a", "s")

@@ -50,7 +50,7 @@ class TrainConfig:
     stage_fractions: tuple = (0.15, 0.15, 0.7)  # audio, timbre, joint
     use_cts: bool = True
     cts_frac: float = 1.0  # share of the batch each CTS driven task takes (1.0: all clips, 3B rows a step)
-    p_drop_cond: float = 0.1  # each caption / transcript dropped (for text CFG)
+    p_drop_cond: float = 0.1  # all texts dropped together, else each on its own, at this rate (for text CFG)
     p_no_ref: float = 0.3
     ref_seconds: tuple = (0.5, 1.0)
     seed: int = 0
@@ -263,15 +263,22 @@ def _silence_latent(model, frames: int) -> torch.Tensor:
     return _SILENCE[key]
 
 
+def drop_texts(texts: tuple[str, ...], p: float, gen) -> tuple[str, ...]:
+    """A clip's (video caption, audio caption, transcript) with conditions dropped for classifier-free guidance:
+    all together with probability p (the runtime's text-CFG negative leaves out all three), else each on its
+    own with probability p."""
+    if torch.rand(1, generator=gen).item() < p:
+        return ("",) * len(texts)
+    return tuple("" if torch.rand(1, generator=gen).item() < p else t for t in texts)
+
+
 def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage: str, gen) -> CTSBatch:
     """Stack clips, tokenize and encode their texts (encoders train with the denoiser), pick references."""
     cfg = model.cfg
     cap, sp = toks
     items = [lat[i] for i in idx]
-    drop = lambda s: "" if torch.rand(1, generator=gen).item() < tc.p_drop_cond else s  # noqa: E731
-    vcap = [drop(it.video_caption) for it in items]
-    acap = [drop(it.audio_caption) for it in items]
-    trans = [drop(it.transcript) for it in items]
+    texts = [drop_texts((it.video_caption, it.audio_caption, it.transcript), tc.p_drop_cond, gen) for it in items]
+    vcap, acap, trans = (list(x) for x in zip(*texts))
     t_ids, t_mask = _tokens(cap, vcap, cfg.max_text_tokens)
     a_ids, a_mask = _tokens(cap, acap, cfg.max_text_tokens)
     s_ids, s_mask = _tokens(sp, trans, cfg.max_speech_chars)
