@@ -258,3 +258,29 @@ def test_text_conditions_are_also_dropped_together():
     assert abs(together - (0.5 + 0.5 * 0.5**3)) < 0.03, together
     assert sum(d == ("v", "", "s") for d in draws) > 0  # and still one at a time
     assert drop_texts(("v", "a", "s"), 0.0, g) == ("v", "a", "s")
+
+
+def test_static_anchors_include_the_runtimes_mid_grey_still():
+    """T2AV / A2V at runtime anchor the audio on a mid-grey still (no frame is given); training showed only the
+    clip's own first frame held, so that anchor was out of distribution. Now about half the static rows are grey."""
+    from train.train import TrainConfig, build_tokenizers, encode_clips, make_batch, make_clips
+
+    cfg = get_config("tiny")
+    model = HarmonyModel(cfg)
+    tc = TrainConfig(size="tiny", clips=2, kinds=("ambient",))
+    lat = encode_clips(model, make_clips(tc, cfg))
+    grey = lat[0].grey_v
+    with torch.no_grad():
+        want = model.video_ae.encode(torch.full((1, 3, *_frames_shape(lat, cfg)), 127 / 127.5 - 1.0))[0]
+    assert torch.equal(grey, want) and not torch.equal(grey, lat[0].null_v)
+    gen = torch.Generator().manual_seed(0)
+    toks = build_tokenizers(cfg)
+    with torch.no_grad():
+        stills = [make_batch(model, lat, [0, 1], toks, tc, "joint", gen).null_v for _ in range(20)]
+    n_grey = sum(torch.equal(s[i], grey) for s in stills for i in range(2))
+    assert 10 <= n_grey <= 30, n_grey  # of 40, GREY_STILL = 0.5
+
+
+def _frames_shape(lat, cfg):
+    """(FP, H, W) of the clips whose latents are `lat`."""
+    return (lat[0].z_v.shape[1] * cfg.video_t_stride, cfg.height, cfg.width)

@@ -129,6 +129,7 @@ class ClipLatents:
     transcript: str
     speaker: str | None
     z_mix: torch.Tensor | None = None  # [T, C_a] the mix encoded (Unison; Harmony: z_a[0]), as a reference is
+    grey_v: torch.Tensor | None = None  # [C_v, F, H, W] a mid-grey still: the static anchor of T2AV at runtime
 
 
 def make_clips(tc: TrainConfig, cfg: HarmonyConfig):
@@ -229,16 +230,19 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
 @torch.no_grad()
 def encode_clips(model: HarmonyModel, clips) -> list[ClipLatents]:
     cfg = model.cfg
-    out = []
+    out, grey = [], {}  # grey: shape -> video_encoder(mid-grey frames), the static anchor where no frame is given
     for c in clips:
         fr, wav = _clip_arrays(c, cfg)
+        if fr.shape not in grey:  # pixel value 127, as harmony_rt's pipeline makes it for T2AV / A2V
+            grey[fr.shape] = model.video_ae.encode(torch.full((1, *fr.shape), 127 / 127.5 - 1.0))[0]
         z_v = model.video_ae.encode(fr[None])[0]
         static = fr[:, :1].expand_as(fr)
         null_v = model.video_ae.encode(static[None])[0]
         z_a = model.audio_ae.encode(wav)  # [S, T, C_a]
         # the runtime encodes a reference voice as one waveform: for Unison the mix, not the stems' latents summed
         z_mix = z_a[0] if len(wav) == 1 else model.audio_ae.encode(wav.sum(0, keepdim=True))[0]
-        out.append(ClipLatents(z_v, z_a, null_v, c.video_caption, c.audio_caption, c.transcript, c.speaker, z_mix))
+        out.append(ClipLatents(z_v, z_a, null_v, c.video_caption, c.audio_caption, c.transcript, c.speaker, z_mix,
+                               grey[fr.shape]))
     return out
 
 
@@ -252,6 +256,7 @@ def _tokens(tok, texts, max_len):
 
 
 _SILENCE: dict = {}
+GREY_STILL = 0.5  # share of the static anchors that are a mid-grey still rather than the clip's first frame
 
 
 @torch.no_grad()
@@ -307,7 +312,10 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
     )
     z_a = torch.stack([it.z_a for it in items])
     null_a = _silence_latent(model, z_a.shape[2])[None].expand_as(z_a)
-    return CTSBatch(torch.stack([it.z_v for it in items]), z_a, cond, torch.stack([it.null_v for it in items]), null_a)
+    # the static anchor: the clip's first frame held (I2AV, V2A at runtime) or a mid-grey still (T2AV, A2V)
+    null_v = [it.grey_v if it.grey_v is not None and torch.rand(1, generator=gen).item() < GREY_STILL else it.null_v
+              for it in items]
+    return CTSBatch(torch.stack([it.z_v for it in items]), z_a, cond, torch.stack(null_v), null_a)
 
 
 def audio_only_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, gen) -> tuple[torch.Tensor, dict]:
