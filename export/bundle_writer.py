@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from torch.export import Dim
 
 from harmony_rt import __version__
-from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, temp_dir
+from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, temp_dir, writable_parent
 from harmony_rt.contract import FORMAT_VERSION, resolve
 from harmony_rt.digests import sha256_file
 from harmony_rt.errors import HarmonyError, one_line
@@ -205,19 +205,14 @@ def _check_target(checkpoint: Path, out: Path) -> None:
 
 
 def _check_writable(out: Path) -> None:
-    """The bundle's folder can be made: the nearest existing folder above `out` takes a new entry (tried with a
-    real mkdir: root's os.access says yes to /proc and to some read-only places)."""
-    for p in out.absolute().parents:
-        try:
-            if not p.exists():
-                continue
-            if not p.is_dir():
-                raise ExportError(f"cannot write the bundle {out}: {p} is not a folder")
-            temp_dir(p, out.name).rmdir()
-        except OSError as e:
-            raise ExportError(f"cannot write the bundle {out}: folder {p} is not writable "
-                              f"({e.strerror or e})") from None
-        return
+    """The bundle's folder can be made: the nearest existing folder above `out` takes a new entry
+    (harmony_rt.bundle.writable_parent)."""
+    p, problem = writable_parent(out)
+    if isinstance(problem, NotADirectoryError):
+        raise ExportError(f"cannot write the bundle {out}: {p} is not a folder")
+    if problem is not None:
+        raise ExportError(f"cannot write the bundle {out}: folder {p} is not writable "
+                          f"({problem.strerror or problem})")
 
 
 def _foreign_entries(bundle: Path) -> list[str]:

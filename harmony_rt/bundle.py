@@ -81,6 +81,22 @@ def temp_dir(parent: Path, name: str) -> Path:
     return _fresh(parent, name, "", "folder", Path.mkdir)[0]
 
 
+def writable_parent(out: Path) -> tuple[Path, OSError | None]:
+    """(p, problem): p the nearest existing entry above `out`, problem None when p is a folder that takes a new
+    entry (a real mkdir: root passes os.access everywhere, and /proc or a read-only mount still refuse), else
+    why not (NotADirectoryError where p is a file)."""
+    p = Path(out).absolute().parent
+    try:
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir():
+            return p, NotADirectoryError(errno.ENOTDIR, "not a folder", str(p))
+        temp_dir(p, "probe").rmdir()
+    except OSError as e:
+        return p, e
+    return p, None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder (normal permissions) and a rename."""
     path = Path(path)

@@ -125,19 +125,15 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def writable_folder(out: Path, flag: str) -> None:
-    """The nearest existing folder above `out` takes a new folder (a real try: root passes os.access
-    everywhere, and /proc or a read-only mount still refuse); exit 2 otherwise."""
-    from harmony_rt.bundle import temp_dir
+    """The nearest existing folder above `out` takes a new folder (harmony_rt.bundle.writable_parent); exit 2
+    otherwise."""
+    from harmony_rt.bundle import writable_parent
 
-    p = out.parent
-    try:
-        while not p.exists() and p != p.parent:
-            p = p.parent
-        if not p.is_dir():
-            fail(f"{flag} {out}: {p} is a file, not a folder")
-        temp_dir(p, "probe").rmdir()
-    except OSError as e:
-        fail(f"{flag} {out}: cannot write in folder {p} ({e.strerror or e})")
+    p, problem = writable_parent(out)
+    if isinstance(problem, NotADirectoryError):
+        fail(f"{flag} {out}: {p} is a file, not a folder")
+    if problem is not None:
+        fail(f"{flag} {out}: cannot write in folder {p} ({problem.strerror or problem})")
 
 
 def check_target(out: Path, flag: str, resume: Path | None = None, overwrite: bool = False,
