@@ -31,10 +31,10 @@ from torch.export import Dim
 
 from harmony_rt import __version__
 from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, temp_dir, writable_parent
-from harmony_rt.contract import FORMAT_VERSION, resolve
+from harmony_rt.contract import FILES, FORMAT_VERSION, resolve
 from harmony_rt.digests import sha256_file
 from harmony_rt.errors import HarmonyError, one_line
-from train.checkpoints import load_checkpoint
+from train.checkpoints import TOKENIZER_FILES, load_checkpoint
 from train.model import HarmonyModel
 
 from . import calibration, custom_op, precision
@@ -129,9 +129,9 @@ def _check_weights(checkpoint: Path, model: HarmonyModel) -> None:
     raise ExportError(f"{src}: tensor {bad} holds NaN/Inf values (did training diverge?); refusing to export it")
 
 
-# bundle file key, file name (as the checkpoint and the bundle call it), the model's vocabulary field
-TOKENIZERS = (("tokenizer_text", "tokenizer_text.json", "text_vocab"),
-              ("tokenizer_speech", "tokenizer_speech.json", "speech_vocab"))
+# bundle file key (harmony_rt.contract.FILES), file name (as the checkpoint and the bundle call it), the
+# model's vocabulary field
+TOKENIZERS = tuple(zip(FILES, TOKENIZER_FILES, ("text_vocab", "speech_vocab"), strict=True))
 
 
 def _read_tokenizers(checkpoint: Path, cfg) -> dict[str, bytes]:

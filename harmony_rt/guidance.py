@@ -62,8 +62,8 @@ class GuidanceScales:
     cfg: float = 5.0
 
 
-HELD = (None, "audio", "video")  # the modality given (A2V: audio, V2A: video), not generated
-_UNUSED = {"audio": "static", "video": "mute"}  # the anchor that guides only the given modality
+_UNUSED = {"audio": "static", "video": "mute"}  # the modality given (A2V / V2A) -> the anchor guiding only it
+HELD = (None, *_UNUSED)
 
 
 def branches(mode: str, held: str | None = None) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from . import media
 from .backends import MAX_THREADS, Backend, make_backend
 from .bundle import Bundle, default_bundle_path
 from .errors import BundleError, Cancelled, HarmonyError, MediaError
-from .guidance import MODES, GuidanceScales, GuidedDenoiser
+from .guidance import MODES, GuidanceScales, GuidedDenoiser, branches
 from .schedulers import SCHEDULERS, make_scheduler
 from .splitstore import SplitStore
 from .stepcache import StepCache
@@ -379,9 +379,9 @@ class Pipeline:
             if sched != "euler":
                 raise HarmonyError(f"step_cache works with the euler scheduler only (its multistep history would "
                                    f"mix reused velocities), got {sched!r}")
-        sync, cfg = ("sync", "sync+cfg"), ("cfg", "sync+cfg")  # the modes each scale acts in
-        unused = [n for n, v, modes in (("s_v", s_v, sync), ("s_a", s_a, sync), ("cfg_scale", cfg_scale, cfg))
-                  if v is not None and mode not in modes]
+        # a scale acts where its branch runs: s_v on the mute anchor, s_a on the static one, cfg_scale on uncond
+        scales = (("s_v", s_v, "mute"), ("s_a", s_a, "static"), ("cfg_scale", cfg_scale, "uncond"))
+        unused = [n for n, v, branch in scales if v is not None and branch not in branches(mode)]
         return _Settings(
             notes=[f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect with guidance {mode!r}"]
             if unused else [],
