@@ -340,7 +340,8 @@ BYTES_PER_PARAM = 20  # fp32 weights, gradients, AdamW's two moments, EMA
 
 
 def _check_model_data(cfg, tc) -> None:
-    """What only the data decide: the tokenizers fit the vocabularies, a clip's audio fits the STFT losses."""
+    """What only the model and data decide: the tokenizers fit the vocabularies, a clip's audio fits the STFT
+    losses, and training the model fits this machine's memory."""
     from .train import build_tokenizers
 
     try:
@@ -431,6 +432,11 @@ def resolve_train(a: argparse.Namespace):
     return tc, resume, step
 
 
+def _kept(out: Path) -> str:
+    """What a run that stopped without saving leaves at `out`."""
+    return f"{out} is left as it was" if out.exists() else "nothing saved"
+
+
 def train_main(argv=None) -> None:
     from .checkpoints import CheckpointError
     from .train import Diverged, Interrupted, train
@@ -453,11 +459,10 @@ def train_main(argv=None) -> None:
     except CheckpointError as e:
         fail(f"--resume: {e}")
     except Diverged as e:
-        kept = f"{out} is left as it was" if out.exists() else "nothing saved"
         hint = "" if e.stage == "autoencoders" else "; try a lower --lr"
-        fail(f"training diverged: {e}; stopped before it reached the weights, {kept}{hint}", 1)
+        fail(f"training diverged: {e}; stopped before it reached the weights, {_kept(out)}{hint}", 1)
     except KeyboardInterrupt:
-        fail(f"interrupted; {out} is left as it was" if out.exists() else "interrupted; nothing saved", 130)
+        fail(f"interrupted; {_kept(out)}", 130)
     except OSError as e:  # a full disk, a folder removed under the run
         fail(f"stopped by an OS error: {e}", 1)
     if stop():

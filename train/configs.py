@@ -90,7 +90,7 @@ class HarmonyConfig:
             if f.name == "patch":
                 ok = len(v) == 3 and all(type(x) is int and x >= 1 for x in v)
             else:
-                ok = math.isfinite(v) and (v >= 0 if f.name in non_negative else v > 0)
+                ok = within(v, 0, lo_open=f.name not in non_negative)
             if not ok:
                 want = "three integers >= 1" if f.name == "patch" else ">= 0" if f.name in non_negative else "> 0"
                 raise ValueError(f"{f.name} is {v!r}, must be finite and {want}")

@@ -43,13 +43,12 @@ def _rows(B: int, m: int) -> torch.Tensor:
     return torch.cat([torch.arange(B), torch.arange(m), (torch.arange(m) + m) % B])
 
 
-def _driven(batch: CTSBatch, B: int, m: int, t_v: torch.Tensor, t_a: torch.Tensor, p_null: float,
-            generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean latents of `_rows(B, m)`, the driven rows made in place in t_v / t_a: audio-driven t_a = 0,
+def _driven(batch: CTSBatch, rows: torch.Tensor, B: int, m: int, t_v: torch.Tensor, t_a: torch.Tensor,
+            p_null: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean latents of `rows` (`_rows(B, m)`), the driven rows made in place in t_v / t_a: audio-driven t_a = 0,
     video-driven t_v = 0; with probability `p_null` a driven row's clean partner is its null (silence / static
     video): the SyncCFG anchors, trained in distribution."""
-    ad, vd = torch.arange(m), (torch.arange(m) + m) % B
-    rows = _rows(B, m)
+    ad, vd = rows[B : B + m], rows[B + m :]  # clips of the audio- / video-driven rows
     zv0, za0 = batch.z_v[rows], batch.z_a[rows]
     if m:
         t_a[B : B + m] = 0.0  # audio-driven
@@ -85,7 +84,7 @@ def cts_loss(
     eps_a = torch.randn(z_a.shape, generator=generator)[rows]
     t_v = sample_t(n, cfg.shift, generator)
     t_a = sample_t(n, cfg.shift, generator)
-    zv0, za0 = _driven(batch, B, m, t_v, t_a, p_null, generator)
+    zv0, za0 = _driven(batch, rows, B, m, t_v, t_a, p_null, generator)
     zt_v, zt_a = noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a)
     cond = {name: x[rows] for name, x in batch.cond.items()}
     pv, pa = denoiser(zt_v, zt_a, t_v, t_a, **cond)
@@ -144,7 +143,7 @@ def forcing_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, progress: float,
     eps_a = torch.randn(z_a.shape, generator=generator)[rows]
     t_v = torch.cat([t_v, sample_t(2 * m, cfg.shift, generator)])
     t_a = torch.cat([t_a, sample_t(2 * m, cfg.shift, generator)])
-    zv0, za0 = _driven(batch, B, m, t_v, t_a, p_null, generator)
+    zv0, za0 = _driven(batch, rows, B, m, t_v, t_a, p_null, generator)
     cond = {name: x[rows] for name, x in batch.cond.items()}
     pv, pa = denoiser(noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a), t_v, t_a, **cond)
     w_v, w_a = forcing_weights(t_v[:B], t_a[:B])

@@ -128,8 +128,8 @@ class ClipLatents:
     audio_caption: str
     transcript: str
     speaker: str | None
-    z_mix: torch.Tensor | None = None  # [T, C_a] the mix encoded (Unison; Harmony: z_a[0]), as a reference is
-    grey_v: torch.Tensor | None = None  # [C_v, F, H, W] a mid-grey still: the static anchor of T2AV at runtime
+    z_mix: torch.Tensor  # [T, C_a] the mix encoded (Unison; Harmony: z_a[0]), as a reference is
+    grey_v: torch.Tensor  # [C_v, F, H, W] a mid-grey still: the static anchor of T2AV at runtime
 
 
 def make_clips(tc: TrainConfig, cfg: HarmonyConfig):
@@ -298,7 +298,7 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
             same = [o for o in lat if o.speaker == it.speaker and o is not it]
             if same:
                 src = same[int(torch.randint(len(same), (1,), generator=gen))]
-        za = src.z_mix if src.z_mix is not None else src.z_a.sum(0)  # [T, C_a] a voice sample of the mix
+        za = src.z_mix  # [T, C_a] a voice sample of the mix
         r = min(R, za.shape[0])
         off = int(torch.randint(za.shape[0] - r + 1, (1,), generator=gen))
         refs.append(F.pad(za[off : off + r], (0, 0, 0, R - r)))
@@ -313,8 +313,7 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
     z_a = torch.stack([it.z_a for it in items])
     null_a = _silence_latent(model, z_a.shape[2])[None].expand_as(z_a)
     # the static anchor: the clip's first frame held (I2AV, V2A at runtime) or a mid-grey still (T2AV, A2V)
-    null_v = [it.grey_v if it.grey_v is not None and torch.rand(1, generator=gen).item() < GREY_STILL else it.null_v
-              for it in items]
+    null_v = [it.grey_v if torch.rand(1, generator=gen).item() < GREY_STILL else it.null_v for it in items]
     return CTSBatch(torch.stack([it.z_v for it in items]), z_a, cond, torch.stack(null_v), null_a)
 
 
@@ -396,14 +395,16 @@ class Interrupted(Exception):
 class Diverged(Exception):
     """A step's gradient was not finite (a NaN / Inf loss): training stopped before it reached the weights."""
 
+    def __init__(self, step: int, stage: str, loss: float):
+        super().__init__(f"step {step} ({stage}) gave a non-finite gradient (loss {loss:.4g})")
+        self.stage = stage
+
 
 def _check_finite(norm: torch.Tensor, step: int, stage: str, loss: torch.Tensor) -> None:
     """Raise Diverged when the gradient norm of a step is NaN / Inf. Gradients are all-reduced before this, so
     under torchrun every rank sees the same norm and stops at the same step."""
     if not torch.isfinite(norm):
-        e = Diverged(f"step {step} ({stage}) gave a non-finite gradient (loss {loss.item():.4g})")
-        e.stage = stage
-        raise e
+        raise Diverged(step, stage, loss.item())
 
 
 def snapshot_path(out: str | Path, step: int) -> Path:

@@ -101,14 +101,13 @@ def _finetune(a, out: Path) -> None:
     if a.steps:
         from .cli import check_tools
 
-        check_tools(tc.kinds)
+        check_tools(tc.kinds)  # before any work, copy_decoder's included
     if a.decoder_from:
         copy_decoder(model, a.decoder_from)
         state["vocoder_from"] = str(a.decoder_from)
-    clips = make_clips(tc, model.cfg) if a.steps else []
     t0 = time.time()
     if a.steps:
-        wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in clips])  # [C*S, W]
+        wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in make_clips(tc, model.cfg)])  # [C*S, W]
         state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
     state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
     log.info("vocoder fine-tuned in %.0f s", time.time() - t0)
