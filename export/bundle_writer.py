@@ -224,11 +224,10 @@ def _foreign_entries(bundle: Path) -> list[str]:
         return [f"an unreadable {MANIFEST} (remove the folder yourself if it is an old bundle)"]
     named = {MANIFEST, "engines"}
     stack = [manifest]
-    while stack:
+    while stack:  # every file a manifest names is the value of a "file" key, at any depth
         v = stack.pop()
-        if isinstance(v, str):
-            named.add(v.split("/")[0])
-        elif isinstance(v, dict):
+        if isinstance(v, dict):
+            named.update(f.split("/")[0] for k, f in v.items() if k == "file" and isinstance(f, str))
             stack += v.values()
         elif isinstance(v, list):
             stack += v

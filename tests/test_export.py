@@ -95,8 +95,15 @@ def test_export_refuses_an_output_that_is_not_a_bundle(tmp_path):
     with pytest.raises(ExportError, match="a bundle folder that also holds notes.txt; .* move them out first"):
         export_bundle(tmp_path / "ck", victim)
     assert (victim / "notes.txt").read_text() == "precious"
-    # ... while an empty folder or an old bundle may be replaced: these get as far as reading the checkpoint
+    # a file is the manifest's only if a "file" entry names it, not any string in it (a precision, a name)
     (victim / "notes.txt").unlink()
+    (victim / "manifest.json").write_text('{"components": {"denoiser": {"file": "denoiser.onnx", '
+                                          '"precision": "fp32"}}}')
+    (victim / "fp32").write_text("precious")
+    with pytest.raises(ExportError, match="a bundle folder that also holds fp32; .* move them out first"):
+        export_bundle(tmp_path / "ck", victim)
+    (victim / "fp32").unlink()
+    # ... while an empty folder or an old bundle may be replaced: these get as far as reading the checkpoint
     (tmp_path / "empty").mkdir()
     for out in (tmp_path / "empty", victim):
         with pytest.raises(ExportError, match="cannot read checkpoint"):
