@@ -88,7 +88,7 @@ def record_peak():
 @pytest.fixture(scope="session")
 def peak() -> float:
     """The numpy fp32 matmul peak of this machine at the start of the run (FLOP/s)."""
-    p = matmul_peak()
+    p = matmul_peak(threads=THREADS)
     _record_peak(p)
     return p
 

@@ -74,12 +74,12 @@ def test_step_flops(model, threads, peak, record_peak, report):
     prof = OrtStep(bundle, feeds, threads, profile=str(model.bundle_path.parent / "prof"))
     ops = profile_ops(prof)
     flops = sum(d["flops"] for d in ops.values())
-    before = matmul_peak()
-    probe = MatmulProbe()
+    before = matmul_peak(threads=threads)
+    probe = MatmulProbe(threads=threads)
     # each round: one step and one peak probe (the order alternates), so a drifting VM's speed is shared
     t = interleave({"step": step.run, "probe": SelfTimed(probe.best)}, rounds=5)
     # the best of: the `peak` fixture (session start), right before, in and right after these rounds
-    best_peak = max(peak, before, probe.flops / min(t["probe"]), matmul_peak())
+    best_peak = max(peak, before, probe.flops / min(t["probe"]), matmul_peak(threads=threads))
     record_peak(best_peak)
     g = f"{model.label} denoiser step: arithmetic ({threads} threads)"
     for row in peak_share_rows(g, flops, t["step"], probe, t["probe"], best_peak,

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -336,14 +337,31 @@ def profile_ops(step: "OrtStep", runs: int = 2) -> dict[str, dict]:
     return ops
 
 
-class MatmulProbe:
-    """numpy fp32 `a @ b` on n x n matrices, allocated once: `run()` is one product of `flops` FLOPs."""
+@contextmanager
+def blas_threads(n: int | None):
+    """numpy's matmuls on `n` BLAS threads inside the block (None: as they are), the count restored after.
+    The matmul peak must use the threads the step gets: OpenBLAS otherwise takes one per CPU (and reads
+    OPENBLAS_NUM_THREADS only when numpy loads), so `harmony-rt bench --threads 1` on a 2-core machine set a
+    1-thread step against a 2-thread peak."""
+    if not n:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
 
-    def __init__(self, n: int = 2048):
+    with threadpool_limits(int(n), user_api="blas"):
+        yield
+
+
+class MatmulProbe:
+    """numpy fp32 `a @ b` on n x n matrices, allocated once: `run()` is one product of `flops` FLOPs.
+    `threads`: BLAS threads of the products in `best` (None: numpy's as they are)."""
+
+    def __init__(self, n: int = 2048, threads: int | None = None):
         rng = np.random.default_rng(0)
         self.a, self.b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
         self.out = np.empty_like(self.a)
         self.flops = 2.0 * n**3
+        self.threads = threads
 
     def run(self) -> None:
         np.matmul(self.a, self.b, out=self.out)
@@ -352,14 +370,15 @@ class MatmulProbe:
         """Seconds of the fastest of `repeats` products (after one warm-up). OpenBLAS's idle threads spin for
         a while after a product; `settle` seconds of sleep afterwards keep them from slowing whatever is timed
         next (interleaving the probe with a step did, by up to 25 %)."""
-        times = interleave({"mm": self.run}, rounds=repeats, warmup=1, pause=0.0)["mm"]
+        with blas_threads(self.threads):
+            times = interleave({"mm": self.run}, rounds=repeats, warmup=1, pause=0.0)["mm"]
         time.sleep(settle)
         return min(times)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 FLOP/s of numpy `a @ b` (n x n) on this machine now."""
-    probe = MatmulProbe(n)
+def matmul_peak(n: int = 2048, repeats: int = 5, threads: int | None = None) -> float:
+    """Best fp32 FLOP/s of numpy `a @ b` (n x n) on this machine now, on `threads` BLAS threads (None: numpy's)."""
+    probe = MatmulProbe(n, threads)
     return probe.flops / probe.best(repeats)
 
 
@@ -405,10 +424,12 @@ def guidance_split(bundle: Bundle, frames: int | None = None, rounds: int = 3, t
     while not g["auto"].decisions:  # timed below as "after its decision"; its measuring is timed apart
         g["auto"](*args)
     times = interleave({s: (lambda s=s: g[s](*args)) for s in g}, rounds=rounds, warmup=0)
-    best_split = min(("batched", "sequential"), key=lambda s: med(times[s]))
+    split_step = {s: med(times[s]) for s in ("batched", "sequential")}
+    best_split = min(split_step, key=split_step.get)
     # the measuring's cost: a fresh auto executor's steps until it decides vs as many steps of the better
-    # split, back to back, `rounds` times (drift in the machine's speed hits both alike)
-    extra, measuring = [], []
+    # split, back to back, `rounds` times (drift in the machine's speed hits both alike); plus, where it
+    # decides for the other split, that split's extra time on each of the run's remaining steps
+    extra, measuring, chosen = [], [], []
     for _ in range(rounds):
         fresh = GuidedDenoiser(call, mode, split="auto")
         steps_auto = []
@@ -419,13 +440,24 @@ def guidance_split(bundle: Bundle, frames: int | None = None, rounds: int = 3, t
         start = time.perf_counter()
         for _ in steps_auto:
             g[best_split](*args)
-        extra.append(sum(steps_auto) - (time.perf_counter() - start))
+        (fresh_choice,) = fresh.decisions.values()
+        extra.append(auto_extra(steps_auto, time.perf_counter() - start, steps,
+                                split_step[fresh_choice] - split_step[best_split]))
         measuring.append(len(steps_auto))
+        chosen.append(fresh_choice)
     (key, choice), = g["auto"].decisions.items()
-    best = med(times[best_split])
-    run_auto = steps * best + med(extra)  # after deciding, auto runs exactly the chosen split
+    best = split_step[best_split]
+    run_auto = steps * best + med(extra)
     return {"times": times, "choice": choice, "auto_measured": g["auto"].timings[key], "measuring": measuring,
-            "rows": n, "run_auto": run_auto, "run_best": steps * best, "steps": steps}
+            "fresh_choices": chosen, "rows": n, "run_auto": run_auto, "run_best": steps * best, "steps": steps}
+
+
+def auto_extra(measured: list[float], best_same_count: float, steps: int, chosen_gap: float) -> float:
+    """Seconds a `steps`-step run with the auto split takes beyond the same run with the better split fixed:
+    its `measured` steps (until it decided) against as many steps of the better split (`best_same_count`
+    seconds, timed right after), and on each remaining step `chosen_gap`, the split it chose minus the better
+    one per step (0 when it chose the better one; the remaining steps run its choice, not the better split)."""
+    return sum(measured) - best_same_count + max(0, steps - len(measured)) * chosen_gap
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -599,11 +631,12 @@ def step_rows(bundle: Bundle, label: str, rounds: int, threads: int | None, fram
     for prec in bundle.precisions("denoiser")[1:]:
         if prec in ("int8", "int8-dynamic"):  # fp16 / fp8 are GPU precisions (slower or simulated on CPU)
             cands[prec] = OrtStep(bundle, feeds, threads, precision=prec)
-    probe = MatmulProbe()
-    peak = max(peak or 0.0, matmul_peak())
+    probe = MatmulProbe(threads=threads)  # the step's threads (None: ORT's and numpy's defaults)
+    peak = max(peak or 0.0, matmul_peak(threads=threads))
     # each round also probes the peak, so every step can be set against the machine's speed at that moment
     t = interleave({**{k: s.run for k, s in cands.items()}, "probe": SelfTimed(probe.best)}, rounds=rounds)
-    peak = max(peak, probe.flops / min(t["probe"]), matmul_peak())  # the highest seen: before, during, after
+    # the highest seen: before, during, after
+    peak = max(peak, probe.flops / min(t["probe"]), matmul_peak(threads=threads))
     prof = OrtStep(bundle, feeds, threads, profile=str(Path(tempfile.gettempdir()) / "harmony-rt-prof"))
     flops = sum(d["flops"] for d in profile_ops(prof).values())
     rt = med(t["runtime"])
@@ -641,7 +674,8 @@ def guidance_rows(bundle: Bundle, label: str, rounds: int, threads: int | None, 
         Row(g, f"auto over a {r['steps']}-step run", r["run_auto"], baseline="better split, no measuring",
             base_value=r["run_best"], ratio=r["run_best"] / r["run_auto"],
             note=f"its first {_span(r['measuring'])} steps alternate the splits, timed "
-                 f"(median extra over {len(r['measuring'])} fresh starts)"),
+                 f"(median extra over {len(r['measuring'])} fresh starts; they chose "
+                 f"{', '.join(sorted(set(r['fresh_choices'])))}, the rest of the run priced at that split)"),
     ]
 
 
