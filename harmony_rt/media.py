@@ -38,6 +38,7 @@ HEAD_MARGIN_S = 1.0  # read_audio(max_seconds=): decoded past the point used, so
 _IMAGE_VIA_SWSCALE = {"ya8", "pal8", "monob", "monow", "yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p",
                       "yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuva420p", "bgr24", "bgra", "argb", "abgr"}
 _ALPHA_FORMATS = {"rgba", "ya8", "yuva420p", "bgra", "argb", "abgr"}
+_BT709, _LIMITED = 1, 1  # AVCOL_SPC_BT709 (= AVCOL_PRI_BT709 = AVCOL_TRC_BT709), AVCOL_RANGE_MPEG
 # Exceptions PyAV / soundfile / numpy raise on bad files; converted to MediaError at the public boundary.
 _LIB_ERRORS = (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError, TypeError, IndexError, sf.SoundFileError)
 
@@ -233,10 +234,24 @@ def write_wav(path: os.PathLike | str, audio: np.ndarray, sample_rate: int, subt
         sf.write(str(tmp), data, sample_rate, subtype=subtype, format="WAV")
 
 
+def _tag_bt709(cc: av.video.codeccontext.VideoCodecContext) -> None:
+    """Tag the stream BT.709, limited range: untagged video is shown with the BT.601 or the BT.709 matrix
+    depending on the player (and its size), shifting the colours in one or the other."""
+    cc.colorspace, cc.color_range = _BT709, _LIMITED
+    cc.color_primaries, cc.color_trc = _BT709, _BT709
+
+
+def _rgb_to_bt709(img: np.ndarray) -> av.VideoFrame:
+    """uint8 RGB [H, W, 3] -> a yuv420p frame converted with the BT.709 matrix (as `_tag_bt709` says)."""
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+    return vf.reformat(format="yuv420p", dst_colorspace=_BT709, dst_color_range=_LIMITED)
+
+
 def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np.ndarray | None = None,
               sample_rate: int | None = None, crf: int = 18, atomic: bool = True) -> None:
-    """Write RGB frames [T, H, W, 3] uint8 as H.264 (libx264, yuv420p) mp4, with optional AAC audio, atomically
-    (`atomic=False`: straight to `path`, for a caller that made it with `atomic_outputs`).
+    """Write RGB frames [T, H, W, 3] uint8 as H.264 (libx264, yuv420p, BT.709 limited range, tagged so) mp4,
+    with optional AAC audio, atomically (`atomic=False`: straight to `path`, for a caller that made it with
+    `atomic_outputs`).
 
     `fps` may be fractional (kept as a Fraction time base); `crf` is x264's quality (lower is better, 0..51).
     Odd H or W is padded to even by repeating the last row/column. `audio` float [W] or [W, C] (C <= 2) at
@@ -272,11 +287,15 @@ def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np
         if sr_out != sr:
             log.info("%s: AAC has no %d Hz; resampling audio to %d Hz", path, sr, sr_out)
 
+    # The movie time scale is the audio rate so the edit lists (which trim AAC's priming) are sample-exact;
+    # at the default 1000 the audio could end up to 1 ms short.
+    options = {"movflags": "+faststart", **({"movie_timescale": str(sr_out)} if sr_out else {})}
     with _target(path, atomic) as tmp, _converting(path, "write"):
-        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+        with av.open(str(tmp), mode="w", format="mp4", options=options) as container:
             vs = container.add_stream("libx264", rate=rate, options={"crf": str(int(crf)), "preset": "medium"})
             vs.width, vs.height, vs.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
             vs.codec_context.time_base = 1 / rate
+            _tag_bt709(vs.codec_context)
             as_ = None
             if data is not None:
                 layout = "mono" if data.shape[0] == 1 else "stereo"
@@ -298,7 +317,7 @@ def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np
                 img = frames[i]
                 if pad_h or pad_w:
                     img = np.pad(img, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+                vf = _rgb_to_bt709(img)
                 vf.pts, vf.time_base = i, 1 / rate
                 container.mux(vs.encode(vf))
                 if as_ is not None:
@@ -420,11 +439,32 @@ def _resize(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
         return frame.reformat(width, height, interpolation="BICUBIC").to_ndarray()
 
 
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns (0-3) that show `frame` upright, from its display matrix (a photo's EXIF
+    orientation, a phone video's rotation). PyAV exposes only the rotation: a mirrored orientation stays so."""
+    return round(getattr(frame, "rotation", 0) / 90) % 4
+
+
+def _shown_size(frame: av.VideoFrame) -> tuple[int, int, int]:
+    """(width, height, quarter turns) of `frame` as shown upright."""
+    k = _quarter_turns(frame)
+    return (frame.height, frame.width, k) if k % 2 else (frame.width, frame.height, k)
+
+
+def _size_notes(shown: tuple[int, int, int], height: int, width: int) -> list[str]:
+    """What `_to_rgb` changed: the turn (its display matrix), the resize."""
+    w, h, k = shown
+    notes = [f"rotated {(4 - k) * 90} degrees clockwise, as its orientation metadata says"] if k else []
+    return notes + ([f"resized {w}x{h} -> {width}x{height}"] if (w, h) != (width, height) else [])
+
+
 def _to_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
-    """Decoded frame -> uint8 [height, width, 3]; no resize when the size already matches."""
-    if frame.width == width and frame.height == height:
-        return frame.to_ndarray(format="rgb24")
-    return _resize(frame, height, width)
+    """Decoded frame -> uint8 [height, width, 3], turned upright (`_quarter_turns`); no resize when the size
+    already matches."""
+    k = _quarter_turns(frame)
+    h, w = (width, height) if k % 2 else (height, width)  # the size before turning
+    rgb = frame.to_ndarray(format="rgb24") if (frame.width, frame.height) == (w, h) else _resize(frame, h, w)
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
 
 def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
@@ -433,8 +473,9 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
 
     Time resampling picks, for each output time k / fps (from the first frame), the source frame nearest
     by timestamp; the output covers the source duration. When the source rate equals `fps` every frame is
-    kept as decoded. Frames are resized (stretched, aspect not kept) to (height, width); rotation metadata
-    is ignored. At most `max_frames` frames are returned.
+    kept as decoded. Frames are turned upright as the stream's rotation metadata says (a phone's portrait
+    video), then resized (stretched, aspect not kept) to (height, width). At most `max_frames` frames are
+    returned.
     """
     p = _check_readable(path)
     rate = _rate(fps, "fps")
@@ -456,7 +497,7 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
         src_size = None
         if passthrough:
             for frame in container.decode(stream):
-                src_size = src_size or (frame.width, frame.height)
+                src_size = src_size or _shown_size(frame)
                 if limit is not None and len(out) >= limit:
                     break
                 out.append(_to_rgb(frame, height, width))
@@ -467,8 +508,7 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
             raise MediaError(_one_line(f"cannot read video from {p}: no decodable frames"))
         if not passthrough:
             notes.append(f"resampled {_fmt_rate(src_rate) if src_rate else 'unknown'} fps -> {_fmt_rate(rate)} fps")
-        if src_size != (width, height):
-            notes.append(f"resized {src_size[0]}x{src_size[1]} -> {width}x{height}")
+        notes += _size_notes(src_size, height, width)
         if max_frames is not None and len(out) > max_frames:
             out = out[:max_frames]
             secs = _stream_seconds(container, stream)
@@ -483,7 +523,7 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
 
 def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, rate: Fraction,
                     src_rate: Fraction | None, height: int, width: int,
-                    limit: int | None) -> tuple[list[np.ndarray], tuple[int, int] | None]:
+                    limit: int | None) -> tuple[list[np.ndarray], tuple[int, int, int] | None]:
     """Nearest-timestamp selection onto the grid k / rate. Streams: holds one decoded frame at a time."""
     tb = stream.time_base
     out: list[np.ndarray] = []
@@ -503,7 +543,7 @@ def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.Vid
         return True
 
     for frame in frames:
-        src_size = src_size or (frame.width, frame.height)
+        src_size = src_size or _shown_size(frame)
         if frame.pts is not None and tb:
             t = Fraction(frame.pts) * tb
         else:
@@ -529,8 +569,9 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
 
     Accepted: 8-bit gray, gray+alpha, 1-bit, RGB, RGBA, palette (expanded by swscale), 8-bit YUV (JPEG).
     Alpha is dropped (colour channels kept as stored, not composited). Anything else (16-bit, CMYK, float)
-    raises MediaError naming the pixel format. Resized (stretched) to (height, width). What was changed is
-    logged and, when `notes` is given, appended to it.
+    raises MediaError naming the pixel format. Turned upright as its EXIF orientation says (a rotation; a
+    mirroring is not undone), then resized (stretched) to (height, width). What was changed is logged and,
+    when `notes` is given, appended to it.
     """
     changed: list[str] = []
     p = _check_readable(path)
@@ -554,10 +595,11 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
                                        f"(need 8-bit gray, RGB, RGBA, palette or JPEG)"))
         if fmt in _ALPHA_FORMATS:
             changed.append(f"dropped the alpha channel ({fmt})")
-        h, w = rgb.shape[:2]
-        if (h, w) != (height, width):
+        shown = _shown_size(frame)
+        rgb = np.rot90(rgb, shown[2])  # upright: a photo's EXIF orientation
+        if rgb.shape[:2] != (height, width):
             rgb = _resize(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), height, width)
-            changed.append(f"resized {w}x{h} -> {width}x{height}")
+        changed += _size_notes(shown, height, width)
     for n in changed:
         log.info("%s: %s", p, n)
     if notes is not None:

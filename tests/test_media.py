@@ -443,3 +443,66 @@ def test_read_image_ordinary_resize_is_one_swscale_pass(tmp_path):
     for (h, w), interp in [((12, 20), "AREA"), ((48, 80), "BICUBIC"), ((32, 32), "BICUBIC")]:
         one_pass = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(w, h, interpolation=interp).to_ndarray()
         assert np.array_equal(media.read_image(tmp_path / "rgb.png", h, w), one_pass)
+
+
+# ----------------------------------------------------------------------------- publishing / user media
+
+
+def test_mp4_is_converted_and_tagged_bt709(tmp_path):
+    """Untagged video is shown with BT.601 by some players and BT.709 by others (a colour shift in one)."""
+    red = np.zeros((2, 16, 16, 3), np.uint8)
+    red[..., 0] = 255
+    media.write_mp4(tmp_path / "red.mp4", red, 8)
+    with av.open(str(tmp_path / "red.mp4")) as c:
+        cc = c.streams.video[0].codec_context
+        assert (cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc) == (1, 1, 1, 1)
+        yuv = next(c.decode(video=0)).to_ndarray()  # yuv420p planes stacked: Y [16], U [4], V [4] rows
+    assert np.abs(yuv[[0, 16, 20], 0].astype(int) - [63, 102, 240]).max() <= 2  # BT.709 limited-range red
+    back, _ = media.read_video(tmp_path / "red.mp4", 8, 16, 16)
+    assert np.abs(back.astype(int) - red).max() <= 3
+
+
+def test_mp4_audio_edit_list_is_sample_exact(tmp_path):
+    """At the mp4 muxer's default 1000 Hz movie time scale 2/3 s of 48 kHz audio was cut to 0.666 s."""
+    out = tmp_path / "clip.mp4"
+    media.write_mp4(out, index_frames(16), 24, tone(seconds=2 / 3, sr=48000), 48000)
+    with av.open(str(out)) as c:
+        a, v = c.streams.audio[0], c.streams.video[0]
+        assert (a.start_time, a.duration * a.time_base) == (0, Fraction(2, 3))
+        assert (v.start_time, v.duration * v.time_base) == (0, Fraction(2, 3))
+    assert media.read_audio(out, 48000).shape == (32000,)
+
+
+def exif_png(rgb, orientation):
+    """An RGB PNG with an eXIf chunk holding only the orientation tag (big-endian TIFF)."""
+    tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + b"\0" * 4
+    h, w = rgb.shape[:2]
+    return png_bytes(w, h, 8, 2, [r.tobytes() for r in rgb], extra=[(b"eXIf", tiff)])
+
+
+@pytest.mark.parametrize("orientation,cw", [(1, 0), (3, 180), (6, 90), (8, 270)])
+def test_read_image_turns_exif_orientation_upright(tmp_path, orientation, cw):
+    """A phone's portrait photo is stored landscape with an EXIF orientation: read it as it is shown."""
+    stored = np.random.default_rng(4).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    (tmp_path / "photo.png").write_bytes(exif_png(stored, orientation))
+    shown = np.rot90(stored, -cw // 90)
+    notes = []
+    got = media.read_image(tmp_path / "photo.png", *shown.shape[:2], notes)
+    assert np.array_equal(got, shown)
+    assert notes == ([f"rotated {cw} degrees clockwise, as its orientation metadata says"] if cw else [])
+
+
+def test_read_video_turns_a_rotated_stream_upright(tmp_path):
+    """A phone's portrait video: landscape frames and a display matrix turning them 90 degrees clockwise."""
+    frames = np.zeros((8, 16, 32, 3), np.uint8)
+    frames[:, :, :16, 0] = 255  # stored: red left half, blue right half
+    frames[:, :, 16:, 2] = 255
+    media.write_mp4(tmp_path / "v.mp4", frames, 8)
+    data = bytearray((tmp_path / "v.mp4").read_bytes())
+    matrix = data.index(b"tkhd") + 4 + 40  # version 0 tkhd: the 3x3 matrix follows 40 bytes of fields
+    data[matrix:matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    (tmp_path / "rot.mp4").write_bytes(data)
+    got, notes = media.read_video(tmp_path / "rot.mp4", 8, 32, 16)
+    assert got.shape == (8, 32, 16, 3)
+    assert notes == ["rotated 90 degrees clockwise, as its orientation metadata says"]
+    assert (got[:, :12, :, 0] > 240).all() and (got[:, 20:, :, 2] > 240).all()  # shown: red on top, blue below
