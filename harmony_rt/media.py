@@ -593,8 +593,8 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
         else:
             raise MediaError(_one_line(f"cannot read image {p}: unsupported pixel format {fmt} "
                                        f"(need 8-bit gray, RGB, RGBA, palette or JPEG)"))
-        if fmt in _ALPHA_FORMATS:
-            changed.append(f"dropped the alpha channel ({fmt})")
+        if fmt in _ALPHA_FORMATS and frame.to_ndarray(format="rgba")[:, :, 3].min() < 255:
+            changed.append(f"dropped the alpha channel ({fmt})")  # only where it hides something: GIFs decode as bgra
         shown = _shown_size(frame)
         rgb = np.rot90(rgb, shown[2])  # upright: a photo's EXIF orientation
         if rgb.shape[:2] != (height, width):

@@ -9,6 +9,7 @@ A pipeline is safe to share between threads: sessions are shared, every call kee
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import math
@@ -24,7 +25,7 @@ from . import media
 from .backends import MAX_THREADS, Backend, make_backend
 from .bundle import Bundle, default_bundle_path
 from .errors import BundleError, Cancelled, HarmonyError, MediaError
-from .guidance import MODES, GuidanceScales, GuidedDenoiser, branches
+from .guidance import MODES, SPLITS, GuidanceScales, GuidedDenoiser, branches
 from .schedulers import SCHEDULERS, make_scheduler
 from .splitstore import SplitStore
 from .stepcache import StepCache
@@ -237,6 +238,8 @@ class Pipeline:
         spinning=False)`; then `threads` and `precision` must be left unset, they are the backend's).
         precision: the graph variant to run (fp16, int8, int8-dynamic, fp8 on ORT; fp16 / fp8 engines on
         TensorRT); components without it run their main (fp32) graph. None: the main graphs."""
+        if split not in SPLITS:  # checked here, not at the first generate
+            raise HarmonyError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         self.bundle = bundle
         self.geometry = g = bundle.geometry
         if threads is not None:
@@ -254,7 +257,7 @@ class Pipeline:
         self.text_tok = TextTokenizer(bundle.file_path("tokenizer_text"), g.max_text_tokens, "caption")
         self.speech_tok = TextTokenizer(bundle.file_path("tokenizer_speech"), g.max_speech_chars, "transcript")
         self.split = split
-        self._guided: dict[tuple, GuidedDenoiser] = {}
+        self._guided: dict[tuple, GuidedDenoiser] = {}  # (mode, held) -> its denoiser, split decisions inside
         self._lock = threading.Lock()
 
     @classmethod
@@ -301,13 +304,18 @@ class Pipeline:
         }
 
     def _guided_for(self, mode: str, scales: GuidanceScales, held: str | None = None) -> GuidedDenoiser:
-        key = (mode, scales.s_v, scales.s_a, scales.cfg, held)
+        """The guided denoiser of `mode` with `scales`: a shallow copy of the one kept per (mode, held), so
+        every scale shares its split measurements, decisions and lock (kept per scale, a server taking the
+        scales from its users grew one denoiser, and one split measurement, per value asked for)."""
+        key = (mode, held)
         with self._lock:
             if key not in self._guided:
                 call = lambda feeds: self.backend.run("denoiser", feeds)  # noqa: E731
                 store = SplitStore.default(self._split_context()) if self.split == "auto" else None
-                self._guided[key] = GuidedDenoiser(call, mode, scales, split=self.split, store=store, held=held)
-            return self._guided[key]
+                self._guided[key] = GuidedDenoiser(call, mode, split=self.split, store=store, held=held)
+            guided = copy.copy(self._guided[key])
+        guided.scales = scales
+        return guided
 
     # ------------------------------------------------------------------ generate
 
@@ -427,7 +435,7 @@ class Pipeline:
                 want = g.max_latent_frames if seconds is None else _latent_frames(seconds, g)
                 given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, want * g.video_t_stride)
                 notes += vnotes
-            seconds = seconds if seconds is not None else given_frames.shape[0] / g.fps
+            seconds = seconds if seconds is not None else min(max_s, given_frames.shape[0] / g.fps)  # as a file
         if seconds is None:
             seconds = sp.get("seconds", max_s)
         seconds = _check_number("seconds", seconds, min_s, max_s)  # as derived from the media or the default
@@ -549,7 +557,7 @@ class Pipeline:
                 z_v = sched_v.step(v_v, sched_v.timesteps[i], z_v)
             if held.audio is None:
                 z_a = sched_a.step(v_a, sched_a.timesteps[i], z_a)
-            if progress is not None and progress(i + 1, run.steps) is False:
+            if progress is not None and _cancels(progress(i + 1, run.steps)):
                 raise Cancelled(f"cancelled after {i + 1} of {run.steps} steps")
         if held.image is not None:
             z_v[:, :, :1] = held.image[:, :, :1]
@@ -606,6 +614,11 @@ class Pipeline:
             axis=1, out_axis=1, stride=self.geometry.audio_hop, finish=lambda x: _check_finite(x, "audio_decoder"),
             what="audio_decoder",
         )
+
+
+def _cancels(answer) -> bool:
+    """Whether a progress callback's answer cancels: False, numpy's False included (None / True go on)."""
+    return isinstance(answer, (bool, np.bool_)) and not answer
 
 
 def _check_finite(x: np.ndarray, what: str) -> np.ndarray:

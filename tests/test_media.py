@@ -390,6 +390,11 @@ def test_read_image_modes(tmp_path):
     notes = []
     assert np.array_equal(media.read_image(tmp_path / "rgba.png", 6, 8, notes), rgba[..., :3])
     assert notes == ["dropped the alpha channel (rgba)"]
+    rgba[..., 3] = 255  # fully opaque (as every GIF decodes, bgra): nothing is dropped that was seen
+    write_png_pyav(tmp_path / "opaque.png", rgba, "rgba")
+    notes = []
+    assert np.array_equal(media.read_image(tmp_path / "opaque.png", 6, 8, notes), rgba[..., :3])
+    assert notes == []
 
     gray = rng.integers(0, 256, (6, 8), dtype=np.uint8)
     write_png_pyav(tmp_path / "gray.png", gray, "gray")

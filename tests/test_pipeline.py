@@ -193,3 +193,38 @@ def test_a_scale_the_guidance_mode_does_not_use_is_noted(pipe):
     assert "s_v and s_a have no effect with guidance 'cfg'" in r.notes, r.notes
     r = pipe.generate("a red ball", steps=1, seconds=1.0, guidance="sync", s_v=2.0)
     assert not any("no effect" in n for n in r.notes), r.notes
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return Pipeline.from_bundle(split="batched")  # the shipped demo: no training needed
+
+
+def test_one_guided_denoiser_per_mode_whatever_the_scales(demo):
+    """Each call guides with its own scales, but the pipeline keeps one guided denoiser (and split decision)
+    per mode: keyed by the scales, a server taking s_v from its users grew one per value asked for."""
+    p = Pipeline(demo.bundle, split="batched")
+    kw = dict(steps=2, seconds=0.25, seed=1)
+    outs = [p.generate("a red ball", s_v=s, **kw).frames for s in (0.5, 6.0, 0.5)]
+    assert len(p._guided) == 1
+    assert np.array_equal(outs[0], outs[2]) and not np.array_equal(outs[0], outs[1])
+    assert np.array_equal(outs[1], demo.generate("a red ball", s_v=6.0, **kw).frames)  # not the first call's scales
+
+
+def test_a_video_array_longer_than_a_clip_is_trimmed_like_a_file(demo):
+    """Before, V2A frames past the longest clip failed with 'seconds must be ...' (seconds never given)."""
+    g = demo.geometry
+    n = g.max_latent_frames * g.video_t_stride
+    video = np.random.default_rng(0).integers(0, 256, (n + 4, g.height, g.width, 3), dtype=np.uint8)
+    r = demo.generate("a red ball", steps=1, video=video)
+    assert np.array_equal(r.frames, video[:n]) and f"trimmed {n + 4} -> {n} frames" in r.notes, r.notes
+
+
+def test_an_unknown_split_is_refused_when_the_pipeline_is_made(demo):
+    with pytest.raises(HarmonyError, match="unknown split 'fast'"):
+        Pipeline(demo.bundle, split="fast")
+
+
+def test_numpy_false_from_progress_cancels(demo):
+    with pytest.raises(Cancelled, match="after 1 of 3 steps"):
+        demo.generate("x", steps=3, seconds=0.25, progress=lambda d, t: np.bool_(d < 1))
