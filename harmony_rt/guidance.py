@@ -186,8 +186,13 @@ def combine(mode: str, out: Feeds, B: int, scales: GuidanceScales, held: str | N
     return v["joint"] + vs + g * (v["joint"] - v["uncond"]), a["joint"] + as_ + g * (a["joint"] - a["uncond"])
 
 
+# The inputs whose shapes key a split decision: the latents (rows, frames) set the work; caption, transcript
+# and reference lengths barely change it, and keyed on them every new prompt length measured again.
+_KEY_INPUTS = ("video_latent", "audio_latent")
+
+
 def _shape_key(mode: str, feeds: Feeds) -> tuple:
-    return (mode,) + tuple((k, feeds[k].shape) for k in sorted(feeds))
+    return (mode,) + tuple((k, feeds[k].shape) for k in _KEY_INPUTS if k in feeds)
 
 
 class GuidedDenoiser:

@@ -335,6 +335,10 @@ def test_auto_measures_once_per_shape_and_picks_the_faster(inputs, cost, expecte
     for _ in range(2 * 2):
         g(**longer)
     assert len(g.decisions) == 2
+    # another caption length is not: the latents set the work (a server sees a new length per prompt)
+    rec.rows.clear()
+    g(**dict(inputs, cond=_cond(np.random.default_rng(6), L=9), uncond=_cond(np.random.default_rng(7), L=2)))
+    assert len(g.decisions) == 2 and rec.rows == ([3 * B] if expected == "batched" else [B] * 3)
 
 
 def test_auto_is_thread_safe(inputs):
