@@ -141,8 +141,9 @@ def _for_targets(e: MediaError, tmps: list[Path], targets: list[Path]) -> MediaE
         return DiskError(msg)
     for folder in {t.parent for t in targets}:
         with contextlib.suppress(OSError):
-            if (free := shutil.disk_usage(folder).free) < _FULL:
-                return DiskError(_one_line(f"{msg} (the disk is full: {free} bytes free)"))
+            du = shutil.disk_usage(folder)  # a pseudo filesystem (/proc, /sys) has no space at all: not full
+            if du.total and du.free < _FULL:
+                return DiskError(_one_line(f"{msg} (the disk is full: {du.free} bytes free)"))
     return type(e)(msg)
 
 

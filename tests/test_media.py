@@ -199,8 +199,10 @@ def test_a_failed_write_names_its_target_and_a_full_disk_is_exit_1(tmp_path, mon
             raise sf.LibsndfileError(1, "System error.")
 
     target = tmp_path / "clip.wav"
-    for free, kind in ((1 << 30, MediaError), (4096, DiskError)):
-        monkeypatch.setattr(shutil, "disk_usage", lambda p, free=free: shutil._ntuple_diskusage(1 << 31, 0, free))
+    # a pseudo filesystem (/proc: no space at all) is not a full disk
+    for total, free, kind in ((1 << 31, 1 << 30, MediaError), (0, 0, MediaError), (1 << 31, 4096, DiskError)):
+        monkeypatch.setattr(shutil, "disk_usage",
+                            lambda p, total=total, free=free: shutil._ntuple_diskusage(total, 0, free))
         with pytest.raises(MediaError) as e, media.atomic_outputs(target) as (tmp,):
             tmp.write_bytes(b"half")
             fail_like_libsndfile(tmp)
