@@ -49,7 +49,14 @@ class TextTokenizer:
             unknown = list(dict.fromkeys(text[a:b] for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id))
             if unknown and text not in warned:
                 warned.add(text)
-                shown = " ".join(w.encode("unicode_escape").decode() if not w.isprintable() else w for w in unknown)
                 log.warning("%s: %d unknown token(s) the model has never seen: %s", self.what, len(unknown),
-                            shown)  # a tab or newline as \t, \n: the warning stays one line
+                            _shown(unknown))
         return pad_ids([e.ids for e in encs])
+
+
+def _shown(words: list[str], most: int = 8, cut: int = 32) -> str:
+    """Words for a one-line warning: a tab or newline as \\t, \\n, each cut at `cut` characters, at most
+    `most` of them (a 10,000-character word is not logged whole)."""
+    esc = [w if w.isprintable() else w.encode("unicode_escape").decode() for w in words[:most]]
+    shown = " ".join(w if len(w) <= cut else w[:cut] + "..." for w in esc)
+    return shown + (f" (and {len(words) - most} more)" if len(words) > most else "")

@@ -447,6 +447,11 @@ def test_unknown_words_warn_once_by_name(caplog):
         tok.encode(["a zyzzyva qwxv zyzzyva", "a zyzzyva qwxv zyzzyva", ""])
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == ["caption: 2 unknown token(s) the model has never seen: zyzzyva qwxv"], msgs
+    caplog.clear()  # one line of bounded length, whatever the words
+    with caplog.at_level("WARNING", logger="harmony_rt.text"):
+        tok.encode(["q" * 10000 + " " + " ".join(f"zq{i}x" for i in range(20)) + " a\tq"])
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert len(msg) < 400 and "q" * 32 + "..." in msg and "(and " in msg and "\n" not in msg, msg
 
 
 def test_long_audio_files_are_read_only_as_far_as_used(pipe, tmp_path, monkeypatch):
