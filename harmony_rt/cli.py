@@ -245,6 +245,9 @@ def _check_stems(stems: Path, kw: dict) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--num-samples", type=int, default=1, show_default=True,
               help="Variations in one batched run; N > 1 writes OUT_0.mp4 ... (and STEMS/0/ ...).")
+@click.option("--sample", type=int, default=0, show_default=True,
+              help="Index of the first sample: the same --seed with --sample I remakes sample I of a "
+                   "--num-samples run (OUT_I.mp4) alone.")
 @click.option("--audio", "audio", type=click.Path(path_type=Path), default=None, help="A2V: driving audio.")
 @click.option("--video", "video", type=click.Path(path_type=Path), default=None, help="V2A: driving video.")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="I2AV: first frame.")
@@ -295,7 +298,8 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
         for note in res.notes:
             click.echo(f"note: {note}", err=True)
         _say(f"wrote {path} and {path.with_suffix('.wav')} ({res.seconds:.2f} s, "
-             f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz)")
+             f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz"
+             f"{f', seed {res.seed} sample {res.sample}' if res.sample or len(results) > 1 else ''})")
 
 
 @main.command()

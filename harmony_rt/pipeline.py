@@ -48,6 +48,7 @@ class GenerationResult:
     seed: int
     stems: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sample: int = 0  # its noise is seeded by (seed, sample): generate(..., seed=seed, sample=sample) remakes it
 
     @property
     def seconds(self) -> float:
@@ -198,6 +199,7 @@ class _Settings:
     steps: int
     seed: int
     B: int  # samples
+    first: int  # the first sample's index: sample b is seeded by (seed, first + b)
     scales: GuidanceScales
     step_cache: float | None = None  # threshold, None: every step calls the denoiser
     notes: list[str] = field(default_factory=list)
@@ -342,6 +344,7 @@ class Pipeline:
         step_cache: float | None = None,
         seed: int = 0,
         num_samples: int = 1,
+        sample: int = 0,
         audio: str | Path | np.ndarray | None = None,
         video: str | Path | np.ndarray | None = None,
         image: str | Path | np.ndarray | None = None,
@@ -354,7 +357,8 @@ class Pipeline:
         transcript (any script). Tasks: `audio` (A2V: audio held clean, video generated), `video` (V2A),
         `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 0.5-10 s; the first
         max_ref_seconds of the bundle's sampling defaults are used). Sample i uses seed
-        (seed, i): outputs do not depend on num_samples. `progress(done, total)` returning False cancels.
+        (seed, sample + i): outputs do not depend on num_samples, and `generate(..., sample=i)` remakes sample
+        i of a batch alone (its result's `sample`). `progress(done, total)` returning False cancels.
         `step_cache` (0-1, None: off): reuse the velocities on steps where they change slowly
         (harmony_rt.stepcache; Euler only), a note says how many steps called the denoiser.
         """
@@ -364,7 +368,7 @@ class Pipeline:
                 _check_text(name, cap)
         if progress is not None and not callable(progress):
             raise HarmonyError("progress must be a callable (done, total) -> bool | None")
-        run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache)
+        run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache, sample)
         clip = self._clip(seconds, audio, video, image)
         cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B)
         held = self._held(clip, run.B)
@@ -373,7 +377,8 @@ class Pipeline:
 
     # ------------------------------------------------------------------ generate: its stages
 
-    def _settings(self, guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache) -> _Settings:
+    def _settings(self, guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache,
+                  sample=0) -> _Settings:
         """The sampling settings, each the argument or the bundle's default, validated."""
         sp = self.bundle.sampling
         mode = guidance if guidance is not None else sp.get("guidance", "sync")
@@ -398,6 +403,7 @@ class Pipeline:
             steps=_check_number("steps", steps if steps is not None else sp["steps"], 1, 1000, integer=True),
             seed=_check_number("seed", seed, 0, 2**63 - 1, integer=True),
             B=_check_number("num_samples", num_samples, 1, 64, integer=True),
+            first=_check_number("sample", sample, 0, 2**31 - 1, integer=True),
             scales=GuidanceScales(
                 s_v=_check_number("s_v", s_v if s_v is not None else sp["s_v"], 0, 100),
                 s_a=_check_number("s_a", s_a if s_a is not None else sp["s_a"], 0, 100),
@@ -525,13 +531,13 @@ class Pipeline:
 
     def _sample(self, run: _Settings, clip: _Clip, held: _Held,
                 cond, uncond, progress) -> tuple[np.ndarray, np.ndarray]:
-        """The ODE loop from noise (sample i seeded by (seed, i)) to latents: z_v [B, C_v, F, h, w],
+        """The ODE loop from noise (sample i seeded by (seed, run.first + i)) to latents: z_v [B, C_v, F, h, w],
         z_a [B, S, T, C_a]."""
-        B, seed = run.B, run.seed
+        B, seed, ids = run.B, run.seed, range(run.first, run.first + run.B)
         noise_v = np.stack([np.random.default_rng([seed, i]).standard_normal(held.null_v.shape[1:], np.float32)
-                            for i in range(B)])
+                            for i in ids])
         noise_a = np.stack([np.random.default_rng([seed, i, 1]).standard_normal(held.null_a.shape[1:], np.float32)
-                            for i in range(B)])
+                            for i in ids])
         z_v = held.video if held.video is not None else noise_v.copy()  # I2AV writes into z_v; noise_v stays
         z_a = held.audio if held.audio is not None else noise_a
         shift = self.bundle.sampling["shift"]
@@ -587,7 +593,7 @@ class Pipeline:
             mix = np.pad(mix, (0, max(0, n_samples - len(mix))))[:n_samples]
             stems = {k: np.pad(v, (0, max(0, n_samples - len(v))))[:n_samples] for k, v in stems.items()}
             results.append(GenerationResult(frames[b], mix.astype(np.float32), g.fps, g.sample_rate, run.seed, stems,
-                                            run.notes + clip.notes))
+                                            run.notes + clip.notes, sample=run.first + b))
         return results
 
     # Decoder tiles (harmony_rt.tiling): clips longer than a tile decode in overlapping temporal tiles, so

@@ -154,6 +154,7 @@ def test_generate_rejects_bad_threads(tiny_bundle, tmp_path, value):
     ((), "Missing argument 'PROMPT' (see harmony-rt generate --help)"),
     (("x", "--s-v", "nan"), "--s-v must be a number"),  # the flag, not the library's argument name s_v
     (("x", "--num-samples", "0"), "--num-samples must be an integer"),
+    (("x", "--sample", "-1"), "--sample must be an integer"),
 ])
 def test_usage_errors_are_one_line_naming_the_flag(tmp_path, args, needle):
     r = cli("generate", *args, "-o", tmp_path / "o.mp4")
@@ -351,6 +352,19 @@ def test_a_closed_stderr_does_not_stop_a_generation(tiny_bundle, tmp_path):
                        preexec_fn=lambda: os.close(2))
     assert r.returncode == 0 and r.stdout.startswith(f"wrote {out}"), r.stdout
     assert out.is_file() and out.with_suffix(".wav").is_file()
+
+
+def test_one_sample_of_a_batch_is_remade_by_seed_and_sample(tiny_bundle, tmp_path):
+    """`--num-samples 2` writes o_0 / o_1; `--seed S --sample 1` remakes o_1 alone, and says which it is."""
+    import soundfile as sf
+
+    base = ("generate", "a red ball", "--bundle", tiny_bundle, "--steps", "2", "--seed", "5", "--quiet")
+    r = cli(*base, "--num-samples", "2", "-o", tmp_path / "o.mp4")
+    assert r.returncode == 0 and "seed 5 sample 1)" in r.stdout, r.stdout
+    r = cli(*base, "--sample", "1", "-o", tmp_path / "one.mp4")
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("seed 5 sample 1)"), r.stdout
+    a, b = sf.read(tmp_path / "o_1.wav")[0], sf.read(tmp_path / "one.wav")[0]
+    assert a.shape == b.shape and abs(a - b).max() < 1e-3
 
 
 def test_ctrl_c_while_the_cli_is_still_importing_is_one_line():

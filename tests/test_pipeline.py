@@ -70,6 +70,15 @@ def test_num_samples_are_independent_of_batch(pipe):
     assert len(many) == 3
     np.testing.assert_allclose(many[0].audio, one.audio, atol=1e-5)
     assert not np.allclose(many[1].audio, many[0].audio)
+    # each clip names its sample, and that sample is remade alone (or from a later start) from seed + sample
+    assert [c.sample for c in many] == [0, 1, 2] and {c.seed for c in many} == {3}
+    again = pipe.generate("a blue box flashes once", steps=2, seed=3, seconds=1.0, sample=2)
+    assert again.sample == 2
+    np.testing.assert_allclose(again.audio, many[2].audio, atol=1e-5)
+    np.testing.assert_allclose(again.frames.astype(int), many[2].frames.astype(int), atol=1)
+    tail = pipe.generate_batch("a blue box flashes once", steps=2, seed=3, seconds=1.0, num_samples=2, sample=1)
+    assert [c.sample for c in tail] == [1, 2]
+    np.testing.assert_allclose(tail[0].audio, many[1].audio, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["none", "cfg", "sync", "sync+cfg"])
@@ -87,7 +96,8 @@ def test_cancel_from_progress_callback(pipe):
 
 @pytest.mark.parametrize("kw", [dict(steps=0), dict(steps=-3), dict(guidance="louder"), dict(seconds=100.0),
                                 dict(s_v=float("nan")), dict(seed=-1), dict(scheduler="ddim"), dict(num_samples=0),
-                                dict(step_cache=1.5), dict(step_cache=0.1, scheduler="unipc")])
+                                dict(sample=-1), dict(sample=0.5), dict(step_cache=1.5),
+                                dict(step_cache=0.1, scheduler="unipc")])
 def test_bad_arguments_raise_harmony_error(pipe, kw):
     with pytest.raises(HarmonyError):
         pipe.generate_batch("a red ball", **kw)
