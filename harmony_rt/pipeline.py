@@ -150,13 +150,21 @@ STEM_NAMES = ("speech", "sfx")  # Unison's audio streams; saved with "mix" (the 
 PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is accepted
 
 
-def _audio_input(name: str, x, sample_rate: int, max_seconds: float) -> np.ndarray:
+def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list[str] | None = None) -> np.ndarray:
     """A path (read and resampled; a long file only as far as `max_seconds`, all that is used) or a float
-    waveform array [W] at the bundle's rate -> float32 [W]."""
+    waveform array [W] at the bundle's rate -> float32 [W]. A float file past full scale is scaled down to it
+    (noted in `notes`); an array past it is refused (its caller chose the scale)."""
     if isinstance(x, (str, Path)):
         wav = media.read_audio(x, sample_rate, max_seconds=max_seconds)
         if not np.isfinite(wav).all():  # a float wav can hold them
             raise HarmonyError(f"{name} {x} contains NaN or infinite samples")
+        peak = float(np.abs(wav).max(initial=0.0))
+        if peak > 1.0 + PEAK_SLACK:  # a float wav can: clipped, the output would be distorted
+            note = f"{name} {x} peaks at {peak:.3g}, past full scale: scaled down to peak 1"
+            log.warning("%s", note)
+            if notes is not None:
+                notes.append(note)
+            wav = wav / np.float32(peak)
         return wav
     if not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind != "f":
         what = f"array of shape {x.shape} and dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
@@ -425,7 +433,7 @@ class Pipeline:
             seconds = _check_number("seconds", seconds, min_s, max_s)
         given_audio = given_frames = img = None
         if audio is not None:
-            given_audio = _audio_input("audio", audio, g.sample_rate, max_s)
+            given_audio = _audio_input("audio", audio, g.sample_rate, max_s, notes)
             if given_audio.size == 0:
                 raise HarmonyError("the driving audio is empty")
             dur = len(given_audio) / g.sample_rate

@@ -35,6 +35,17 @@ def test_a2v_returns_the_given_audio_and_generates_video(pipe, tmp_path):
     assert not np.array_equal(plain.audio[: len(given)], given)
 
 
+def test_a_float_file_past_full_scale_is_scaled_down_with_a_note(pipe, tmp_path):
+    """A float wav peaking at 3 (legal in the format) was clipped on the way out: 3 / 4 of a loud tone's
+    samples at full scale, silently. It is scaled to peak 1, with a note; the shape of the sound kept."""
+    g = pipe.geometry
+    loud = 10 * _tone(1.0, g.sample_rate)  # peak 3
+    sf.write(tmp_path / "loud.wav", loud, g.sample_rate, subtype="FLOAT")
+    r = pipe.generate("a face speaks", audio=tmp_path / "loud.wav", steps=1)
+    assert any("peaks at 3, past full scale: scaled down to peak 1" in n for n in r.notes), r.notes
+    np.testing.assert_allclose(r.audio[: len(loud)], loud / 3, atol=1e-6)
+
+
 def test_v2a_returns_the_given_frames_and_generates_audio(pipe, tmp_path):
     g = pipe.geometry
     rng = np.random.default_rng(0)
