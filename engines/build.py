@@ -116,7 +116,7 @@ def plan_engines(bundle: Bundle, precision: str = "fp16", max_frames: int | None
     has one at the chosen precision, unless `plugin_graphs=False`), its plugin node count and the profile."""
     _check_precision(precision)
     limits = profiles.resolve_limits(bundle.manifest, bundle.geometry, max_frames, max_batch)
-    ranges = profiles.dim_ranges(bundle.geometry, limits, bundle.manifest.get("geometry"))
+    ranges = profiles.dim_ranges(bundle.geometry, limits, bundle.manifest)
     names = list(components or bundle.manifest["components"])
     unknown = [c for c in names if c not in bundle.manifest["components"]]
     if unknown:

@@ -6,7 +6,8 @@ and the build limits; every input of a component then gets per-axis ranges. One 
     N   batch = guidance branches x samples     1 .. max_batch (opt: the SyncCFG batch, 3, capped)
     F   video latent frames                     1 .. max_frames (<= geometry.max_latent_frames)
     T   audio latent frames                     1 .. audio_frames_for(max F)
-    R   reference audio latent frames           1 .. geometry max_ref_frames, else T max
+    R   reference audio latent frames           1 .. geometry max_ref_frames, else the larger of T max and the
+                                                frames of sampling.max_ref_seconds (what the runtime encodes)
     L   video-caption tokens                    1 .. max_text_tokens
     LA  audio-caption tokens                    1 .. max_audio_text_tokens (geometry), else max_text_tokens
     P   transcript characters                   1 .. max_speech_chars
@@ -16,6 +17,7 @@ and the build limits; every input of a component then gets per-axis ranges. One 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from harmony_rt.contract import ComponentSpec, Geometry
@@ -52,13 +54,17 @@ def resolve_limits(manifest: dict, geometry: Geometry, max_frames: int | None = 
     return Limits(max_batch=max_batch, max_frames=max_frames)
 
 
-def dim_ranges(geometry: Geometry, limits: Limits, manifest_geometry: dict | None = None) -> dict[str, Range]:
+def dim_ranges(geometry: Geometry, limits: Limits, manifest: dict | None = None) -> dict[str, Range]:
     """(min, opt, max) of every symbolic dimension name of the contract (a new name fails loudly in
-    `component_profile` until it gets a range here)."""
+    `component_profile` until it gets a range here). `manifest`: the bundle's (its reference length)."""
     g = geometry
     F = limits.max_frames
     T = max(1, g.audio_frames_for(F))
-    R = int((manifest_geometry or {}).get("max_ref_frames") or T)
+    manifest = manifest or {}
+    # the runtime encodes the first max_ref_seconds of a reference voice, whatever --max-frames allows
+    ref_s = float(manifest.get("sampling", {}).get("max_ref_seconds", 0.0))
+    R = int(manifest.get("geometry", {}).get("max_ref_frames")
+            or max(T, math.ceil(ref_s * g.sample_rate / g.audio_hop)))
     LA = int(getattr(g, "max_audio_text_tokens", 0) or g.max_text_tokens)
     ranges = {
         "N": (1, min(SYNCCFG_BATCH, limits.max_batch), limits.max_batch),

@@ -68,8 +68,11 @@ def test_dim_ranges_follow_geometry():
     assert r["N"] == (1, 3, 4) and r["F"] == (1, 8, 8) and r["T"] == (1, T, T)
     assert r["L"] == (1, 32, 32) and r["LA"] == (1, 32, 32) and r["P"] == (1, 64, 64) and r["R"] == (1, T, T)
     assert r["FP"] == (1, 16, 17) and r["W"] == (1, T * 256, (T + 1) * 256)
-    small = profiles.dim_ranges(g, profiles.Limits(max_batch=1, max_frames=2), {"max_ref_frames": 40})
+    small = profiles.dim_ranges(g, profiles.Limits(max_batch=1, max_frames=2), {"geometry": {"max_ref_frames": 40}})
     assert small["N"] == (1, 1, 1) and small["T"][2] == g.audio_frames_for(2) and small["R"] == (1, 40, 40)
+    # engines for short clips still take the reference the runtime encodes: 1.5 s = 94 frames of 256 at 16 kHz
+    short = profiles.dim_ranges(g, profiles.Limits(max_batch=1, max_frames=2), {"sampling": {"max_ref_seconds": 1.5}})
+    assert short["T"][2] == 31 and short["R"] == (1, 94, 94)
 
 
 def test_component_profile_covers_every_input_of_every_component():
