@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -160,8 +161,9 @@ def _read_tokenizers(checkpoint: Path, cfg) -> dict[str, bytes]:
 def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict) -> dict:
     cfg = model.cfg
     trained = extra.get("training", {}).get("train_config") or {}
-    ref_max = trained.get("ref_seconds", [1.0, 3.0])[1]
     max_seconds = cfg.max_latent_frames * cfg.video_t_stride / cfg.fps
+    # training crops each reference from a clip `seconds` long (train.train.make_batch): no longer one was seen
+    ref_max = min(trained.get("ref_seconds", [1.0, 3.0])[1], trained.get("seconds", math.inf))
     return {
         "format_version": FORMAT_VERSION,
         "producer": f"harmony-rt {__version__} export",

@@ -143,7 +143,8 @@ def _check_text(name: str, value) -> str:
     return value
 
 
-REF_SECONDS = (0.5, 10.0)  # reference voice lengths accepted (the encoder sees the first max_ref_seconds)
+REF_SECONDS = (0.5, 10.0)  # reference voice lengths accepted (the encoder sees the first max_ref_seconds;
+# a bundle whose max_ref_seconds is longer than 10 s accepts references up to that length)
 
 
 STEM_NAMES = ("speech", "sfx")  # Unison's audio streams; saved with "mix" (the sum) as <name>.wav
@@ -363,8 +364,8 @@ class Pipeline:
 
         prompt fills both captions unless `video_caption` / `audio_caption` are given; `speech` is the
         transcript (any script). Tasks: `audio` (A2V: audio held clean, video generated), `video` (V2A),
-        `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 0.5-10 s; the first
-        max_ref_seconds of the bundle's sampling defaults are used). Sample i uses seed
+        `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 0.5-10 s, or up to the
+        bundle's max_ref_seconds where longer; its first max_ref_seconds are used). Sample i uses seed
         (seed, sample + i): outputs do not depend on num_samples, and `generate(..., sample=i)` remakes sample
         i of a batch alone (its result's `sample`). `progress(done, total)` returning False cancels.
         `step_cache` (0-1, None: off): reuse the velocities on steps where they change slowly
@@ -495,12 +496,13 @@ class Pipeline:
         ref, ref_mask = np.zeros((1, 1, g.C_a), np.float32), np.zeros((1, 1), np.float32)
         if ref_audio is not None:
             max_ref = float(sp.get("max_ref_seconds", 3.0))  # the longest reference the model was trained on
-            wav = _audio_input("ref_audio", ref_audio, g.sample_rate, REF_SECONDS[1])  # a file: read to 11 s at most
+            lo, hi = REF_SECONDS[0], max(REF_SECONDS[1], max_ref)  # a model trained on longer ones takes them
+            wav = _audio_input("ref_audio", ref_audio, g.sample_rate, hi)  # a file: read to hi + 1 s at most
             dur = len(wav) / g.sample_rate
-            if not REF_SECONDS[0] <= dur <= REF_SECONDS[1]:
-                cut = isinstance(ref_audio, (str, Path)) and dur >= REF_SECONDS[1] + media.HEAD_MARGIN_S
-                got = "more than 10 s" if cut else f"{dur:.2f} s"  # a file is read to 11 s at most
-                raise HarmonyError(f"reference audio must be 0.5-10 s long (this model uses its first "
+            if not lo <= dur <= hi:
+                cut = isinstance(ref_audio, (str, Path)) and dur >= hi + media.HEAD_MARGIN_S
+                got = f"more than {hi:g} s" if cut else f"{dur:.2f} s"  # a file is read to hi + 1 s at most
+                raise HarmonyError(f"reference audio must be {lo:g}-{hi:g} s long (this model uses its first "
                                    f"{max_ref:g} s), got {got}")
             ref = self.encode_audio(wav[: int(max_ref * g.sample_rate)])  # [1, T_ref, C_a]
             ref_mask = np.ones(ref.shape[:2], np.float32)
