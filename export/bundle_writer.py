@@ -32,7 +32,7 @@ from torch.export import Dim
 
 from harmony_rt import __version__
 from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, temp_dir, writable_parent
-from harmony_rt.contract import FILES, FORMAT_VERSION, resolve
+from harmony_rt.contract import FILES, FORMAT_VERSION, TIME_CONVENTION, resolve
 from harmony_rt.digests import sha256_file
 from harmony_rt.errors import HarmonyError, one_line
 from train.checkpoints import TOKENIZER_FILES, load_checkpoint
@@ -171,7 +171,7 @@ def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict
         "model_config": cfg.to_dict(),
         "geometry": cfg.geometry().to_dict(),
         "sampling": {
-            "time": "t in [0, 1], 1 = noise, z_t = (1 - t) z_0 + t eps, v = eps - z_0",
+            "time": TIME_CONVENTION,
             "shift": cfg.shift, "steps": cfg.steps, "scheduler": "euler", "guidance": "sync",
             "s_v": cfg.s_v, "s_a": cfg.s_a, "cfg_scale": cfg.cfg_scale,
             "max_ref_seconds": ref_max,  # longest reference the model saw in training; longer ones are cut

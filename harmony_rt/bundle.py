@@ -34,7 +34,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .contract import COMPONENTS, FILES, FORMAT_VERSION, ComponentSpec, Geometry, resolve
+from .contract import COMPONENTS, FILES, FORMAT_VERSION, TIME_CONVENTION, ComponentSpec, Geometry, resolve
 from .digests import DigestCache
 from .errors import BundleError
 
@@ -383,6 +383,9 @@ def _check_sampling(mpath: Path, raw, geometry: Geometry) -> None:
             _value(mpath, f"sampling.{key}", raw[key], kind, lo, hi)
         elif required:
             raise _bad(mpath, f"sampling has no {key!r}")
+    if raw.get("time", TIME_CONVENTION) != TIME_CONVENTION:  # another convention would run, and give noise
+        raise _bad(mpath, f"sampling.time {raw['time']!r:.80} is not the convention this runtime samples with "
+                          f"({TIME_CONVENTION!r})")
     if raw.get("guidance", "sync") not in MODES:
         raise _bad(mpath, f"sampling.guidance {raw['guidance']!r:.40} is not one of {', '.join(MODES)}")
     if raw.get("scheduler", "euler") not in SCHEDULERS:

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 FORMAT_VERSION = 1
+# The flow-matching convention the runtime's ODE loop and guidance anchors assume (manifest sampling.time).
+TIME_CONVENTION = "t in [0, 1], 1 = noise, z_t = (1 - t) z_0 + t eps, v = eps - z_0"
 
 
 @dataclass(frozen=True)

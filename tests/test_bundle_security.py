@@ -366,6 +366,8 @@ def test_missing_manifest(bundle):
     (lambda m: m["sampling"].update(steps=2.5), "sampling.steps must be an integer"),
     (lambda m: m["sampling"].update(guidance="loud"), "sampling.guidance 'loud' is not one of"),
     (lambda m: m["sampling"].update(seconds=1000.0), "sampling.seconds 1000.0 is longer than"),
+    (lambda m: m["sampling"].update(time="t in [0, 1000], 0 = noise"), "sampling.time 't in [0, 1000], 0 = noise' "
+                                                                        "is not the convention this runtime"),
     (lambda m: m.update(components=[]), "'components' must be a JSON object"),
     (lambda m: m["components"].update(denoiser="denoiser.onnx"), "component denoiser must be a JSON object"),
     (lambda m: m["components"]["denoiser"].update(variants=["fp16"]), "component denoiser variants must be a JSON"),
