@@ -57,6 +57,7 @@ def _resolve(argv):
     (["--set", "gldi_window=0"], ["gldi_window is 0", "half a latent frame"]),  # frames that attend nothing
     (["--set", "shift=Infinity"], ["shift is inf", "finite"]),  # trained on NaN and wrote invalid JSON
     (["--set", "s_v=500"], ["s_v is 500", "0..100"]),  # exported, then every generate refused the bundle
+    (["--set", "patch=[2,2,2]"], ["patch is [2, 2, 2]", "cannot be exported"]),  # trained, then export failed
 ])
 def test_bad_options_are_one_line_and_exit_2(args, words, capsys):
     with pytest.raises(SystemExit) as e:

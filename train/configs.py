@@ -98,6 +98,9 @@ class HarmonyConfig:
                 lo, hi = RUNTIME_RANGES[f.name]
                 if not lo <= v <= hi:
                     raise ValueError(f"{f.name} is {v!r}; a bundle's manifest takes {lo:g}..{hi:g}")
+        if self.patch[0] != 1:  # the denoiser's export traces frames as a free dimension, patched in space only
+            raise ValueError(f"patch is {list(self.patch)}: a temporal patch above 1 cannot be exported (use "
+                             f"[1, {self.patch[1]}, {self.patch[2]}])")
         if self.audio_streams not in (1, 2):
             raise ValueError(f"audio_streams is {self.audio_streams}, must be 1 (Harmony) or 2 (Unison)")
         for name in ("video_s_stride", "audio_hop"):  # the autoencoders halve / quarter the resolution per layer
