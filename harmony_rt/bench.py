@@ -280,7 +280,10 @@ def process_rounds(bundle_path: Path, variants: dict[str, dict], rounds: int = 3
         for name, variant in variants.items():
             v = json.dumps({**variant, "threads": threads, "frames": frames})
             r = subprocess.run([sys.executable, "-c", _STEPS_CHILD, str(bundle_path), v, str(steps)],
-                               capture_output=True, text=True, check=True)
+                               capture_output=True, text=True)
+            if r.returncode:  # the child's own last words, not "returned non-zero exit status"
+                last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise RuntimeError(f"the step process for {name!r} exited {r.returncode}: {last}")
             out[name].append(med(json.loads(r.stdout.strip().splitlines()[-1])))
     return out
 

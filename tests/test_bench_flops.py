@@ -109,3 +109,10 @@ def test_auto_split_run_pays_for_a_wrong_choice():
     assert bench.auto_extra(measured, 3.0, 40, 0.0) == pytest.approx(0.2)  # chose the better split
     assert bench.auto_extra(measured, 3.0, 40, 0.2) == pytest.approx(0.2 + 37 * 0.2)
     assert bench.auto_extra([1.0] * 5, 5.0, 4, 0.5) == pytest.approx(0.0)  # no steps left to pay on
+
+
+def test_a_failed_step_process_says_why(tmp_path):
+    """process_rounds runs each variant in a child process: its failure names the child's own last line (it
+    was 'CalledProcessError: ... returned non-zero exit status 1', the cause thrown away with its stderr)."""
+    with pytest.raises(RuntimeError, match=r"step process for 'a' exited 1: .*BundleError: bundle folder not found"):
+        bench.process_rounds(tmp_path / "missing", {"a": {}}, rounds=1, steps=1)
