@@ -185,7 +185,7 @@ def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict
     }
 
 
-def _check_target(checkpoint: Path, out: Path) -> None:
+def check_target(checkpoint: Path, out: Path) -> None:
     """Refuse an `out` whose replacement would destroy something other than an old bundle: the checkpoint
     (or a folder holding it, or a folder inside it), a file, a non-empty folder without a manifest."""
     ck, dst = checkpoint.resolve(), out.resolve()
@@ -247,7 +247,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
     custom_op: also write the denoiser with RoPEAlignedAttention nodes (variant `fp32-plugin`).
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    _check_target(checkpoint, out)
+    check_target(checkpoint, out)
     try:
         extra = precision.parse_precisions(precisions)
     except ValueError as e:

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ from onnx import helper, numpy_helper
 
 from harmony_rt.bundle import MANIFEST, Bundle, atomic_write_bytes, replace_dir, temp_dir
 from harmony_rt.contract import example_feeds
+from harmony_rt.errors import HarmonyError, one_line
 
+from .bundle_writer import check_target
 from .graphfile import graph_entry, save_graph
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ def _example_feeds(bundle: Bundle, name: str, seed: int = 0) -> dict:
 def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STORAGE_TOLERANCE) -> Path:
     src, out = Path(src), Path(out)
     bundle = Bundle.load(src)
+    check_target(src, out)  # as export's -o: never replaces a folder of other files, nor the source
     manifest = json.loads((src / MANIFEST).read_text())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out.parent, out.name)
@@ -96,12 +100,21 @@ def shrink_bundle(src: str | Path, out: str | Path, tolerance: float = FP16_STOR
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("bundle")
-    ap.add_argument("-o", "--out", required=True)
+    ap = argparse.ArgumentParser(prog="python -m export.shrink", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", help="bundle folder to shrink (fp32 weights)")
+    ap.add_argument("-o", "--out", required=True,
+                    help="bundle folder to write (new, empty, or an old bundle, which is replaced)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    shrink_bundle(a.bundle, a.out)
+    try:
+        shrink_bundle(a.bundle, a.out)
+    except (HarmonyError, ValueError) as e:  # a bad bundle or -o, or a graph fp16 storage would change
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:
+        print(f"error: cannot write {a.out}: {e.strerror or e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

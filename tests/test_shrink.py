@@ -29,3 +29,21 @@ def test_shrink_stores_fp16_weights_within_tolerance(tiny_bundle, tmp_path):
         for x, y in zip(ra, rb):
             assert x.shape == y.shape and np.all(np.isfinite(y))
             assert float(np.abs(x - y).max()) <= FP16_STORAGE_TOLERANCE, name
+
+
+def test_shrink_never_replaces_a_folder_of_other_files_and_errors_are_one_line(tiny_bundle, tmp_path):
+    """-o replaced whatever folder it named (a user's folder of files went with it); bad arguments were
+    tracebacks with exit 0 / 1."""
+    import subprocess
+    import sys
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    for args, needle in (([str(tiny_bundle), "-o", str(mine)], "is not a bundle (no manifest.json); refusing"),
+                         ([str(tmp_path / "nope"), "-o", str(tmp_path / "out")], "bundle folder not found"),
+                         ([str(tiny_bundle), "-o", str(tiny_bundle)], "overlap")):
+        r = subprocess.run([sys.executable, "-m", "export.shrink", *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and needle in r.stderr, r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+    assert (mine / "thesis.txt").read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
