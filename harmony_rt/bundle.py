@@ -390,6 +390,10 @@ def _check_sampling(mpath: Path, raw, geometry: Geometry) -> None:
         raise _bad(mpath, f"sampling.guidance {raw['guidance']!r:.40} is not one of {', '.join(MODES)}")
     if raw.get("scheduler", "euler") not in SCHEDULERS:
         raise _bad(mpath, f"sampling.scheduler {raw['scheduler']!r:.40} is not one of {', '.join(SCHEDULERS)}")
+    hop_s = geometry.audio_hop / geometry.sample_rate
+    if raw.get("max_ref_seconds", hop_s) < hop_s:  # the reference encoder would get less than one latent frame
+        raise _bad(mpath, f"sampling.max_ref_seconds {raw['max_ref_seconds']} is shorter than one audio latent "
+                          f"frame ({hop_s:g} s)")
     max_s = geometry.max_latent_frames * geometry.video_t_stride / geometry.fps
     if "seconds" in raw and raw["seconds"] > max_s + 1e-9:
         raise _bad(mpath, f"sampling.seconds {raw['seconds']} is longer than the model's {max_s:g} s")

@@ -366,6 +366,7 @@ def test_missing_manifest(bundle):
     (lambda m: m["sampling"].update(steps=2.5), "sampling.steps must be an integer"),
     (lambda m: m["sampling"].update(guidance="loud"), "sampling.guidance 'loud' is not one of"),
     (lambda m: m["sampling"].update(seconds=1000.0), "sampling.seconds 1000.0 is longer than"),
+    (lambda m: m["sampling"].update(max_ref_seconds=0.01), "max_ref_seconds 0.01 is shorter than one audio latent"),
     (lambda m: m["sampling"].update(time="t in [0, 1000], 0 = noise"), "sampling.time 't in [0, 1000], 0 = noise' "
                                                                         "is not the convention this runtime"),
     (lambda m: m.update(components=[]), "'components' must be a JSON object"),
