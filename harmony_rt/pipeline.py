@@ -525,6 +525,9 @@ class Pipeline:
         g, S = self.geometry, self.geometry.S
         rows = functools.partial(_rows, B=B)
         null_a = self.encode_audio(np.zeros(clip.W, np.float32))[:, None]  # [1, 1, T, C_a] silence
+        if null_a.shape[2] != clip.T:  # the graph's length vs the manifest's: found before the ODE loop runs
+            raise BundleError(f"{self.bundle.path}: audio_encoder gives {null_a.shape[2]} latent frames for {clip.W} "
+                              f"samples, geometry.audio_hop {g.audio_hop} says {clip.T}")
         null_a = rows(np.repeat(null_a, S, axis=1))  # [B, S, T, C_a]
         still = np.full((g.height, g.width, 3), 127, np.uint8)
         audio = video = image = None
@@ -586,9 +589,6 @@ class Pipeline:
         """Decode the latents (given media are returned as given) into one GenerationResult per sample."""
         g, S, B, T = self.geometry, self.geometry.S, run.B, clip.T
         frames = self._decode_video(z_v) if clip.frames is None else np.repeat(clip.frames[None], B, axis=0)
-        if z_a.shape[2] != T:  # the latent's length came from the audio encoder graph, T from the manifest
-            raise BundleError(f"{self.bundle.path}: audio_encoder gives {z_a.shape[2]} latent frames for {clip.W} "
-                              f"samples, geometry.audio_hop {g.audio_hop} says {T}")
         wav = self._decode_audio(z_a.reshape(B * S, T, -1)).reshape(B, S, -1)  # [B, S, W]
         n_samples = int(round(clip.seconds * g.sample_rate))
         results = []
