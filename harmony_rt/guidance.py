@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 
 MODES = ("none", "cfg", "sync", "sync+cfg")
 SPLITS = ("auto", "batched", "sequential")
+
+
+def check_split(split: str) -> str:
+    """`split` if it is one of SPLITS, else HarmonyError naming them."""
+    if split not in SPLITS:
+        raise HarmonyError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return split
 _BRANCHES = {
     "none": ("joint",),
     "cfg": ("joint", "uncond"),
@@ -224,8 +231,7 @@ class GuidedDenoiser:
         held: str | None = None,
     ):
         self.names = branches(mode, held)  # validates
-        if split not in SPLITS:
-            raise HarmonyError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        check_split(split)
         self.call = call
         self.mode, self.held = mode, held
         self.scales = scales if scales is not None else GuidanceScales()

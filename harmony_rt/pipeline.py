@@ -25,7 +25,7 @@ from . import media
 from .backends import MAX_THREADS, Backend, make_backend
 from .bundle import Bundle, default_bundle_path
 from .errors import BundleError, Cancelled, HarmonyError, MediaError
-from .guidance import MODES, SPLITS, GuidanceScales, GuidedDenoiser, branches
+from .guidance import MODES, GuidanceScales, GuidedDenoiser, branches, check_split
 from .schedulers import SCHEDULERS, make_scheduler
 from .splitstore import SplitStore
 from .stepcache import StepCache
@@ -155,28 +155,28 @@ def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list
     """A path (read and resampled; a long file only as far as `max_seconds`, all that is used) or a float
     waveform array [W] at the bundle's rate -> float32 [W]. A float file past full scale is scaled down to it
     (noted in `notes`); an array past it is refused (its caller chose the scale)."""
-    if isinstance(x, (str, Path)):
+    is_file = isinstance(x, (str, Path))
+    if is_file:
         wav = media.read_audio(x, sample_rate, max_seconds=max_seconds)
-        if not np.isfinite(wav).all():  # a float wav can hold them
-            raise HarmonyError(f"{name} {x} contains NaN or infinite samples")
-        peak = float(np.abs(wav).max(initial=0.0))
-        if peak > 1.0 + PEAK_SLACK:  # a float wav can: clipped, the output would be distorted
-            note = f"{name} {x} peaks at {peak:.3g}, past full scale: scaled down to peak 1"
-            log.warning("%s", note)
-            if notes is not None:
-                notes.append(note)
-            wav = wav / np.float32(peak)
-        return wav
-    if not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind != "f":
+    elif not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind != "f":
         what = f"array of shape {x.shape} and dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
         raise HarmonyError(f"{name} must be a file path or a mono float waveform [samples], got {what}")
-    if not np.isfinite(x).all():
-        raise HarmonyError(f"{name} contains NaN or infinite samples")
-    peak = float(np.abs(x).max(initial=0.0))
-    if peak > 1.0 + PEAK_SLACK:  # e.g. int16 sample values cast to float: the encoders expect [-1, 1]
-        raise HarmonyError(f"{name} must hold samples in [-1, 1], got a peak of {peak:.4g} (int16 values? "
-                           f"divide by 32768)")
-    return x.astype(np.float32)
+    else:
+        wav = x
+    if not np.isfinite(wav).all():  # a float wav file can hold them too
+        raise HarmonyError(f"{name} {x} contains NaN or infinite samples" if is_file
+                           else f"{name} contains NaN or infinite samples")
+    peak = float(np.abs(wav).max(initial=0.0))
+    if peak > 1.0 + PEAK_SLACK:
+        if not is_file:  # e.g. int16 sample values cast to float: the encoders expect [-1, 1]
+            raise HarmonyError(f"{name} must hold samples in [-1, 1], got a peak of {peak:.4g} (int16 values? "
+                               f"divide by 32768)")
+        note = f"{name} {x} peaks at {peak:.3g}, past full scale: scaled down to peak 1"  # clipped, it would distort
+        log.warning("%s", note)
+        if notes is not None:
+            notes.append(note)
+        wav = wav / np.float32(peak)
+    return wav.astype(np.float32, copy=not is_file)  # an array: a copy of its own, the caller's left as it was
 
 
 def _latent_frames(seconds: float, g) -> int:
@@ -249,8 +249,7 @@ class Pipeline:
         spinning=False)`; then `threads` and `precision` must be left unset, they are the backend's).
         precision: the graph variant to run (fp16, int8, int8-dynamic, fp8 on ORT; fp16 / fp8 engines on
         TensorRT); components without it run their main (fp32) graph. None: the main graphs."""
-        if split not in SPLITS:  # checked here, not at the first generate
-            raise HarmonyError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        check_split(split)  # here, not at the first generate
         self.bundle = bundle
         self.geometry = g = bundle.geometry
         if threads is not None:
@@ -387,7 +386,7 @@ class Pipeline:
     # ------------------------------------------------------------------ generate: its stages
 
     def _settings(self, guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache,
-                  sample=0) -> _Settings:
+                  sample) -> _Settings:
         """The sampling settings, each the argument or the bundle's default, validated."""
         sp = self.bundle.sampling
         mode = guidance if guidance is not None else sp.get("guidance", "sync")
