@@ -26,10 +26,15 @@ def _flatten_optimizer(opt: torch.optim.Optimizer | dict) -> tuple[dict[str, tor
     for pid, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.contiguous()
+                tensors[f"{pid}.{k}"] = _host(v)
             else:
                 scalars[f"{pid}.{k}"] = v
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _host(t: torch.Tensor) -> torch.Tensor:
+    """A tensor as safetensors writes it: on the CPU (a GPU run's weights too), contiguous."""
+    return t.detach().cpu().contiguous()
 
 
 def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
@@ -53,11 +58,11 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path.parent, path.name)  # files and folder get normal permissions, as a plain save would
     try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: _host(v) for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
         (tmp / "state.json").write_text(json.dumps(state or {}, indent=2))
         if ema:
-            save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+            save_file({k: _host(v) for k, v in ema.items()}, str(tmp / "ema.safetensors"))
         if optimizer is not None:
             tensors, meta = _flatten_optimizer(optimizer)
             save_file(tensors, str(tmp / "optimizer.safetensors"))

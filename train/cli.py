@@ -270,7 +270,7 @@ _TRAIN_FIELDS = {
     "clips": "clips", "seconds": "seconds", "kinds": "kinds", "ae_steps": "ae_steps", "ae_frames": "ae_frames",
     "steps": "steps", "batch": "batch", "lr": "lr", "warmup": "warmup", "ema": "ema_decay",
     "stages": "stage_fractions", "cts_frac": "cts_frac", "seed": "seed", "ckpt_every": "ckpt_every",
-    "keep_every": "keep_every", "stop_after": "stop_after",
+    "keep_every": "keep_every", "stop_after": "stop_after", "precision": "precision",
 }
 
 
@@ -313,6 +313,11 @@ def train_parser() -> Parser:
         "every setting not given here (-o may be the same folder)")
     opt("--overwrite", action="store_true", help="replace the checkpoint already at -o")
     opt("--set", action="append", type=_setting, help="model config override KEY=JSON, e.g. --set layers=4")
+    opt("--device", help="where to train: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N "
+        "(under torchrun, cuda is each process's LOCAL_RANK GPU; default: auto)")
+    opt("--precision", choices=train.PRECISIONS,
+        help="fp32, or bf16: the denoiser stage under bf16 autocast, weights, optimizer and losses in fp32; "
+             "the autoencoders train in fp32 (default: fp32, or the resumed run's)")
     return ap
 
 
@@ -339,9 +344,19 @@ def _seconds_bounds(cfg) -> tuple[float, float]:
 BYTES_PER_PARAM = 20  # fp32 weights, gradients, AdamW's two moments, EMA
 
 
-def _check_model_data(cfg, tc) -> None:
+def device_of(a: argparse.Namespace):
+    """The torch device --device names, checked (exit 2 naming a device this machine lacks)."""
+    from .train import resolve_device
+
+    try:
+        return resolve_device(getattr(a, "device", "auto"))
+    except ValueError as e:
+        fail(f"--device {e}")
+
+
+def _check_model_data(cfg, tc, dev) -> None:
     """What only the model and data decide: the tokenizers fit the vocabularies, a clip's audio fits the STFT
-    losses, and training the model fits this machine's memory."""
+    losses, and training the model fits the memory of the device it trains on."""
     from .train import build_tokenizers
 
     try:
@@ -358,10 +373,14 @@ def _check_model_data(cfg, tc) -> None:
 
     with torch.device("meta"):  # shapes only: no memory
         n = sum(p.numel() for p in HarmonyModel(cfg).parameters())
-    need, have = n * BYTES_PER_PARAM, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = n * BYTES_PER_PARAM
+    if dev.type == "cuda":
+        have, where = torch.cuda.get_device_properties(dev).total_memory, f"{dev} has"
+    else:
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine has"
     if need > have:
         fail(f"--size {tc.size}: {n / 1e9:.1f} B parameters need ~{need / 2**30:.0f} GiB to train (weights, "
-             f"gradients, AdamW, EMA in fp32); this machine has {have / 2**30:.0f} GiB")
+             f"gradients, AdamW, EMA in fp32); {where} {have / 2**30:.0f} GiB")
 
 
 def check_tools(kinds) -> None:
@@ -373,8 +392,9 @@ def check_tools(kinds) -> None:
              "(apt-get install espeak-ng), or train on --kinds ambient")
 
 
-def resolve_train(a: argparse.Namespace):
-    """-> (TrainConfig, resume path or None, the checkpoint's step), every check done (exit 2 otherwise)."""
+def resolve_train(a: argparse.Namespace, dev=None):
+    """-> (TrainConfig, resume path or None, the checkpoint's step), every check done (exit 2 otherwise);
+    dev: the device it trains on (memory check; default: the CPU)."""
     from .checkpoints import CheckpointError, read_meta
     from .train import TrainConfig
 
@@ -424,7 +444,9 @@ def resolve_train(a: argparse.Namespace):
         fail(f"--seconds {tc.seconds:g}: this model trains on clips of {lo:g}-{hi:g} s "
              f"({cfg.max_latent_frames} latent frames at most)")
     if resume is None:
-        _check_model_data(cfg, tc)
+        import torch
+
+        _check_model_data(cfg, tc, dev if dev is not None else torch.device("cpu"))
     world = launcher("WORLD_SIZE")
     if tc.clips < world:
         fail(f"--clips {tc.clips}: each of the {world} processes needs at least one clip")
@@ -443,7 +465,8 @@ def train_main(argv=None) -> None:
 
     a = train_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    tc, resume, step = resolve_train(a)
+    dev = device_of(a)
+    tc, resume, step = resolve_train(a, dev)
     out = Path(os.path.abspath(a.out))
     overwrite = getattr(a, "overwrite", False)
     check_target(out, "-o", resume, overwrite)
@@ -453,7 +476,7 @@ def train_main(argv=None) -> None:
     stop = StopOnSignal()
     try:
         with exclusive(out, "-o"), stop:
-            train(tc, out, resume=resume, should_stop=stop)
+            train(tc, out, resume=resume, should_stop=stop, device=dev)
     except Interrupted as e:
         fail(f"{stop.name}: {e}; nothing saved (the autoencoder stage does not resume midway)", stop.exit_code)
     except CheckpointError as e:
@@ -495,6 +518,8 @@ def vocoder_parser() -> Parser:
     ap.add_argument("--decoder-from", type=Path, default=None,
                     help="start from the audio decoder of this checkpoint (same audio encoder required)")
     ap.add_argument("--overwrite", action="store_true", help="replace the checkpoint already at -o")
+    ap.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda, cuda:N "
+                    "(default: auto)")
     return ap
 
 

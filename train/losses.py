@@ -1,4 +1,9 @@
-"""Flow-matching losses: timestep sampling with shift, the CTS three-task loss (METHOD.md 1.2)."""
+"""Flow-matching losses: timestep sampling with shift, the CTS three-task loss (METHOD.md 1.2).
+
+Random draws come from a CPU generator and are moved to the latents' device: a run draws the same stream on
+any device, and resumes bit-exactly from its saved generator state. Losses are computed in fp32 (under bf16
+autocast the denoiser's outputs are cast up), and their logs are detached 0-dim tensors, read (a device sync)
+only when the caller logs them."""
 
 from __future__ import annotations
 
@@ -18,6 +23,15 @@ def sample_t(n: int, shift: float, generator: torch.Generator | None = None) -> 
     """Training timesteps [n] in (0, 1): uniform, then shifted towards noise like the sampler."""
     u = torch.rand(n, generator=generator).clamp(1e-4, 1 - 1e-4)
     return shift_t(u, shift)
+
+
+def noise_like(like: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped and placed like `like` (fp32), drawn on the CPU generator."""
+    return torch.randn(like.shape, generator=generator).to(like.device)
+
+
+def _to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return x.to(like.device)
 
 
 def noise_to(z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -54,10 +68,10 @@ def _driven(batch: CTSBatch, rows: torch.Tensor, B: int, m: int, t_v: torch.Tens
         t_a[B : B + m] = 0.0  # audio-driven
         t_v[B + m :] = 0.0  # video-driven
         if batch.null_a is not None and p_null > 0:
-            use_null = (torch.rand(m, generator=generator) < p_null).reshape(m, *[1] * (za0.dim() - 1))
+            use_null = _to(torch.rand(m, generator=generator) < p_null, za0).reshape(m, *[1] * (za0.dim() - 1))
             za0[B : B + m] = torch.where(use_null, batch.null_a[ad], batch.z_a[ad])
         if batch.null_v is not None and p_null > 0:
-            use_null = (torch.rand(m, generator=generator) < p_null).reshape(m, *[1] * (zv0.dim() - 1))
+            use_null = _to(torch.rand(m, generator=generator) < p_null, zv0).reshape(m, *[1] * (zv0.dim() - 1))
             zv0[B + m :] = torch.where(use_null, batch.null_v[vd], batch.z_v[vd])
     return zv0, za0
 
@@ -80,22 +94,22 @@ def cts_loss(
     m = max(1, min(B, round(driven_frac * B))) if use_cts else 0
     rows = _rows(B, m)
     n = len(rows)
-    eps_v = torch.randn(z_v.shape, generator=generator)[rows]
-    eps_a = torch.randn(z_a.shape, generator=generator)[rows]
-    t_v = sample_t(n, cfg.shift, generator)
-    t_a = sample_t(n, cfg.shift, generator)
+    eps_v = noise_like(z_v, generator)[rows]
+    eps_a = noise_like(z_a, generator)[rows]
+    t_v = _to(sample_t(n, cfg.shift, generator), z_v)
+    t_a = _to(sample_t(n, cfg.shift, generator), z_v)
     zv0, za0 = _driven(batch, rows, B, m, t_v, t_a, p_null, generator)
     zt_v, zt_a = noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a)
     cond = {name: x[rows] for name, x in batch.cond.items()}
-    pv, pa = denoiser(zt_v, zt_a, t_v, t_a, **cond)
+    pv, pa = (p.float() for p in denoiser(zt_v, zt_a, t_v, t_a, **cond))
     err_v = ((pv - (eps_v - zv0)) ** 2).flatten(1).mean(1)  # [B + 2m]
     err_a = ((pa - (eps_a - za0)) ** 2).flatten(1).mean(1)
     l_joint = err_v[:B].mean() + err_a[:B].mean()
-    logs = {"joint": l_joint.item()}
+    logs = {"joint": l_joint.detach()}
     if not use_cts:
         return l_joint, logs
     l_ad, l_vd = err_v[B : B + m].mean(), err_a[B + m :].mean()
-    logs.update(audio_driven=l_ad.item(), video_driven=l_vd.item())
+    logs.update(audio_driven=l_ad.detach(), video_driven=l_vd.detach())
     return l_joint + cfg.lambda_v * l_ad + cfg.lambda_a * l_vd, logs
 
 
@@ -139,21 +153,21 @@ def forcing_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, progress: float,
     m = max(1, min(B, round(driven_frac * B))) if use_cts else 0
     rows = _rows(B, m)
     t_v, t_a = forcing_timesteps(B, progress, cfg.shift, generator)  # the joint rows'
-    eps_v = torch.randn(z_v.shape, generator=generator)[rows]
-    eps_a = torch.randn(z_a.shape, generator=generator)[rows]
-    t_v = torch.cat([t_v, sample_t(2 * m, cfg.shift, generator)])
-    t_a = torch.cat([t_a, sample_t(2 * m, cfg.shift, generator)])
+    eps_v = noise_like(z_v, generator)[rows]
+    eps_a = noise_like(z_a, generator)[rows]
+    t_v = _to(torch.cat([t_v, sample_t(2 * m, cfg.shift, generator)]), z_v)
+    t_a = _to(torch.cat([t_a, sample_t(2 * m, cfg.shift, generator)]), z_v)
     zv0, za0 = _driven(batch, rows, B, m, t_v, t_a, p_null, generator)
     cond = {name: x[rows] for name, x in batch.cond.items()}
-    pv, pa = denoiser(noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a), t_v, t_a, **cond)
+    pv, pa = (p.float() for p in denoiser(noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a), t_v, t_a, **cond))
     w_v, w_a = forcing_weights(t_v[:B], t_a[:B])
     err_v = ((pv - (eps_v - zv0)) ** 2).flatten(1).mean(1)  # [B + 2m]
     err_streams = ((pa - (eps_a - za0)) ** 2).flatten(2).mean(2)  # [B + 2m, S]: one loss per stream
     loss = (w_v * err_v[:B]).mean() + (w_a[:, None] * err_streams[:B]).sum(1).mean()
-    logs = {"video": err_v[:B].mean().item(),
-            **{f"stream{k}": err_streams[:B, k].mean().item() for k in range(z_a.shape[1])}}
+    logs = {"video": err_v[:B].mean().detach(),
+            **{f"stream{k}": err_streams[:B, k].mean().detach() for k in range(z_a.shape[1])}}
     if m:
         l_ad, l_vd = err_v[B : B + m].mean(), err_streams[B + m :].sum(1).mean()
-        logs.update(audio_driven=l_ad.item(), video_driven=l_vd.item())
+        logs.update(audio_driven=l_ad.detach(), video_driven=l_vd.detach())
         loss = loss + cfg.lambda_v * l_ad + cfg.lambda_a * l_vd
     return loss, logs

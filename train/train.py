@@ -5,6 +5,12 @@
 Stages (fractions of --steps): (1) audio pre-training with a reference cut from the same clip,
 (2) timbre disentanglement with a reference from another clip of the same speaker, (3) cross-task joint
 audio-video training with CTS. Runs under torchrun (DDP, gloo on CPU) when WORLD_SIZE > 1.
+
+Devices: `device` (CLI --device) places the model, the cached latents and every step's batch; random draws
+stay on a CPU generator (the same stream on any device, bit-exact resume), checkpoints are written from the
+CPU, so a run may resume on another device. `precision="bf16"` runs the denoiser stage (text / speech
+encoders and denoiser, forward and backward) under bf16 autocast with fp32 weights, optimizer and losses;
+the autoencoders always train in fp32.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ from harmony_rt.text import pad_ids
 
 from .checkpoints import TOKENIZER_FILES, load_checkpoint, load_ema, save_checkpoint
 from .configs import HarmonyConfig, get_config, within
-from .losses import CTSBatch, cts_loss, forcing_loss, noise_to, sample_t
+from .losses import CTSBatch, cts_loss, forcing_loss, noise_like, noise_to, sample_t
 from .model import HarmonyModel
 from .model.autoencoders import fit_latent_norm
 from .tokenizers import caption_tokenizer, speech_tokenizer
 
 log = logging.getLogger(__name__)
+
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -61,6 +70,7 @@ class TrainConfig:
     warmup: int | None = None  # linear LR warm-up steps, then cosine decay to lr_min_frac * lr at `steps`
                                # (None: 100, or a tenth of `steps` when that is fewer)
     lr_min_frac: float = 0.1
+    precision: str = "fp32"  # "bf16": the denoiser stage under bf16 autocast (weights, optimizer, losses fp32)
     overrides: dict = field(default_factory=dict)  # HarmonyConfig fields
 
     @property
@@ -96,6 +106,8 @@ class TrainConfig:
         r = self.ref_seconds
         if not (isinstance(r, tuple) and len(r) == 2 and within(r[0], 0, lo_open=True) and within(r[1], r[0])):
             raise ValueError(f"ref_seconds is {r!r:.60}, must be two lengths 0 < a <= b")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision is {self.precision!r:.40}, must be one of {', '.join(PRECISIONS)}")
         if type(self.use_cts) is not bool or not isinstance(self.size, str) or not isinstance(self.overrides, dict):
             raise ValueError("use_cts, size or overrides is of the wrong type")
         return self
@@ -175,7 +187,7 @@ def stft_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Multi-resolution log-magnitude STFT distance of waveforms [B, W]."""
     loss = 0.0
     for n_fft in (256, 512, 1024):
-        win = torch.hann_window(n_fft)
+        win = torch.hann_window(n_fft, device=x.device)
         X = torch.stft(x, n_fft, n_fft // 4, window=win, return_complex=True).abs()
         Y = torch.stft(y, n_fft, n_fft // 4, window=win, return_complex=True).abs()
         loss = loss + (torch.log(X + 1e-5) - torch.log(Y + 1e-5)).abs().mean() + (X - Y).abs().mean()
@@ -184,10 +196,10 @@ def stft_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.Generator,
                        should_stop: Callable[[], bool] | None = None) -> dict:
-    cfg = model.cfg
+    cfg, dev = model.cfg, _device(model)
     arrays = [_clip_arrays(c, cfg) for c in clips]
-    frames = torch.stack([a[0] for a in arrays])  # [C, 3, FP, H, W]
-    wavs = torch.cat([a[1] for a in arrays])  # [C*S, W]
+    frames = torch.stack([a[0] for a in arrays]).to(dev)  # [C, 3, FP, H, W]
+    wavs = torch.cat([a[1] for a in arrays]).to(dev)  # [C*S, W]
     params = list(model.video_ae.parameters()) + list(model.audio_ae.parameters())
     opt = torch.optim.AdamW(params, lr=tc.ae_lr)
     seg = cfg.audio_hop * 16
@@ -213,9 +225,9 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
         _check_finite(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]), step,
                       "autoencoders", lv + la)
         opt.step()
-        logs = {"ae_video": lv.item(), "ae_audio": la.item()}
+        logs = {"ae_video": lv.detach(), "ae_audio": la.detach()}
         if step % 50 == 0 or step == tc.ae_steps - 1:
-            log.info("ae step %d %s", step, logs)
+            log.info("ae step %d %s", step, _floats(logs))
         if _agreed_stop(should_stop):
             raise Interrupted(f"stopped at autoencoder step {step + 1} of {tc.ae_steps}")
     with torch.no_grad():
@@ -224,17 +236,18 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
     if torch.distributed.is_initialized():  # every rank uses rank 0's latent normalisation
         for buf in (model.video_ae.shift, model.video_ae.scale, model.audio_ae.shift, model.audio_ae.scale):
             torch.distributed.broadcast(buf, 0)
-    return logs
+    return _floats(logs)
 
 
 @torch.no_grad()
 def encode_clips(model: HarmonyModel, clips) -> list[ClipLatents]:
-    cfg = model.cfg
+    """Latents of the clips, on the model's device (kept there for the whole run)."""
+    cfg, dev = model.cfg, _device(model)
     out, grey = [], {}  # grey: shape -> video_encoder(mid-grey frames), the static anchor where no frame is given
     for c in clips:
-        fr, wav = _clip_arrays(c, cfg)
+        fr, wav = (x.to(dev) for x in _clip_arrays(c, cfg))
         if fr.shape not in grey:  # pixel value 127, as harmony_rt's pipeline makes it for T2AV / A2V
-            grey[fr.shape] = model.video_ae.encode(torch.full((1, *fr.shape), 127 / 127.5 - 1.0))[0]
+            grey[fr.shape] = model.video_ae.encode(torch.full((1, *fr.shape), 127 / 127.5 - 1.0, device=dev))[0]
         z_v = model.video_ae.encode(fr[None])[0]
         static = fr[:, :1].expand_as(fr)
         null_v = model.video_ae.encode(static[None])[0]
@@ -249,10 +262,10 @@ def encode_clips(model: HarmonyModel, clips) -> list[ClipLatents]:
 # ----------------------------------------------------------------------------- denoiser
 
 
-def _tokens(tok, texts, max_len):
+def _tokens(tok, texts, max_len, device=None):
     """Token ids [N, L] (long) and mask [N, L], padded as the runtime pads them, cut to max_len."""
     ids, mask = pad_ids([e.ids for e in tok.encode_batch(texts)], max_len)
-    return torch.from_numpy(ids), torch.from_numpy(mask)
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
 
 _SILENCE: dict = {}
@@ -262,9 +275,10 @@ GREY_STILL = 0.5  # share of the static anchors that are a mid-grey still rather
 @torch.no_grad()
 def _silence_latent(model, frames: int) -> torch.Tensor:
     """audio_encoder(silence) [1, T, C_a]: the null audio of the SyncCFG anchor (cached per length)."""
-    key = (id(model.audio_ae), frames)
+    dev = _device(model)
+    key = (id(model.audio_ae), frames, dev)
     if key not in _SILENCE:
-        _SILENCE[key] = model.audio_ae.encode(torch.zeros(1, frames * model.cfg.audio_hop))
+        _SILENCE[key] = model.audio_ae.encode(torch.zeros(1, frames * model.cfg.audio_hop, device=dev))
     return _SILENCE[key]
 
 
@@ -279,14 +293,14 @@ def drop_texts(texts: tuple[str, ...], p: float, gen) -> tuple[str, ...]:
 
 def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage: str, gen) -> CTSBatch:
     """Stack clips, tokenize and encode their texts (encoders train with the denoiser), pick references."""
-    cfg = model.cfg
+    cfg, dev = model.cfg, _device(model)
     cap, sp = toks
     items = [lat[i] for i in idx]
     texts = [drop_texts((it.video_caption, it.audio_caption, it.transcript), tc.p_drop_cond, gen) for it in items]
     vcap, acap, trans = (list(x) for x in zip(*texts))
-    t_ids, t_mask = _tokens(cap, vcap, cfg.max_text_tokens)
-    a_ids, a_mask = _tokens(cap, acap, cfg.max_text_tokens)
-    s_ids, s_mask = _tokens(sp, trans, cfg.max_speech_chars)
+    t_ids, t_mask = _tokens(cap, vcap, cfg.max_text_tokens, dev)
+    a_ids, a_mask = _tokens(cap, acap, cfg.max_text_tokens, dev)
+    s_ids, s_mask = _tokens(sp, trans, cfg.max_speech_chars, dev)
     # reference: a 1-2 s crop of the mix (stage 1, 3: same clip; stage 2: another clip of the same speaker)
     lat_per_s = cfg.sample_rate / cfg.audio_hop
     R = int(lat_per_s * (tc.ref_seconds[0]
@@ -308,7 +322,7 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
         text_emb=model.text_encoder(t_ids, t_mask), text_mask=t_mask,
         audio_text_emb=model.text_encoder(a_ids, a_mask), audio_text_mask=a_mask,
         speech_emb=model.speech_encoder(s_ids, s_mask), speech_mask=s_mask,
-        ref_latent=torch.stack(refs), ref_mask=torch.stack(rmask),
+        ref_latent=torch.stack(refs), ref_mask=torch.stack(rmask).to(dev),
     )
     z_a = torch.stack([it.z_a for it in items])
     null_a = _silence_latent(model, z_a.shape[2])[None].expand_as(z_a)
@@ -319,13 +333,25 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
 
 def audio_only_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, gen) -> tuple[torch.Tensor, dict]:
     """Stages 1-2: audio flow matching with the video fed as pure noise (t_v = 1): no video signal."""
-    B = batch.z_a.shape[0]
-    t_a = sample_t(B, cfg.shift, gen)
-    eps_a = torch.randn(batch.z_a.shape, generator=gen)
-    zt_v = torch.randn(batch.z_v.shape, generator=gen)
-    pv, pa = denoiser(zt_v, noise_to(batch.z_a, t_a, eps_a), torch.ones(B), t_a, **batch.cond)
-    loss = ((pa - (eps_a - batch.z_a)) ** 2).mean()
-    return loss, {"audio": loss.item()}
+    B, dev = batch.z_a.shape[0], batch.z_a.device
+    t_a = sample_t(B, cfg.shift, gen).to(dev)
+    eps_a = noise_like(batch.z_a, gen)
+    zt_v = noise_like(batch.z_v, gen)
+    pv, pa = denoiser(zt_v, noise_to(batch.z_a, t_a, eps_a), torch.ones(B, device=dev), t_a, **batch.cond)
+    loss = ((pa.float() - (eps_a - batch.z_a)) ** 2).mean()
+    return loss, {"audio": loss.detach()}
+
+
+def step_loss(model, batch: CTSBatch, tc: TrainConfig, step: int, gen) -> tuple[torch.Tensor, dict]:
+    """The loss of a denoiser step at `step`: audio-only (stages 1-2), CTS (3), Unison's forcing (+ CTS)."""
+    stage, cfg = stage_of(step, tc), model.cfg
+    if stage == "joint" and cfg.audio_streams == 2:  # Unison: cross-modal forcing on the stems
+        a, b, c = tc.stage_fractions
+        progress = (step / max(1, tc.steps) - a - b) / max(c, 1e-9)
+        return forcing_loss(model.denoiser, batch, cfg, progress, gen, use_cts=tc.use_cts, driven_frac=tc.cts_frac)
+    if stage == "joint":
+        return cts_loss(model.denoiser, batch, cfg, use_cts=tc.use_cts, generator=gen, driven_frac=tc.cts_frac)
+    return audio_only_loss(model.denoiser, batch, cfg, gen)
 
 
 def stage_of(step: int, tc: TrainConfig) -> str:
@@ -355,12 +381,45 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.lr * (tc.lr_min_frac + (1 - tc.lr_min_frac) * 0.5 * (1 + math.cos(math.pi * x)))
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _floats(logs: dict) -> dict:
+    """Logged losses (detached tensors, possibly on a GPU) as numbers: the one device sync of a logged step."""
+    return {k: round(float(v), 6) for k, v in logs.items()}
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """"auto" / None: the local CUDA GPU when there is one (under torchrun the rank's LOCAL_RANK), else the CPU;
+    "cuda" under torchrun: LOCAL_RANK's GPU. A device this machine lacks is a ValueError naming it."""
+    name = name or "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{name!r} is not a device (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: no CUDA GPU here (torch {torch.__version__}"
+                             f"{', built without CUDA' if torch.version.cuda is None else ''})")
+        if dev.index is None:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"{name}: training runs on cpu or cuda, not {dev.type}")
+    return dev
+
+
 class EMA:
     """Exponential moving average of named parameters; decay ramps up as (1 + n) / (10 + n) early on."""
 
     def __init__(self, named: dict[str, torch.Tensor], decay: float, state: dict[str, torch.Tensor] | None = None):
         self.named, self.decay = named, decay
-        self.avg = {k: (state[k].clone() if state and k in state else p.detach().clone()) for k, p in named.items()}
+        self.avg = {k: (state[k].to(p.device, copy=True) if state and k in state else p.detach().clone())
+                    for k, p in named.items()}
 
     @torch.no_grad()
     def update(self, step: int) -> None:
@@ -380,9 +439,12 @@ def _agreed_stop(should_stop: Callable[[], bool] | None) -> bool:
     return stop
 
 
-def _dist():
+def _dist(dev: torch.device):
+    """(rank, world); under torchrun the process group: gloo, and NCCL for tensors on CUDA GPUs."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo")
     if torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -431,13 +493,15 @@ def _restore_rng(gen: torch.Generator, state: dict, world: int) -> None:
 
 
 def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, clips=None,
-          should_stop: Callable[[], bool] | None = None) -> Path:
+          should_stop: Callable[[], bool] | None = None, device: str | torch.device | None = "cpu") -> Path:
     """Train (or resume) and write a checkpoint folder to `out`; returns its path.
 
     should_stop: polled after every step; once it returns True the run saves its checkpoint at that step (as
     at the end) and returns, resumable with `resume=out`. During the autoencoder stage it raises Interrupted.
+    device: where to train (`resolve_device`: "cpu", "cuda", "cuda:N", "auto").
     """
-    rank, world = _dist()
+    dev = resolve_device(str(device) if device is not None else None)
+    rank, world = _dist(dev)
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     gen = torch.Generator().manual_seed(tc.seed + 1000 * rank)  # each rank its own batches and noise
     state = {"ae_done": False, "step": 0, "train_config": asdict(tc)}
@@ -451,6 +515,8 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     else:
         model = HarmonyModel(get_config(tc.size, **tc.overrides))
         opt_sd = None
+    model.to(dev)
+    log.info("training on %s in %s", dev, tc.precision)
     cfg = model.cfg
     state["train_config"] = asdict(tc)
     toks = build_tokenizers(cfg)
@@ -471,24 +537,14 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=0.0)
     ema = EMA(named, tc.ema_decay, load_ema(resume, named) if resume else None) if tc.ema_decay > 0 else None
     if opt_sd is not None and state.get("phase") == "denoiser":
-        opt.load_state_dict(opt_sd)
-    denoiser = model.denoiser
+        opt.load_state_dict(opt_sd)  # its moments move to the parameters' device
     state["phase"] = "denoiser"
     model.train()
     for step in range(state["step"], tc.last_step):
         stage = stage_of(step, tc)
         idx = torch.randint(len(lat), (min(tc.batch, len(lat)),), generator=gen).tolist()
-        batch = make_batch(model, lat, idx, toks, tc, stage, gen)
-        if stage == "joint" and cfg.audio_streams == 2:  # Unison: cross-modal forcing on the stems
-            a, b, c = tc.stage_fractions
-            progress = (step / max(1, tc.steps) - a - b) / max(c, 1e-9)
-            loss, logs = forcing_loss(denoiser, batch, cfg, progress, gen, use_cts=tc.use_cts,
-                                      driven_frac=tc.cts_frac)
-        elif stage == "joint":
-            loss, logs = cts_loss(denoiser, batch, cfg, use_cts=tc.use_cts, generator=gen,
-                                    driven_frac=tc.cts_frac)
-        else:
-            loss, logs = audio_only_loss(denoiser, batch, cfg, gen)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            loss, logs = step_loss(model, make_batch(model, lat, idx, toks, tc, stage, gen), tc, step, gen)
         opt.zero_grad()
         loss.backward()
         _sync_grads(trainable)
@@ -501,7 +557,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         state["step"] = step + 1
         state["rng"] = _rng_state(gen)
         if step % 25 == 0 or step == tc.steps - 1:
-            log.info("step %d [%s] loss %.4f %s (%.0f s)", step, stage, loss.item(), logs, time.time() - t0)
+            log.info("step %d [%s] loss %.4f %s (%.0f s)", step, stage, loss.item(), _floats(logs), time.time() - t0)
         if rank == 0 and tc.ckpt_every and (step + 1) % tc.ckpt_every == 0 and step + 1 < tc.steps:
             save_checkpoint(out, model, opt, state, tok_files, ema.avg if ema else None)
         if rank == 0 and tc.keep_every and (step + 1) % tc.keep_every == 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import TOKENIZER_FILES, CheckpointError, load_checkpoint, load_ema, save_checkpoint
-from .train import TrainConfig, _clip_arrays, make_clips, stft_loss
+from .train import TrainConfig, _clip_arrays, _floats, make_clips, stft_loss
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ def envelope_loss(x: torch.Tensor, y: torch.Tensor, win: int = 256) -> torch.Ten
 
 def finetune_decoder(model, wavs: torch.Tensor, steps: int, batch: int = 8, lr: float = 1e-3, seed: int = 0,
                      seg_frames: int = 32) -> dict:
-    """Train model.audio_ae.decoder on crops of wavs [C, W]; the encoder and its normalisation are unchanged."""
+    """Train model.audio_ae.decoder on crops of wavs [C, W] (on the model's device); the encoder and its
+    normalisation are unchanged."""
     ae, hop = model.audio_ae, model.cfg.audio_hop
     for p in ae.parameters():
         p.requires_grad_(False)
@@ -55,12 +56,12 @@ def finetune_decoder(model, wavs: torch.Tensor, steps: int, batch: int = 8, lr: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ae.decoder.parameters(), 1.0)
         opt.step()
-        logs = {"stft": ls.item(), "envelope": le.item()}
+        logs = {"stft": ls.detach(), "envelope": le.detach()}
         if step % 50 == 0 or step == steps - 1:
-            log.info("vocoder step %d %s", step, logs)
+            log.info("vocoder step %d %s", step, _floats(logs))
     for p in ae.parameters():
         p.requires_grad_(False)
-    return logs
+    return _floats(logs)
 
 
 def copy_decoder(model, source: str | os.PathLike) -> None:
@@ -74,9 +75,19 @@ def copy_decoder(model, source: str | os.PathLike) -> None:
 
 
 def main(argv=None):
-    from .cli import check_target, checked_inputs, exclusive, fail, use_cores, vocoder_parser, writable_folder
+    from .cli import (
+        check_target,
+        checked_inputs,
+        device_of,
+        exclusive,
+        fail,
+        use_cores,
+        vocoder_parser,
+        writable_folder,
+    )
 
     a = vocoder_parser().parse_args(argv)
+    dev = device_of(a)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     checked_inputs(("checkpoint", a.checkpoint), ("--decoder-from", a.decoder_from))
     out = Path(os.path.abspath(a.out))
@@ -85,7 +96,7 @@ def main(argv=None):
     use_cores()
     try:
         with exclusive(out, "-o"):
-            _finetune(a, out)
+            _finetune(a, out, dev)
     except CheckpointError as e:
         fail(str(e))
     except KeyboardInterrupt:
@@ -94,7 +105,7 @@ def main(argv=None):
         fail(f"cannot write the checkpoint: {e}", 1)
 
 
-def _finetune(a, out: Path) -> None:
+def _finetune(a, out: Path, dev: torch.device) -> None:
     """Fine-tune the decoder of a.checkpoint as the options say and save the result to `out`."""
     model, opt_sd, state = load_checkpoint(a.checkpoint, ema=False)
     tc = TrainConfig.from_dict(state.get("train_config") or {})
@@ -106,8 +117,9 @@ def _finetune(a, out: Path) -> None:
         copy_decoder(model, a.decoder_from)
         state["vocoder_from"] = str(a.decoder_from)
     t0 = time.time()
+    model.to(dev)
     if a.steps:
-        wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in make_clips(tc, model.cfg)])  # [C*S, W]
+        wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in make_clips(tc, model.cfg)]).to(dev)  # [C*S, W]
         state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
     state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
     log.info("vocoder fine-tuned in %.0f s", time.time() - t0)

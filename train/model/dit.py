@@ -18,6 +18,8 @@ from .layers import (
     CrossAttention,
     FeedForward,
     Heads,
+    LayerNorm,
+    RMSNorm,
     TimestepEmbedder,
     apply_rope,
     key_mask_bias,
@@ -194,13 +196,13 @@ class VideoBlock(nn.Module):
         super().__init__()
         self.h = Heads(heads)
         self.ada = nn.Linear(dim, 6 * dim)
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm1 = LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.norm_q, self.norm_k = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
+        self.norm_q, self.norm_k = RMSNorm(dim // heads, eps=1e-6), RMSNorm(dim // heads, eps=1e-6)
         self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim, eps=1e-6)
         self.cross = CrossAttention(dim, text_dim, heads)
-        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm3 = LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ffn = FeedForward(dim, ffn)
 
     def forward(self, x, e, text, text_bias, rope, t_tok):
@@ -228,12 +230,12 @@ class AudioBlock(nn.Module):
         return nn.ModuleDict(
             dict(
                 ada=nn.Linear(dim, 6 * dim),
-                norm1=nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6),
+                norm1=LayerNorm(dim, elementwise_affine=False, eps=1e-6),
                 qkv=nn.Linear(dim, 3 * dim),
-                norm_q=nn.RMSNorm(dim // heads, eps=1e-6),
-                norm_k=nn.RMSNorm(dim // heads, eps=1e-6),
+                norm_q=RMSNorm(dim // heads, eps=1e-6),
+                norm_k=RMSNorm(dim // heads, eps=1e-6),
                 proj=nn.Linear(dim, dim),
-                norm2=nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6),
+                norm2=LayerNorm(dim, elementwise_affine=False, eps=1e-6),
                 ffn=FeedForward(dim, ffn),
             )
         )
@@ -268,8 +270,8 @@ class GLDI(nn.Module):
     def __init__(self, dv: int, da: int, heads: int, window: float, theta: float):
         super().__init__()
         self.window, self.theta = window, theta
-        self.norm_v, self.norm_a = nn.LayerNorm(dv, eps=1e-6), nn.LayerNorm(da, eps=1e-6)
-        self.norm_r = nn.LayerNorm(da, eps=1e-6)
+        self.norm_v, self.norm_a = LayerNorm(dv, eps=1e-6), LayerNorm(da, eps=1e-6)
+        self.norm_r = LayerNorm(da, eps=1e-6)
         self.a2v = CrossAttention(dv, da, heads, zero_init=True)
         self.v2a = CrossAttention(da, dv, heads, zero_init=True)
         self.style = CrossAttention(da, dv, heads, zero_init=True)
@@ -311,7 +313,7 @@ class GLDI(nn.Module):
 class FinalLayer(nn.Module):
     def __init__(self, dim: int, out: int):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, out)
         nn.init.zeros_(self.linear.weight)
@@ -373,14 +375,16 @@ class HarmonyDenoiser(nn.Module):
         ctx = torch.cat([self.speech_in(speech_emb), self.caption_in(audio_text_emb)], dim=1)  # [N, P+LA, Da]
 
         # time axis shared by both streams, in video latent frames: video frame i at i, audio frame j at j*F/T
-        tv = torch.arange(fp, dtype=torch.float32)[:, None].expand(fp, hp * wp).reshape(-1) * pt  # [Lv]
-        ta = (torch.arange(t, dtype=torch.float32) * (f / t)).repeat(s)  # [S*T]
-        rope_v = rope_table_3d(fp, hp, wp, cfg.video_dim // cfg.video_heads, cfg.rope_theta)
+        dev = video_latent.device
+        f32 = dict(dtype=torch.float32, device=dev)
+        tv = torch.arange(fp, **f32)[:, None].expand(fp, hp * wp).reshape(-1) * pt  # [Lv]
+        ta = (torch.arange(t, **f32) * (f / t)).repeat(s)  # [S*T]
+        rope_v = rope_table_3d(fp, hp, wp, cfg.video_dim // cfg.video_heads, cfg.rope_theta, dev)
         dha = cfg.audio_dim // cfg.audio_heads
-        pos_x = torch.cat([torch.arange(r, dtype=torch.float32), torch.arange(t, dtype=torch.float32).repeat(s)])
+        pos_x = torch.cat([torch.arange(r, **f32), torch.arange(t, **f32).repeat(s)])
         rope_x = rope_table_1d(pos_x, dha, cfg.rope_theta)  # reference and audio frames by index
         text_bias = key_mask_bias(text_mask)
-        ones = torch.ones(n, s * t, dtype=text_mask.dtype)
+        ones = torch.ones(n, s * t, dtype=text_mask.dtype, device=dev)
         joint_bias = key_mask_bias(torch.cat([ref_mask, ones, speech_mask, audio_text_mask], dim=1))
 
         unison = cfg.audio_streams == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import FeedForward, key_mask_bias, sdpa
+from .layers import FeedForward, LayerNorm, key_mask_bias, sdpa
 
 
 class EncoderLayer(nn.Module):
@@ -13,7 +13,7 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2 = LayerNorm(dim), LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.ffn = FeedForward(dim, 2 * dim)
         self.heads = heads
@@ -36,7 +36,7 @@ class TextEncoder(nn.Module):
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
         self.layers = nn.ModuleList(EncoderLayer(dim, heads) for _ in range(layers))
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, ids, mask):
         x = self.embed(ids) + self.pos[: ids.shape[1]][None]
@@ -50,7 +50,7 @@ class ConvNeXt1d(nn.Module):
     def __init__(self, dim: int, kernel: int = 7):
         super().__init__()
         self.dw = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.ffn = FeedForward(dim, 2 * dim)
 
     def forward(self, x, mask):  # x [N, P, D], mask [N, P]
@@ -67,7 +67,7 @@ class SpeechEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(max_len, dim) * 0.02)
         self.convs = nn.ModuleList(ConvNeXt1d(dim) for _ in range(2))
         self.layers = nn.ModuleList(EncoderLayer(dim, heads) for _ in range(layers))
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, ids, mask):
         x = self.embed(ids) + self.pos[: ids.shape[1]][None]

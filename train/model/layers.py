@@ -14,14 +14,14 @@ EMIT_CUSTOM_OP = False
 CUSTOM_OP = "com.harmony_rt::RoPEAlignedAttention"
 
 
-def rope_freqs(dim_half: int, theta: float) -> torch.Tensor:
+def rope_freqs(dim_half: int, theta: float, device=None) -> torch.Tensor:
     """Inverse frequencies [dim_half] of a rotary embedding whose table has `dim_half` columns."""
-    return theta ** (-torch.arange(dim_half, dtype=torch.float32) / dim_half)
+    return theta ** (-torch.arange(dim_half, dtype=torch.float32, device=device) / dim_half)
 
 
 def rope_table_1d(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [L, head_dim/2] for 1-D positions pos [L] (float)."""
-    ang = pos[:, None].float() * rope_freqs(head_dim // 2, theta).to(pos.device)[None, :]
+    ang = pos[:, None].float() * rope_freqs(head_dim // 2, theta, pos.device)[None, :]
     return ang.cos(), ang.sin()
 
 
@@ -32,12 +32,15 @@ def rope_split_3d(head_dim: int) -> tuple[int, int, int]:
     return half - 2 * hw, hw, hw
 
 
-def rope_table_3d(f: int, h: int, w: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table_3d(f: int, h: int, w: int, head_dim: int, theta: float,
+                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [f*h*w, head_dim/2] for a (frame, row, col) grid in row-major token order."""
     nt, nh, nw = rope_split_3d(head_dim)
-    ft = torch.arange(f, dtype=torch.float32)[:, None] * rope_freqs(nt, theta)[None, :]  # [f, nt]
-    fh = torch.arange(h, dtype=torch.float32)[:, None] * rope_freqs(nh, theta)[None, :]  # [h, nh]
-    fw = torch.arange(w, dtype=torch.float32)[:, None] * rope_freqs(nw, theta)[None, :]  # [w, nw]
+
+    def axis(n: int, cols: int) -> torch.Tensor:  # [n, cols] angles of one axis
+        return torch.arange(n, dtype=torch.float32, device=device)[:, None] * rope_freqs(cols, theta, device)[None, :]
+
+    ft, fh, fw = axis(f, nt), axis(h, nh), axis(w, nw)  # [f, nt], [h, nh], [w, nw]
     ang = torch.cat(
         [
             ft[:, None, None, :].expand(f, h, w, nt),
@@ -47,6 +50,31 @@ def rope_table_3d(f: int, h: int, w: int, head_dim: int, theta: float) -> tuple[
         dim=-1,
     ).reshape(f * h * w, nt + nh + nw)
     return ang.cos(), ang.sin()
+
+
+def _fp32(norm, x: torch.Tensor) -> torch.Tensor:
+    """norm(x) in fp32 under autocast (bf16 statistics lose precision), cast back to x's dtype; otherwise (and
+    while exporting) the plain op."""
+    on = (not torch.onnx.is_in_onnx_export() and x.device.type in ("cpu", "cuda")
+          and torch.is_autocast_enabled(x.device.type))
+    if not on:
+        return norm(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return norm(x.float()).to(x.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm, computed in fp32 under mixed precision."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _fp32(super().forward, x)
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm, computed in fp32 under mixed precision."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _fp32(super().forward, x)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -149,7 +177,7 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.h = Heads(heads)
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(ctx_dim, dim), nn.Linear(ctx_dim, dim)
-        self.norm_q, self.norm_k = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
+        self.norm_q, self.norm_k = RMSNorm(dim // heads, eps=1e-6), RMSNorm(dim // heads, eps=1e-6)
         self.out = nn.Linear(dim, dim)
         if zero_init:
             nn.init.zeros_(self.out.weight)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import CrossAttention
+from .layers import CrossAttention, LayerNorm
 
 
 class BiACA(nn.Module):
@@ -15,7 +15,7 @@ class BiACA(nn.Module):
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = LayerNorm(dim, eps=1e-6)
         self.sp_from_sfx = CrossAttention(dim, dim, heads, zero_init=True)
         self.sfx_from_sp = CrossAttention(dim, dim, heads, zero_init=True)
 
