@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +24,11 @@ from pathlib import Path
 import av
 import numpy as np
 import soundfile as sf
+
+try:  # where PyAV keeps its side data types (frames' display matrices): since PyAV 9
+    from av.sidedata.sidedata import Type as _SideDataType
+except ImportError:  # another layout: orientations are read from the rotation alone (mirrorings stay)
+    _SideDataType = None
 
 from .errors import DiskError, MediaError
 from .errors import one_line as _one_line
@@ -39,6 +45,8 @@ _IMAGE_VIA_SWSCALE = {"ya8", "pal8", "monob", "monow", "yuvj420p", "yuvj422p", "
                       "yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuva420p", "bgr24", "bgra", "argb", "abgr"}
 _ALPHA_FORMATS = {"rgba", "ya8", "yuva420p", "bgra", "argb", "abgr"}
 _BT709, _LIMITED = 1, 1  # AVCOL_SPC_BT709 (= AVCOL_PRI_BT709 = AVCOL_TRC_BT709), AVCOL_RANGE_MPEG
+# `_side_data`: held while a lookup that tolerates unnamed side data types is installed on PyAV's Type enum
+_SIDE_DATA_TYPES_LOCK = threading.Lock()
 # Exceptions PyAV / soundfile / numpy raise on bad files; converted to MediaError at the public boundary.
 _LIB_ERRORS = (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError, TypeError, IndexError, sf.SoundFileError)
 
@@ -440,32 +448,75 @@ def _resize(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
         return frame.reformat(width, height, interpolation="BICUBIC").to_ndarray()
 
 
-def _quarter_turns(frame: av.VideoFrame) -> int:
-    """Counter-clockwise quarter turns (0-3) that show `frame` upright, from its display matrix (a photo's EXIF
-    orientation, a phone video's rotation). PyAV exposes only the rotation: a mirrored orientation stays so."""
-    return round(getattr(frame, "rotation", 0) / 90) % 4
+def _side_data(frame: av.VideoFrame):
+    """`frame.side_data`, also where FFmpeg attached a type this PyAV has no name for: PyAV 18 with FFmpeg 8
+    raises ValueError ("31 is not a valid Type", AV_FRAME_DATA_EXIF, on every JPEG/PNG with EXIF) while
+    listing them; then unnamed types are listed as pseudo-members of `Type` for the length of the call."""
+    try:
+        return frame.side_data
+    except ValueError:
+        pass
+
+    def unnamed(cls, value):
+        member = object.__new__(cls)
+        member._name_, member._value_ = f"UNKNOWN_{value}", value
+        return member
+
+    with _SIDE_DATA_TYPES_LOCK:
+        _SideDataType._missing_ = classmethod(unnamed)
+        try:
+            return frame.side_data
+        finally:
+            del _SideDataType._missing_
 
 
-def _shown_size(frame: av.VideoFrame) -> tuple[int, int, int]:
-    """(width, height, quarter turns) of `frame` as shown upright."""
-    k = _quarter_turns(frame)
-    return (frame.height, frame.width, k) if k % 2 else (frame.width, frame.height, k)
+def _orientation(frame: av.VideoFrame) -> tuple[int, bool]:
+    """(k, mirrored) from `frame`'s display matrix (a photo's EXIF orientation, a phone video's rotation):
+    it is shown upright by mirroring top to bottom when `mirrored` (the matrix's determinant is negative:
+    EXIF orientations 2, 4, 5, 7), then turning k (0-3) quarter turns counter-clockwise."""
+    k = round(getattr(frame, "rotation", 0) / 90) % 4
+    if _SideDataType is None:
+        return k, False
+    try:
+        matrix = next((np.frombuffer(bytes(sd), np.int32) for sd in _side_data(frame)
+                       if sd.type is _SideDataType.DISPLAYMATRIX), None)
+    except (ValueError, TypeError, AttributeError) as e:  # a PyAV without the side data: rotation only
+        log.debug("display matrix unreadable (%s): a mirroring stays", e)
+        matrix = None
+    a, b, c, d = (0, 0, 0, 0) if matrix is None or matrix.size < 9 else (int(v) for v in matrix[[0, 1, 3, 4]])
+    return k, a * d - b * c < 0
 
 
-def _size_notes(shown: tuple[int, int, int], height: int, width: int) -> list[str]:
-    """What `_to_rgb` changed: the turn (its display matrix), the resize."""
-    w, h, k = shown
-    notes = [f"rotated {(4 - k) * 90} degrees clockwise, as its orientation metadata says"] if k else []
+def _upright(rgb: np.ndarray, k: int, mirrored: bool) -> np.ndarray:
+    """Stored pixels [h, w, ...] -> as shown, by `_orientation`'s (k, mirrored)."""
+    return np.rot90(rgb[::-1] if mirrored else rgb, k)
+
+
+def _shown_size(frame: av.VideoFrame) -> tuple[int, int, int, bool]:
+    """(width, height, quarter turns, mirrored) of `frame` as shown upright."""
+    k, mirrored = _orientation(frame)
+    return (frame.height, frame.width, k, mirrored) if k % 2 else (frame.width, frame.height, k, mirrored)
+
+
+def _size_notes(shown: tuple[int, int, int, bool], height: int, width: int) -> list[str]:
+    """What `_to_rgb` changed: the turn and mirroring (its display matrix), the resize."""
+    w, h, k, mirrored = shown
+    if mirrored:  # said as a left-right mirroring first: flipping top-bottom then turning k = that, turning k + 2
+        cw = (4 - (k + 2) % 4) % 4 * 90
+        notes = ["mirrored left to right" + (f" and rotated {cw} degrees clockwise" if cw else "")
+                 + ", as its orientation metadata says"]
+    else:
+        notes = [f"rotated {(4 - k) * 90} degrees clockwise, as its orientation metadata says"] if k else []
     return notes + ([f"resized {w}x{h} -> {width}x{height}"] if (w, h) != (width, height) else [])
 
 
 def _to_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
-    """Decoded frame -> uint8 [height, width, 3], turned upright (`_quarter_turns`); no resize when the size
-    already matches."""
-    k = _quarter_turns(frame)
+    """Decoded frame -> uint8 [height, width, 3], turned upright and unmirrored (`_orientation`); no resize
+    when the size already matches."""
+    k, mirrored = _orientation(frame)
     h, w = (width, height) if k % 2 else (height, width)  # the size before turning
     rgb = frame.to_ndarray(format="rgb24") if (frame.width, frame.height) == (w, h) else _resize(frame, h, w)
-    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+    return np.ascontiguousarray(_upright(rgb, k, mirrored)) if k or mirrored else rgb
 
 
 def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
@@ -474,8 +525,8 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
 
     Time resampling picks, for each output time k / fps (from the first frame), the source frame nearest
     by timestamp; the output covers the source duration. When the source rate equals `fps` every frame is
-    kept as decoded. Frames are turned upright as the stream's rotation metadata says (a phone's portrait
-    video), then resized (stretched, aspect not kept) to (height, width). At most `max_frames` frames are
+    kept as decoded. Frames are turned upright and unmirrored as the stream's display matrix says (a phone's
+    portrait video), then resized (stretched, aspect not kept) to (height, width). At most `max_frames` frames are
     returned.
     """
     p = _check_readable(path)
@@ -524,7 +575,7 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
 
 def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, rate: Fraction,
                     src_rate: Fraction | None, height: int, width: int,
-                    limit: int | None) -> tuple[list[np.ndarray], tuple[int, int, int] | None]:
+                    limit: int | None) -> tuple[list[np.ndarray], tuple[int, int, int, bool] | None]:
     """Nearest-timestamp selection onto the grid k / rate. Streams: holds one decoded frame at a time."""
     tb = stream.time_base
     out: list[np.ndarray] = []
@@ -570,8 +621,8 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
 
     Accepted: 8-bit gray, gray+alpha, 1-bit, RGB, RGBA, palette (expanded by swscale), 8-bit YUV (JPEG).
     Alpha is dropped (colour channels kept as stored, not composited). Anything else (16-bit, CMYK, float)
-    raises MediaError naming the pixel format. Turned upright as its EXIF orientation says (a rotation; a
-    mirroring is not undone), then resized (stretched) to (height, width). What was changed is logged and,
+    raises MediaError naming the pixel format. Turned upright as its EXIF orientation says (rotations and
+    mirrorings: all 8 orientations), then resized (stretched) to (height, width). What was changed is logged and,
     when `notes` is given, appended to it.
     """
     changed: list[str] = []
@@ -597,7 +648,7 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
         if fmt in _ALPHA_FORMATS and frame.to_ndarray(format="rgba")[:, :, 3].min() < 255:
             changed.append(f"dropped the alpha channel ({fmt})")  # only where it hides something: GIFs decode as bgra
         shown = _shown_size(frame)
-        rgb = np.rot90(rgb, shown[2])  # upright: a photo's EXIF orientation
+        rgb = _upright(rgb, *shown[2:])  # upright and unmirrored: a photo's EXIF orientation
         if rgb.shape[:2] != (height, width):
             rgb = _resize(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), height, width)
         changed += _size_notes(shown, height, width)
