@@ -252,8 +252,8 @@ def _check_stems(stems: Path, kw: dict) -> None:
 @click.option("--video", "video", type=click.Path(path_type=Path), default=None, help="V2A: driving video.")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="I2AV: first frame.")
 @click.option("--ref-audio", type=click.Path(path_type=Path), default=None,
-              help="Voice to clone (0.5-10 s, or up to the bundle's max_ref_seconds where longer; the first "
-                   "max_ref_seconds of the bundle are used).")
+              help="Voice to clone (0.5-10 s, or up to the bundle's max_ref_seconds where that is longer; "
+                   "only its first max_ref_seconds are used).")
 @click.option("--stems", type=click.Path(path_type=Path), default=None,
               help="Folder for speech/sfx/mix stems (Unison).")
 @click.option("--backend", default="auto", show_default=True,
