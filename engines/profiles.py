@@ -12,7 +12,8 @@ and the build limits; every input of a component then gets per-axis ranges. One 
     LA  audio-caption tokens                    1 .. max_audio_text_tokens (geometry), else max_text_tokens
     P   transcript characters                   1 .. max_speech_chars
     FP  pixel frames                            1 .. max F * video_t_stride + 1 (F*s and causal (F-1)*s+1)
-    W   waveform samples                        1 .. (max T + 1) * audio_hop
+    W   waveform samples                        1 .. (max T + 1) * audio_hop, and at least R max * audio_hop (the
+                                                reference voice goes through the audio encoder too)
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def dim_ranges(geometry: Geometry, limits: Limits, manifest: dict | None = None)
         "LA": (1, LA, LA),
         "P": (1, g.max_speech_chars, g.max_speech_chars),
         "FP": (1, F * g.video_t_stride, F * g.video_t_stride + 1),
-        "W": (1, T * g.audio_hop, (T + 1) * g.audio_hop),
+        "W": (1, T * g.audio_hop, max(T + 1, R) * g.audio_hop),  # clips, and the reference voice R comes from
     }
     for name, (lo, opt, hi) in ranges.items():
         assert 1 <= lo <= opt <= hi, (name, lo, opt, hi)

@@ -346,8 +346,10 @@ def add_variants(bundle_dir: str | os.PathLike, precisions, prompts=calibration.
             dst = bundle_dir / f"{name}.{prec}.onnx"
             cal = calibration.subsample(calib.get(name, []), CALIB_CALLS)
             info = precision.build_variant(prec, name, src, dst, cal)
-            if info is None:
-                continue
+            if info is None:  # only the quantizing passes, aimed at the components PLAN names: asked, not made
+                raise ExportError(f"{name} ({prec}): no MatMul to quantize in the scopes "
+                                  f"{list(precision.QUANT_SCOPES.get(name, ()))} (does the graph carry the "
+                                  "exporter's module scopes?); the variant cannot be written")
             feeds = calibration.subsample(held_out.get(name, []), EVAL_CALLS)
             abs_err, rel_err = precision.graph_error(_cpu_session(src), _cpu_session(dst), feeds)
             if not np.isfinite(abs_err):

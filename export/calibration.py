@@ -1,8 +1,9 @@
 """Calibration data from real sampler trajectories, not random tensors.
 
 `record_feeds` runs the fp32 bundle's own Pipeline (ODE loop, guidance batch, encoders, decoders) and
-keeps every component's inputs as the sampler produced them. Static int8 and fp8 ranges come from the
-denoiser feeds of those runs; per-component errors are measured on a held-out run (another prompt and seed).
+keeps every component's inputs as the sampler produced them (a step's guidance branches in one call).
+Static int8 and fp8 ranges come from the denoiser feeds of those runs; per-component errors are measured on
+a held-out run (another prompt and seed).
 """
 
 from __future__ import annotations
@@ -57,8 +58,14 @@ class _Recorder:
 
 def record_feeds(bundle_path: str | Path, prompts=CALIBRATION_PROMPTS, steps: int | None = None,
                  **pipeline_kw) -> dict[str, list[Feeds]]:
-    """{component: [feeds, ...]} of fp32 generations of `prompts` (ORT, the bundle's sampling defaults;
-    `pipeline_kw` e.g. split="batched" for one denoiser call per ODE step)."""
+    """{component: [feeds, ...]} of fp32 generations of `prompts` (ORT, the bundle's sampling defaults).
+
+    The guidance branches run batched (`pipeline_kw` may say otherwise): one denoiser call per ODE step holding
+    every branch's rows. Under the Pipeline's default split="auto" the calls would depend on timing (each
+    step batched or one call per branch, as measured on this machine, or as the user's split cache says), and
+    so would the calls `subsample` keeps: the calibrated ranges, and the variant's bytes, would change run to
+    run."""
+    pipeline_kw.setdefault("split", "batched")
     pipe = Pipeline.from_bundle(bundle_path, verify=False, backend="ort", **pipeline_kw)
     rec = _Recorder(pipe.backend)
     pipe.backend = rec

@@ -263,8 +263,12 @@ def fp8_quantize_array(x: np.ndarray, scale: float) -> np.ndarray:
     return np.clip(x / np.float32(scale), -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn)
 
 
-def fp8_scale(amax: float) -> float:
-    return float(max(amax, 1e-12) / FP8_MAX)
+def fp8_scale(amax: float, dtype=np.float32) -> np.ndarray:
+    """The per-tensor scale amax / FP8_MAX as stored: of type `dtype`, at least its smallest normal number.
+    Unfloored, an fp16 scale of a small amax (an all-zero tensor, a barely trained zero-initialised
+    projection) rounds to 0 below amax ~1e-5 (Quantize divides by it: 0 / 0 is NaN) and to a subnormal, up to
+    percents off, below ~0.03."""
+    return np.array(max(amax / FP8_MAX, float(np.finfo(dtype).tiny)), dtype)
 
 
 def fp8_targets(model: onnx.ModelProto, sel: Selection) -> list[str]:
@@ -328,16 +332,16 @@ def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tu
         zp = numpy_helper.from_array(fp8_quantize_array(np.zeros((), np.float32), 1.0), zp_name)
         if weight:
             w = numpy_helper.to_array(inits[name]).astype(np.float32)
-            sc = fp8_scale(float(np.abs(w).max()))
-            q = numpy_helper.from_array(fp8_quantize_array(w, sc), f"{base}__fp8")
-            g.initializer.extend([q, numpy_helper.from_array(np.array(sc, dtype), scale_name), zp])
+            sc = fp8_scale(float(np.abs(w).max()), dtype)
+            q = numpy_helper.from_array(fp8_quantize_array(w, float(sc)), f"{base}__fp8")  # the scale as stored
+            g.initializer.extend([q, numpy_helper.from_array(sc, scale_name), zp])
             nodes = [helper.make_node("DequantizeLinear", [q.name, scale_name, zp_name], [deq], name=f"{base}__fp8_DQ")]
             stats["weights"] += 1
         else:
             if name not in amax:
                 raise KeyError(f"no calibrated range for activation {name!r}")
-            sc = fp8_scale(float(amax[name]))
-            g.initializer.extend([numpy_helper.from_array(np.array(sc, dtype), scale_name), zp])
+            sc = fp8_scale(float(amax[name]), dtype)
+            g.initializer.extend([numpy_helper.from_array(sc, scale_name), zp])
             qn = f"{base}__fp8_q"
             nodes = [
                 helper.make_node("QuantizeLinear", [name, scale_name, zp_name], [qn], name=f"{base}__fp8_Q",
