@@ -152,3 +152,109 @@ def test_norms_are_computed_in_fp32_under_bf16_autocast():
         assert torch.equal(got, ref(x.float()).bfloat16())
         y = torch.randn(2, 7, 64)
         assert torch.equal(norm(y), ref(y))
+
+
+class _HostCopies(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts what would make a GPU run's host wait, tensor by tensor, on the meta device: copies from the CPU
+    that are not asynchronous (from pageable memory a copy to a GPU first waits for all the work queued before
+    it), and ops given CPU tensors beside device tensors (a CPU index into a GPU tensor is such a copy, made
+    inside the op: meta, like CUDA, accepts it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocking, self.mixed = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if func is torch.ops.aten._to_copy.default:
+            if args[0].device.type == "cpu" and kwargs.get("device") == META and not kwargs.get("non_blocking"):
+                self.blocking.append(tuple(args[0].shape))
+        elif any(t.device == META for t in tensors):  # 0-dim CPU tensors are scalars to a GPU kernel: no copy
+            self.mixed += [(str(func), tuple(t.shape)) for t in tensors if t.device.type == "cpu" and t.dim()]
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("unison", [False, True])
+def test_a_denoiser_step_copies_nothing_to_the_device_synchronously(unison):
+    """Noise, timesteps, tokens, masks and the CTS rows' index reach the device without a host-device sync:
+    each blocking copy (29 a joint step before) would stall the host until the GPU had caught up."""
+    cfg, tc, clips, model = _setup(unison)
+    lat = tr.encode_clips(model, clips)
+    toks, gen = tr.build_tokenizers(cfg), torch.Generator().manual_seed(0)
+    for step in (0, 9):  # audio-only, joint (Unison: forcing + CTS)
+        with _HostCopies() as seen:
+            batch = tr.make_batch(model, lat, [0, 1], toks, tc, tr.stage_of(step, tc), gen)
+            tr.step_loss(model, batch, tc, step, gen)[0].backward()
+        assert (seen.blocking, seen.mixed) == ([], []), step
+
+
+def test_the_autoencoder_and_vocoder_steps_copy_nothing_to_the_device_synchronously(monkeypatch):
+    """Their random crops index the clips on the device with device indices (the clips are copied once)."""
+    from train import vocoder
+
+    cfg, tc, clips, model = _setup()
+    monkeypatch.setattr(tr, "_check_finite", lambda *a: None)  # reads the gradient norm's value
+    monkeypatch.setattr(tr, "_floats", lambda logs: logs)  # logging reads values
+    monkeypatch.setattr(vocoder, "_floats", lambda logs: logs)
+    copies = {}
+    for n in (1, 3):
+        with _HostCopies() as seen:
+            tr.train_autoencoders(model, clips, tr.TrainConfig(**{**tc.__dict__, "ae_steps": n}), torch.Generator())
+        copies[n] = (len(seen.blocking), seen.mixed)
+    assert copies[1] == copies[3] and copies[3][1] == []  # the clips' one copy, none a step
+    wavs = torch.zeros(2, 4 * 32 * cfg.audio_hop, device=META)
+    with _HostCopies() as seen:
+        vocoder.finetune_decoder(model, wavs, steps=2, batch=2)
+    assert (seen.blocking, seen.mixed) == ([], [])
+
+
+def test_the_silence_anchor_is_encoded_in_fp32_under_bf16_autocast():
+    """The null audio of the driven rows is audio_encoder(silence), cached on the first batch: made under the
+    step's autocast it was the encoder's bf16 output (the clips' latents, and the runtime's, are fp32)."""
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    model = HarmonyModel(cfg)
+    tc = tr.TrainConfig(size="tiny", clips=2, seconds=1.0, kinds=("ambient",), batch=2, steps=10)
+    lat = tr.encode_clips(model, tr.make_clips(tc, cfg))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        batch = tr.make_batch(model, lat, [0, 1], tr.build_tokenizers(cfg), tc, "joint", torch.Generator())
+    with torch.no_grad():
+        want = model.audio_ae.encode(torch.zeros(1, batch.z_a.shape[2] * cfg.audio_hop))
+    assert torch.equal(batch.null_a[0], want.expand_as(batch.null_a[0]))
+
+
+@pytest.mark.parametrize("unison", [False, True])
+def test_the_denoisers_residual_streams_stay_fp32_under_bf16_autocast(unison):
+    """Each block adds its bf16 output to fp32 streams (video, audio, reference, context): in bf16 the video and
+    context streams rounded away every update under ~1/256 of their size, the zero-initialised GLDI first.
+    Without autocast (training in fp32, export) nothing changes."""
+    cfg = get_config("tiny", audio_streams=2 if unison else 1)
+    torch.manual_seed(0)
+    model = HarmonyModel(cfg)
+    tc = tr.TrainConfig(size="tiny", clips=2, seconds=1.0, kinds=("ambient",), batch=2, steps=10)
+    lat = tr.encode_clips(model, tr.make_clips(tc, cfg))
+    batch = tr.make_batch(model, lat, [0, 1], tr.build_tokenizers(cfg), tc, "joint", torch.Generator())
+    seen = {"video": [], "audio": []}
+    for block in model.denoiser.video_blocks:  # x (e, the timestep embedding, is bf16)
+        block.register_forward_pre_hook(lambda mod, args: seen["video"].append(args[0].dtype))
+    for block in model.denoiser.audio_blocks:  # x (reference + audio), c (context)
+        block.register_forward_pre_hook(lambda mod, args: seen["audio"].extend(a.dtype for a in args[:2]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        tr.step_loss(model, batch, tc, 9, torch.Generator())
+    assert seen == {"video": [torch.float32] * cfg.layers, "audio": [torch.float32] * 2 * cfg.layers}, seen
+
+
+def test_the_silence_anchor_cache_goes_with_its_model():
+    """Cached per autoencoder object, not per id(): a later model could be given a freed one's id (and its
+    stale latent), and the cache kept every model's latents (GPU memory) alive."""
+    import gc
+
+    model = HarmonyModel(get_config("tiny"))
+    with torch.no_grad():
+        z = tr._silence_latent(model, 5)
+    assert model.audio_ae in tr._SILENCE and z.shape[1] == 5
+    before = len(tr._SILENCE)
+    del model
+    gc.collect()
+    assert len(tr._SILENCE) == before - 1

@@ -1,9 +1,9 @@
 """Flow-matching losses: timestep sampling with shift, the CTS three-task loss (METHOD.md 1.2).
 
-Random draws come from a CPU generator and are moved to the latents' device: a run draws the same stream on
-any device, and resumes bit-exactly from its saved generator state. Losses are computed in fp32 (under bf16
-autocast the denoiser's outputs are cast up), and their logs are detached 0-dim tensors, read (a device sync)
-only when the caller logs them."""
+Random draws come from a CPU generator and are moved to the latents' device (`to_device`, without a host-device
+sync): a run draws the same stream on any device, and a resumed run continues it exactly from its saved
+generator state. Losses are computed in fp32 (under bf16 autocast the denoiser's outputs are cast up), and
+their logs are detached 0-dim tensors, read (a device sync) only when the caller logs them."""
 
 from __future__ import annotations
 
@@ -25,13 +25,22 @@ def sample_t(n: int, shift: float, generator: torch.Generator | None = None) -> 
     return shift_t(u, shift)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x, made on the CPU, on `device` without a host-device sync: a copy from pageable memory to a GPU first
+    waits for every kernel queued before it (a dozen such copies a step would each stall the host), one from
+    pinned memory is queued like a kernel (the pinned buffer is kept until the copy has run)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
+
+
 def noise_like(like: torch.Tensor, generator) -> torch.Tensor:
     """Standard normal noise shaped and placed like `like` (fp32), drawn on the CPU generator."""
-    return torch.randn(like.shape, generator=generator).to(like.device)
+    return to_device(torch.randn(like.shape, generator=generator), like.device)
 
 
 def _to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return x.to(like.device)
+    return to_device(x, like.device)
 
 
 def noise_to(z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -51,10 +60,11 @@ class CTSBatch:
     null_a: torch.Tensor | None = None  # silence latent, like z_a
 
 
-def _rows(B: int, m: int) -> torch.Tensor:
+def _rows(B: int, m: int, device=None) -> torch.Tensor:
     """The clip of each row: B joint rows, then m audio-driven (clips 0..m-1), then m video-driven (the next m,
-    cyclically)."""
-    return torch.cat([torch.arange(B), torch.arange(m), (torch.arange(m) + m) % B])
+    cyclically). Made on the latents' device: a CPU index into a GPU tensor is a blocking copy per use."""
+    clips = torch.arange(B, device=device)  # m <= B
+    return torch.cat([clips, clips[:m], (clips[:m] + m) % B])
 
 
 def _driven(batch: CTSBatch, rows: torch.Tensor, B: int, m: int, t_v: torch.Tensor, t_a: torch.Tensor,
@@ -92,7 +102,7 @@ def cts_loss(
     """
     z_v, z_a, B = batch.z_v, batch.z_a, batch.z_v.shape[0]
     m = max(1, min(B, round(driven_frac * B))) if use_cts else 0
-    rows = _rows(B, m)
+    rows = _rows(B, m, z_v.device)
     n = len(rows)
     eps_v = noise_like(z_v, generator)[rows]
     eps_a = noise_like(z_a, generator)[rows]
@@ -151,7 +161,7 @@ def forcing_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, progress: float,
     z_v, z_a = batch.z_v, batch.z_a  # z_a [B, S, T, C_a]: speech, sfx stems
     B = z_v.shape[0]
     m = max(1, min(B, round(driven_frac * B))) if use_cts else 0
-    rows = _rows(B, m)
+    rows = _rows(B, m, z_v.device)
     t_v, t_a = forcing_timesteps(B, progress, cfg.shift, generator)  # the joint rows'
     eps_v = noise_like(z_v, generator)[rows]
     eps_a = noise_like(z_a, generator)[rows]

@@ -7,19 +7,22 @@ Stages (fractions of --steps): (1) audio pre-training with a reference cut from 
 audio-video training with CTS. Runs under torchrun (DDP, gloo on CPU) when WORLD_SIZE > 1.
 
 Devices: `device` (CLI --device) places the model, the cached latents and every step's batch; random draws
-stay on a CPU generator (the same stream on any device, bit-exact resume), checkpoints are written from the
-CPU, so a run may resume on another device. `precision="bf16"` runs the denoiser stage (text / speech
-encoders and denoiser, forward and backward) under bf16 autocast with fp32 weights, optimizer and losses;
-the autoencoders always train in fp32.
+stay on a CPU generator (the same stream on any device, continued exactly on resume; on a GPU the weights
+of a resumed run are not bit-exact, some CUDA kernels being nondeterministic), checkpoints are written from
+the CPU, so a run may resume on another device. `precision="bf16"` runs the denoiser stage (text / speech
+encoders and denoiser, forward and backward) under bf16 autocast with fp32 weights, optimizer, norms,
+residual streams and losses; the autoencoders always train (and encode) in fp32.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import math
 import os
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,7 +35,7 @@ from harmony_rt.text import pad_ids
 
 from .checkpoints import TOKENIZER_FILES, load_checkpoint, load_ema, save_checkpoint
 from .configs import HarmonyConfig, get_config, within
-from .losses import CTSBatch, cts_loss, forcing_loss, noise_like, noise_to, sample_t
+from .losses import CTSBatch, cts_loss, forcing_loss, noise_like, noise_to, sample_t, to_device
 from .model import HarmonyModel
 from .model.autoencoders import fit_latent_norm
 from .tokenizers import caption_tokenizer, speech_tokenizer
@@ -205,7 +208,7 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
     seg = cfg.audio_hop * 16
     logs = {}
     for step in range(tc.ae_steps):
-        idx = torch.randint(len(frames), (min(tc.batch, len(frames)),), generator=gen)
+        idx = to_device(torch.randint(len(frames), (min(tc.batch, len(frames)),), generator=gen), dev)
         fr = frames[idx]  # [B, 3, FP, H, W]
         if tc.ae_frames and tc.ae_frames < fr.shape[2]:
             n = max(cfg.video_t_stride, tc.ae_frames // cfg.video_t_stride * cfg.video_t_stride)
@@ -214,7 +217,7 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
             fr = fr[:, :, f0 : f0 + n]
         rec_v = model.video_ae.decoder(model.video_ae.encoder(fr))
         lv = F.mse_loss(torch.tanh(rec_v), fr)
-        widx = torch.randint(len(wavs), (min(tc.batch, len(wavs)),), generator=gen)
+        widx = to_device(torch.randint(len(wavs), (min(tc.batch, len(wavs)),), generator=gen), dev)
         off = int(torch.randint(max(1, wavs.shape[1] - seg) // cfg.audio_hop, (1,), generator=gen)) * cfg.audio_hop
         w = wavs[widx, off : off + seg]
         rec_a = torch.tanh(model.audio_ae.decoder(model.audio_ae.encoder(w[:, None]))[:, 0])
@@ -262,24 +265,27 @@ def encode_clips(model: HarmonyModel, clips) -> list[ClipLatents]:
 # ----------------------------------------------------------------------------- denoiser
 
 
-def _tokens(tok, texts, max_len, device=None):
+def _tokens(tok, texts, max_len, device=torch.device("cpu")):
     """Token ids [N, L] (long) and mask [N, L], padded as the runtime pads them, cut to max_len."""
     ids, mask = pad_ids([e.ids for e in tok.encode_batch(texts)], max_len)
-    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+    return to_device(torch.from_numpy(ids), device), to_device(torch.from_numpy(mask), device)
 
 
-_SILENCE: dict = {}
+_SILENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # audio autoencoder -> {(frames, device): latent}
 GREY_STILL = 0.5  # share of the static anchors that are a mid-grey still rather than the clip's first frame
 
 
 @torch.no_grad()
 def _silence_latent(model, frames: int) -> torch.Tensor:
-    """audio_encoder(silence) [1, T, C_a]: the null audio of the SyncCFG anchor (cached per length)."""
+    """audio_encoder(silence) [1, T, C_a]: the null audio of the SyncCFG anchor (cached per length). In fp32
+    under bf16 autocast too, as the latents of the clips are encoded (the autoencoders run in fp32)."""
     dev = _device(model)
-    key = (id(model.audio_ae), frames, dev)
-    if key not in _SILENCE:
-        _SILENCE[key] = model.audio_ae.encode(torch.zeros(1, frames * model.cfg.audio_hop, device=dev))
-    return _SILENCE[key]
+    cache = _SILENCE.setdefault(model.audio_ae, {})  # per autoencoder object (an id() can be reused)
+    key = (frames, dev)
+    if key not in cache:
+        with torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext():
+            cache[key] = model.audio_ae.encode(torch.zeros(1, frames * model.cfg.audio_hop, device=dev))
+    return cache[key]
 
 
 def drop_texts(texts: tuple[str, ...], p: float, gen) -> tuple[str, ...]:
@@ -322,7 +328,7 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
         text_emb=model.text_encoder(t_ids, t_mask), text_mask=t_mask,
         audio_text_emb=model.text_encoder(a_ids, a_mask), audio_text_mask=a_mask,
         speech_emb=model.speech_encoder(s_ids, s_mask), speech_mask=s_mask,
-        ref_latent=torch.stack(refs), ref_mask=torch.stack(rmask).to(dev),
+        ref_latent=torch.stack(refs), ref_mask=to_device(torch.stack(rmask), dev),
     )
     z_a = torch.stack([it.z_a for it in items])
     null_a = _silence_latent(model, z_a.shape[2])[None].expand_as(z_a)
@@ -334,7 +340,7 @@ def make_batch(model, lat: list[ClipLatents], idx, toks, tc: TrainConfig, stage:
 def audio_only_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, gen) -> tuple[torch.Tensor, dict]:
     """Stages 1-2: audio flow matching with the video fed as pure noise (t_v = 1): no video signal."""
     B, dev = batch.z_a.shape[0], batch.z_a.device
-    t_a = sample_t(B, cfg.shift, gen).to(dev)
+    t_a = to_device(sample_t(B, cfg.shift, gen), dev)
     eps_a = noise_like(batch.z_a, gen)
     zt_v = noise_like(batch.z_v, gen)
     pv, pa = denoiser(zt_v, noise_to(batch.z_a, t_a, eps_a), torch.ones(B, device=dev), t_a, **batch.cond)
@@ -406,6 +412,8 @@ def resolve_device(name: str | None) -> torch.device:
                              f"{', built without CUDA' if torch.version.cuda is None else ''})")
         if dev.index is None:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would take the same GPU
+            raise ValueError(f"{name}: under torchrun give cuda, and each process takes its LOCAL_RANK GPU")
         if dev.index >= torch.cuda.device_count():
             raise ValueError(f"{name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     elif dev.type != "cpu":
@@ -442,8 +450,6 @@ def _agreed_stop(should_stop: Callable[[], bool] | None) -> bool:
 def _dist(dev: torch.device):
     """(rank, world); under torchrun the process group: gloo, and NCCL for tensors on CUDA GPUs."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
         torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo")
     if torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -501,6 +507,8 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     device: where to train (`resolve_device`: "cpu", "cuda", "cuda:N", "auto").
     """
     dev = resolve_device(str(device) if device is not None else None)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # the current device of kernels, NCCL and autocast (not GPU 0)
     rank, world = _dist(dev)
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     gen = torch.Generator().manual_seed(tc.seed + 1000 * rank)  # each rank its own batches and noise

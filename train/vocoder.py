@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import TOKENIZER_FILES, CheckpointError, load_checkpoint, load_ema, save_checkpoint
+from .losses import to_device
 from .train import TrainConfig, _clip_arrays, _floats, make_clips, stft_loss
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def finetune_decoder(model, wavs: torch.Tensor, steps: int, batch: int = 8, lr: 
     seg = hop * seg_frames
     logs: dict = {}
     for step in range(steps):
-        idx = torch.randint(len(wavs), (min(batch, len(wavs)),), generator=gen)
+        idx = to_device(torch.randint(len(wavs), (min(batch, len(wavs)),), generator=gen), wavs.device)
         off = int(torch.randint(max(1, wavs.shape[1] - seg) // hop, (1,), generator=gen)) * hop
         w = wavs[idx, off: off + seg]
         with torch.no_grad():

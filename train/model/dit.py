@@ -24,6 +24,7 @@ from .layers import (
     apply_rope,
     key_mask_bias,
     modulate,
+    residual,
     rope_aligned_attention,
     rope_table_1d,
     rope_table_3d,
@@ -373,6 +374,8 @@ class HarmonyDenoiser(nn.Module):
         xa = xa.reshape(n, s * t, -1)  # streams share time positions (Unison's shared RoPE indices)
         xr = self.ref_in(ref_latent)  # [N, R, Da]
         ctx = torch.cat([self.speech_in(speech_emb), self.caption_in(audio_text_emb)], dim=1)  # [N, P+LA, Da]
+        # the residual streams: fp32 under autocast (the layers' outputs added to them come in bf16)
+        xv, xa, xr, ctx = residual(xv), residual(xa), residual(xr), residual(ctx)
 
         # time axis shared by both streams, in video latent frames: video frame i at i, audio frame j at j*F/T
         dev = video_latent.device

@@ -52,12 +52,22 @@ def rope_table_3d(f: int, h: int, w: int, head_dim: int, theta: float,
     return ang.cos(), ang.sin()
 
 
+def _autocast(x: torch.Tensor) -> bool:
+    """Whether x's ops run under autocast (never while exporting)."""
+    return (not torch.onnx.is_in_onnx_export() and x.device.type in ("cpu", "cuda")
+            and torch.is_autocast_enabled(x.device.type))
+
+
+def residual(x: torch.Tensor) -> torch.Tensor:
+    """x as a residual stream: fp32 under autocast (a bf16 sum drops the updates under ~1/256 of the stream,
+    the zero-initialised GLDI / Bi-ACA outputs' first of all), otherwise (and while exporting) x as it is."""
+    return x.float() if _autocast(x) else x
+
+
 def _fp32(norm, x: torch.Tensor) -> torch.Tensor:
     """norm(x) in fp32 under autocast (bf16 statistics lose precision), cast back to x's dtype; otherwise (and
     while exporting) the plain op."""
-    on = (not torch.onnx.is_in_onnx_export() and x.device.type in ("cpu", "cuda")
-          and torch.is_autocast_enabled(x.device.type))
-    if not on:
+    if not _autocast(x):
         return norm(x)
     with torch.autocast(x.device.type, enabled=False):
         return norm(x.float()).to(x.dtype)
