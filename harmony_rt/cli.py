@@ -274,6 +274,7 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     from .pipeline import Pipeline, output_paths, save_all
 
     _check_output(output)
+    precision = precision.strip().lower() if precision else None  # as export reads its --precision: FP16 = fp16
     if stems is not None:
         _check_stems(stems, kw)
     _check_targets(output, stems, num_samples, kw)
@@ -379,6 +380,7 @@ def build(bundle, precision, max_frames, max_batch, force, plugin, dry_run):
     if importlib.util.find_spec("onnx") is None:
         raise HarmonyError("engine building reads the graphs with onnx, not installed: "
                            "pip install '.[engines]' in the repository")
+    precision = precision.strip().lower()
     if dry_run:
         from .bundle import Bundle
 

@@ -379,3 +379,10 @@ def test_ctrl_c_while_the_cli_is_still_importing_is_one_line():
             "run()\n")
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=300)
     assert (r.returncode, r.stderr, r.stdout) == (130, "error: interrupted\n", "")
+
+
+def test_generate_reads_precision_names_in_any_case(tmp_path):
+    """export reads --precision FP16 as fp16; generate refused it as an unknown "FP16" graph."""
+    r = cli("generate", "x", "-o", tmp_path / "o.mp4", "--precision", "FP16", "--steps", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "no fp16 graphs" in r.stderr and "FP16" not in r.stderr, r.stderr
