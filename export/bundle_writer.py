@@ -305,6 +305,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
 
 EVAL_CALLS = 12  # denoiser calls of the held-out run the errors are measured on
 CALIB_CALLS = 64  # denoiser calls (spread over the noise levels) ranges are calibrated on
+WARN_REL_ERR = 0.1  # a variant further than this from fp32 is written with a warning (int8 of trained models: ~4e-2)
 
 
 def _cpu_session(path: Path) -> ort.InferenceSession:
@@ -361,6 +362,9 @@ def add_variants(bundle_dir: str | os.PathLike, precisions, prompts=calibration.
             }
             log.info("%s %s: max abs err %.2e, rel %.2e vs fp32 (%.1f s)", name, prec, abs_err, rel_err,
                      time.time() - t0)
+            if rel_err > WARN_REL_ERR:
+                log.warning("%s %s is far from fp32 (max relative error %.2g on held-out calls): compare its "
+                            "output with fp32 before using it", name, prec, rel_err)
         if prec in precision.PLUGIN_PRECISIONS:
             for name in (c for c in comps if custom_op.PLUGIN_VARIANT in comps[c].get("variants", {})):
                 feeds = calibration.subsample(held_out.get(name, []), EVAL_CALLS)

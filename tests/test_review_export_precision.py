@@ -47,6 +47,19 @@ def test_a_variant_that_quantizes_nothing_is_an_error(tiny_bundle, tmp_path, mon
     assert (path / "manifest.json").read_bytes() == before
 
 
+def test_a_variant_far_from_fp32_is_written_with_a_warning(tiny_bundle, tmp_path, monkeypatch, caplog):
+    """export refused only non-finite variants: one far from fp32 was reported like any other."""
+    from export import bundle_writer, precision
+
+    path = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, path)
+    monkeypatch.setattr(precision, "graph_error", lambda a, b, feeds: (1.0, 0.5))
+    with caplog.at_level("WARNING", logger="export"):
+        bundle_writer.add_variants(path, "fp16", steps=2)
+    assert any("far from fp32 (max relative error 0.5" in r.getMessage() for r in caplog.records), caplog.text
+    assert "fp16" in json.loads((path / "manifest.json").read_text())["components"]["denoiser"]["variants"]
+
+
 def _fp16_matmul(w: np.ndarray) -> onnx.ModelProto:
     init = numpy_helper.from_array(w.astype(np.float16), "W")
     g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
