@@ -2,8 +2,10 @@
 
 `record_feeds` runs the fp32 bundle's own Pipeline (ODE loop, guidance batch, encoders, decoders) and
 keeps every component's inputs as the sampler produced them (a step's guidance branches in one call).
-Static int8 and fp8 ranges come from the denoiser feeds of those runs; per-component errors are measured on
-a held-out run (another prompt and seed).
+Static int8 and fp8 ranges come from the denoiser feeds of those runs, which cover the bundle's default
+guidance mode and, in one run, text CFG's unconditional rows and a reference voice (without them, on a barely
+trained tiny model, a cloned voice drove quantized activations to 1.56x, uncond rows to 1.29x, their
+calibrated maxima); per-component errors are measured on a held-out run (another prompt and seed).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Prompt:
     prompt: str
     speech: str = ""
     seed: int = 0
+    guidance: str | None = None  # None: the bundle's default mode
+    voice_of: int | None = None  # reference voice: the audio generated for prompts[voice_of], an earlier one
 
 
 # captions in the words the demo models are trained on (train/data/synth.py); a real model passes its own
@@ -37,6 +41,7 @@ CALIBRATION_PROMPTS = (
     Prompt("a blue box knocks twice on a metal floor", seed=2),
     Prompt("a green star beeps three times", seed=3),
     Prompt("a woman speaks with a soft voice", speech="hello there", seed=4),
+    Prompt("a woman speaks with a soft voice", speech="good morning", seed=5, guidance="sync+cfg", voice_of=3),
 )
 EVAL_PROMPT = Prompt("a yellow ball thumps once on a stone floor", seed=11)
 
@@ -69,8 +74,13 @@ def record_feeds(bundle_path: str | Path, prompts=CALIBRATION_PROMPTS, steps: in
     pipe = Pipeline.from_bundle(bundle_path, verify=False, backend="ort", **pipeline_kw)
     rec = _Recorder(pipe.backend)
     pipe.backend = rec
+    made = []
     for p in prompts:
-        pipe.generate(p.prompt, speech=p.speech, seed=p.seed, steps=steps)
+        if p.voice_of is not None and not 0 <= p.voice_of < len(made):
+            raise ValueError(f"calibration prompt {p.prompt!r}: voice_of {p.voice_of} is not an earlier prompt")
+        ref = made[p.voice_of].audio if p.voice_of is not None else None
+        made.append(pipe.generate(p.prompt, speech=p.speech, seed=p.seed, steps=steps, guidance=p.guidance,
+                                  ref_audio=ref))
     log.info("recorded %s", {k: len(v) for k, v in rec.feeds.items()})
     return rec.feeds
 

@@ -92,3 +92,23 @@ def test_fp8_scales_in_an_fp16_graph_neither_vanish_nor_drift():
     sess = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"])
     for x in (np.zeros((2, 4), np.float16), np.full((2, 4), 1e-6, np.float16)):
         assert np.all(np.isfinite(sess.run(None, {"x": x})[0]))
+
+
+def test_calibration_covers_text_cfg_rows_and_a_reference_voice(tiny_bundle, monkeypatch):
+    """The static int8 / fp8 ranges came from the default guidance mode without a reference voice only: a cloned
+    voice drove quantized activations to 1.56x their calibrated maxima, text CFG's uncond rows to 1.29x."""
+    from export import calibration
+
+    monkeypatch.setenv("HARMONY_RT_CACHE", "off")
+    assert any(p.voice_of is not None and p.guidance == "sync+cfg" for p in calibration.CALIBRATION_PROMPTS)
+    prompts = (calibration.Prompt("a ball", speech="hello", seed=1),
+               calibration.Prompt("a ball", speech="hello", seed=2, guidance="sync+cfg", voice_of=0))
+    feeds = calibration.record_feeds(tiny_bundle, prompts, steps=2)["denoiser"]
+    assert len(feeds) == 4
+    first, second = feeds[:2], feeds[2:]
+    assert all(f["ref_mask"].max() == 0 for f in first)  # no voice given
+    assert all(f["ref_mask"].max() == 1 for f in second)
+    assert all(f["video_latent"].shape[0] == len(branches("sync+cfg")) > first[0]["video_latent"].shape[0]
+               for f in second)
+    with pytest.raises(ValueError, match="voice_of 1 is not an earlier prompt"):
+        calibration.record_feeds(tiny_bundle, (calibration.Prompt("a ball", voice_of=1),), steps=1)
