@@ -574,7 +574,9 @@ def build_variant(precision: str, component: str, src: Path, dst: Path, calib: l
         save_graph(out, dst)
         info["converted_nodes"] = len(sel.convert)
     else:
-        sel = select_quant(model, component, attention=precision == "fp8")
+        # MatMuls only, fp8 too: TensorRT's IAttention (what an ONNX Attention node becomes) takes q / k / v in
+        # fp32 / fp16 / bf16, so Q/DQ pairs in front of it would add rounding and kernels, not an fp8 attention
+        sel = select_quant(model, component)
         if not sel.convert:
             return None
         if precision in ("int8", "fp8") and not calib:
