@@ -366,16 +366,33 @@ def stage_of(step: int, tc: TrainConfig) -> str:
     return "audio" if x < a else "timbre" if x < a + b else "joint"
 
 
+SYNC_BUCKET = 2**24  # gradient elements per all-reduce (64 MB of fp32)
+
+
 def _sync_grads(params) -> None:
     """Average gradients over processes (torchrun): every trained module -- autoencoders, encoders,
-    denoiser -- stays identical on all ranks without wrapping each in DDP."""
+    denoiser -- stays identical on all ranks without wrapping each in DDP. Gradients travel in buckets of up
+    to SYNC_BUCKET elements (one all-reduce per parameter is thousands of calls a step on a large model)."""
     if not torch.distributed.is_initialized():
         return
     world = torch.distributed.get_world_size()
-    for p in params:
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= world
+    bucket: list[torch.Tensor] = []
+
+    def flush():
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
+            g.copy_(part.view_as(g))
+        bucket.clear()
+
+    for g in (p.grad for p in params if p.grad is not None):
+        if bucket and (g.dtype != bucket[0].dtype or g.device != bucket[0].device
+                       or sum(b.numel() for b in bucket) + g.numel() > SYNC_BUCKET):
+            flush()
+        bucket.append(g)
+    if bucket:
+        flush()
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
