@@ -37,6 +37,7 @@ from harmony_rt.bundle import Bundle  # noqa: E402
 from harmony_rt.pipeline import Pipeline  # noqa: E402
 
 log = logging.getLogger("precision_report")
+KEPT = "<!-- hand-written below: kept when the report is rewritten -->"
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic", "fp8")
 E2E_PROMPTS = (
@@ -194,7 +195,8 @@ def write_report(path: Path, cmd: str, manifest: dict, e2e: dict, timing: dict, 
         "are MinMax: ORT's Percentile / Entropy calibrators fail on feeds of varying shapes (batch 1 and 3 calls).",
         "",
     ]
-    path.write_text("\n".join(lines))
+    kept = path.read_text().partition(KEPT)[2] if path.is_file() else ""  # the hand-written part stays
+    path.write_text("\n".join(lines) + (KEPT + kept if kept else ""))
 
 
 def main(argv=None) -> int:
