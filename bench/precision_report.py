@@ -195,8 +195,8 @@ def write_report(path: Path, cmd: str, manifest: dict, e2e: dict, timing: dict, 
         "are MinMax: ORT's Percentile / Entropy calibrators fail on feeds of varying shapes (batch 1 and 3 calls).",
         "",
     ]
-    kept = path.read_text().partition(KEPT)[2] if path.is_file() else ""  # the hand-written part stays
-    path.write_text("\n".join(lines) + (KEPT + kept if kept else ""))
+    hand = path.read_text().partition(KEPT)[2] if path.is_file() else ""  # the hand-written part stays
+    path.write_text("\n".join(lines) + (KEPT + hand if hand else ""))
 
 
 def main(argv=None) -> int:

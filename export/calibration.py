@@ -5,7 +5,8 @@ keeps every component's inputs as the sampler produced them (a step's guidance b
 Static int8 and fp8 ranges come from the denoiser feeds of those runs, which cover the bundle's default
 guidance mode and, in one run, text CFG's unconditional rows and a reference voice (without them, on a barely
 trained tiny model, a cloned voice drove quantized activations to 1.56x, uncond rows to 1.29x, their
-calibrated maxima); per-component errors are measured on a held-out run (another prompt and seed).
+calibrated maxima; the end-to-end quality changed by -2.0..+0.6 dB either way: bench/RESULTS_PRECISION.md);
+per-component errors are measured on a held-out run (another prompt and seed).
 """
 
 from __future__ import annotations
