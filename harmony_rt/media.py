@@ -41,9 +41,11 @@ AAC_FALLBACK_RATE = 48000
 _MAX_CODEC_PADDING = 2048
 HEAD_MARGIN_S = 1.0  # read_audio(max_seconds=): decoded past the point used, so resampler edges stay out of it
 # 8-bit image pixel formats read_image converts with swscale (besides gray/rgb24/rgba, done by hand).
+# gbrap: FFmpeg's decoding of a CMYK JPEG (converted to RGB by the decoder, alpha opaque).
 _IMAGE_VIA_SWSCALE = {"ya8", "pal8", "monob", "monow", "yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p",
-                      "yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuva420p", "bgr24", "bgra", "argb", "abgr"}
-_ALPHA_FORMATS = {"rgba", "ya8", "yuva420p", "bgra", "argb", "abgr"}
+                      "yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuva420p", "bgr24", "bgra", "argb", "abgr",
+                      "gbrp", "gbrap"}
+_ALPHA_FORMATS = {"rgba", "ya8", "yuva420p", "bgra", "argb", "abgr", "gbrap"}
 _BT709, _LIMITED = 1, 1  # AVCOL_SPC_BT709 (= AVCOL_PRI_BT709 = AVCOL_TRC_BT709), AVCOL_RANGE_MPEG
 # `_side_data`: held while a lookup that tolerates unnamed side data types is installed on PyAV's Type enum
 _SIDE_DATA_TYPES_LOCK = threading.Lock()
@@ -364,7 +366,8 @@ def _audio_to_float(frame: av.AudioFrame) -> np.ndarray:
     raise ValueError(f"unsupported audio sample format {fmt.name}")
 
 
-def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | None = None,
+               notes: list[str] | None = None) -> np.ndarray:
     """Decode the first audio stream of any PyAV-readable file -> float32 [W] mono at `sample_rate`.
 
     Channels are averaged. At the file's own rate the decoded samples are returned unresampled (bit-exact
@@ -372,20 +375,23 @@ def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | N
     length is set to round(W_in * sample_rate / rate_in). Codec padding past the muxed duration (AAC in
     mp4) is trimmed. `max_seconds`: stop decoding HEAD_MARGIN_S past that point, for callers that use only
     the head of a possibly long file; the first `max_seconds` returned are those a full read gives.
+    What was changed (channels mixed, rate converted) is logged and, when `notes` is given, appended to it.
     """
     p = _check_readable(path)
     sample_rate = _positive_int(sample_rate, "sample_rate")
     container = _open(p)
+    changed: list[str] = []
     with container, _converting(p, "read audio from"):
         if not container.streams.audio:
             raise MediaError(_one_line(f"cannot read audio from {p}: no audio stream"))
         stream = container.streams.audio[0]
         src_rate = stream.codec_context.sample_rate or stream.sample_rate
         chunks: list[np.ndarray] = []
-        got = 0
+        got, channels = 0, 1
         for frame in container.decode(stream):
             if frame.samples:
                 x = _audio_to_float(frame)  # [C, n]
+                channels = max(channels, len(x))
                 chunks.append(x[0] if len(x) == 1 else x.mean(axis=0, dtype=np.float32))
                 src_rate = frame.sample_rate or src_rate
                 got += chunks[-1].size
@@ -400,10 +406,18 @@ def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | N
             muxed = round(stream.duration * stream.time_base * src_rate)
             if 0 < muxed < mono.size <= muxed + _MAX_CODEC_PADDING:
                 mono = mono[:muxed]
+        if channels > 1:
+            changed.append(f"mixed {channels} channels to mono")
         if src_rate == sample_rate:
-            return np.ascontiguousarray(mono, dtype=np.float32)
-        out = _resample(mono, src_rate, sample_rate)
+            out = np.ascontiguousarray(mono, dtype=np.float32)
+        else:
+            out = _resample(mono, src_rate, sample_rate)
+            changed.append(f"resampled {src_rate} Hz -> {sample_rate} Hz")
     log.debug("read %s: %d samples @ %d Hz -> %d @ %d Hz", p, mono.size, src_rate, out.size, sample_rate)
+    for n in changed:
+        log.info("%s: %s", p, n)
+    if notes is not None:
+        notes += changed
     return out
 
 
@@ -619,11 +633,11 @@ def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.Vid
 def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str] | None = None) -> np.ndarray:
     """Read a png/jpg/... (first frame) -> uint8 [height, width, 3] RGB.
 
-    Accepted: 8-bit gray, gray+alpha, 1-bit, RGB, RGBA, palette (expanded by swscale), 8-bit YUV (JPEG).
-    Alpha is dropped (colour channels kept as stored, not composited). Anything else (16-bit, CMYK, float)
-    raises MediaError naming the pixel format. Turned upright as its EXIF orientation says (rotations and
-    mirrorings: all 8 orientations), then resized (stretched) to (height, width). What was changed is logged and,
-    when `notes` is given, appended to it.
+    Accepted: 8-bit gray, gray+alpha, 1-bit, RGB, RGBA, palette (expanded by swscale), 8-bit YUV (JPEG),
+    planar RGB (CMYK JPEG, which FFmpeg's decoder turns into RGB). Alpha is dropped (colour channels kept as
+    stored, not composited). Anything else (16-bit, float) raises MediaError naming the pixel format.
+    Turned upright as its EXIF orientation says (rotations and mirrorings: all 8 orientations), then resized
+    (stretched) to (height, width). What was changed is logged and, when `notes` is given, appended to it.
     """
     changed: list[str] = []
     p = _check_readable(path)

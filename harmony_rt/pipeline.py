@@ -153,11 +153,15 @@ PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is acce
 
 def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list[str] | None = None) -> np.ndarray:
     """A path (read and resampled; a long file only as far as `max_seconds`, all that is used) or a float
-    waveform array [W] at the bundle's rate -> float32 [W]. A float file past full scale is scaled down to it
-    (noted in `notes`); an array past it is refused (its caller chose the scale)."""
+    waveform array [W] at the bundle's rate -> float32 [W]. A float file past full scale is scaled down to it;
+    that and the file's resampling and mixing to mono are noted in `notes`. An array past full scale is
+    refused (its caller chose the scale)."""
     is_file = isinstance(x, (str, Path))
     if is_file:
-        wav = media.read_audio(x, sample_rate, max_seconds=max_seconds)
+        read: list[str] = []
+        wav = media.read_audio(x, sample_rate, max_seconds=max_seconds, notes=read)
+        if notes is not None:
+            notes += [f"{name} {x}: {n}" for n in read]
     elif not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind != "f":
         what = f"array of shape {x.shape} and dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
         raise HarmonyError(f"{name} must be a file path or a mono float waveform [samples], got {what}")
@@ -172,9 +176,10 @@ def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list
             raise HarmonyError(f"{name} must hold samples in [-1, 1], got a peak of {peak:.4g} (int16 values? "
                                f"divide by 32768)")
         note = f"{name} {x} peaks at {peak:.3g}, past full scale: scaled down to peak 1"  # clipped, it would distort
-        log.warning("%s", note)
-        if notes is not None:
+        if notes is not None:  # said once: as a note (the CLI prints them), else as a warning
             notes.append(note)
+        else:
+            log.warning("%s", note)
         wav = wav / np.float32(peak)
     return wav.astype(np.float32, copy=not is_file)  # an array: a copy of its own, the caller's left as it was
 
@@ -362,7 +367,8 @@ class Pipeline:
         """Generate `num_samples` clips in one batched run.
 
         prompt fills both captions unless `video_caption` / `audio_caption` are given; `speech` is the
-        transcript (any script). Tasks: `audio` (A2V: audio held clean, video generated), `video` (V2A),
+        transcript (any script). Tasks: `audio` (A2V: audio held clean, video generated; on a Unison bundle
+        held as the speech stream when `speech` is given, else as the sfx one), `video` (V2A),
         `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 0.5-10 s, or up to the
         bundle's max_ref_seconds where longer; its first max_ref_seconds are used). Sample i uses seed
         (seed, sample + i): outputs do not depend on num_samples, and `generate(..., sample=i)` remakes sample
@@ -378,8 +384,8 @@ class Pipeline:
             raise HarmonyError("progress must be a callable (done, total) -> bool | None")
         run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache, sample)
         clip = self._clip(seconds, audio, video, image)
-        cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B)
-        held = self._held(clip, run.B)
+        cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B, clip.notes)
+        held = self._held(clip, run.B, speech)
         z_v, z_a = self._sample(run, clip, held, cond, uncond, progress)
         return self._results(run, clip, z_v, z_a)
 
@@ -449,7 +455,11 @@ class Pipeline:
                 want = g.max_latent_frames if seconds is None else _latent_frames(seconds, g)
                 given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, want * g.video_t_stride)
                 notes += vnotes
-            seconds = seconds if seconds is not None else min(max_s, given_frames.shape[0] / g.fps)  # as a file
+            dur = given_frames.shape[0] / g.fps  # as a file
+            if seconds is None and dur < min_s:
+                raise HarmonyError(f"the driving video is {dur:.3g} s long ({given_frames.shape[0]} frame(s) at the "
+                                   f"model's {g.fps:g} fps); the model needs at least {min_s:g} s")
+            seconds = seconds if seconds is not None else min(max_s, dur)
         if seconds is None:
             seconds = sp.get("seconds", max_s)
         seconds = _check_number("seconds", seconds, min_s, max_s)  # as derived from the media or the default
@@ -485,8 +495,10 @@ class Pipeline:
                     raise HarmonyError(f"image must be [H, W, 3], got shape {img.shape}")
         return _Clip(seconds, F, T, FP, W, given_audio, given_frames, img, notes)
 
-    def _conditions(self, prompt, speech, video_caption, audio_caption, ref_audio, B) -> tuple[dict, dict]:
-        """Caption / transcript / reference encodings, once per generation: (cond, uncond), B rows each."""
+    def _conditions(self, prompt, speech, video_caption, audio_caption, ref_audio, B,
+                    notes: list[str] | None = None) -> tuple[dict, dict]:
+        """Caption / transcript / reference encodings, once per generation: (cond, uncond), B rows each; what
+        was done to the reference file goes to `notes`."""
         g, sp = self.geometry, self.bundle.sampling
         vcap = video_caption if video_caption is not None else prompt
         acap = audio_caption if audio_caption is not None else prompt
@@ -496,7 +508,7 @@ class Pipeline:
         if ref_audio is not None:
             max_ref = float(sp.get("max_ref_seconds", 3.0))  # the longest reference the model was trained on
             lo, hi = REF_SECONDS[0], max(REF_SECONDS[1], max_ref)  # a model trained on longer ones takes them
-            wav = _audio_input("ref_audio", ref_audio, g.sample_rate, hi)  # a file: read to hi + 1 s at most
+            wav = _audio_input("ref_audio", ref_audio, g.sample_rate, hi, notes)  # a file: read to hi + 1 s at most
             dur = len(wav) / g.sample_rate
             if not lo <= dur <= hi:
                 cut = isinstance(ref_audio, (str, Path)) and dur >= hi + media.HEAD_MARGIN_S
@@ -518,20 +530,30 @@ class Pipeline:
         )
         return cond, uncond
 
-    def _held(self, clip: _Clip, B: int) -> _Held:
+    def _held(self, clip: _Clip, B: int, speech: str = "") -> _Held:
         """Latents of the given media (held clean or, for the image, on its noising path) and the SyncCFG
-        anchors: silence, and a still video of the first frame (mid-grey when none is given)."""
+        anchors: silence, and a still video of the first frame (mid-grey when none is given).
+
+        A2V on a Unison bundle: the mix is the sum of the streams' waveforms, each stream the latent of its
+        stem. The given mix is held whole in one stream -- speech when there is a transcript, else sfx -- and
+        the other holds silence, as in a training clip without that source. (The mix's latent divided by S is
+        no stem's latent: the encoder is not linear and silence's latent is not zero.)"""
         g, S = self.geometry, self.geometry.S
         rows = functools.partial(_rows, B=B)
-        null_a = self.encode_audio(np.zeros(clip.W, np.float32))[:, None]  # [1, 1, T, C_a] silence
-        if null_a.shape[2] != clip.T:  # the graph's length vs the manifest's: found before the ODE loop runs
-            raise BundleError(f"{self.bundle.path}: audio_encoder gives {null_a.shape[2]} latent frames for {clip.W} "
-                              f"samples, geometry.audio_hop {g.audio_hop} says {clip.T}")
-        null_a = rows(np.repeat(null_a, S, axis=1))  # [B, S, T, C_a]
+        silence = self.encode_audio(np.zeros(clip.W, np.float32))[:, None]  # [1, 1, T, C_a]
+        if silence.shape[2] != clip.T:  # the graph's length vs the manifest's: found before the ODE loop runs
+            raise BundleError(f"{self.bundle.path}: audio_encoder gives {silence.shape[2]} latent frames for "
+                              f"{clip.W} samples, geometry.audio_hop {g.audio_hop} says {clip.T}")
+        null_a = rows(np.repeat(silence, S, axis=1))  # [B, S, T, C_a]
         still = np.full((g.height, g.width, 3), 127, np.uint8)
         audio = video = image = None
-        if clip.audio is not None:  # the given mix, split evenly over the streams
-            audio = rows(np.repeat(self.encode_audio(clip.audio[: clip.W])[:, None], S, axis=1) / S)
+        if clip.audio is not None:
+            mix = self.encode_audio(clip.audio[: clip.W])[:, None]  # [1, 1, T, C_a]
+            k = 0 if speech.strip() or S == 1 else 1  # the stream that holds it: STEM_NAMES[k]
+            audio = rows(np.concatenate([mix if s == k else silence for s in range(S)], axis=1))
+            if S == 2:
+                clip.notes.append(f"the given audio is held as the {STEM_NAMES[k]} stream, silence as the "
+                                  f"{STEM_NAMES[1 - k]} one ({'a' if k == 0 else 'no'} transcript given)")
         if clip.frames is not None:
             video = rows(self.encode_frames(clip.frames))  # [B, C_v, F, H_lat, W_lat]
             still = clip.frames[0]
