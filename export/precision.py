@@ -10,8 +10,8 @@ recorded per variant in the manifest (`high_precision`):
            projections (the last matrix op before each graph output). Attention runs fp16 with an fp32
            softmax (`softmax_precision`).
     int8   only the MatMuls inside the transformer blocks (`QUANT_SCOPES`; adaLN linears excluded: they
-    fp8    take the timestep path only). fp8 also quantizes the Attention inputs q, k, v there, and is
-           built on the fp16 graph (what TensorRT runs outside the fp8 GEMMs). Embeddings, norms, the
+    fp8    take the timestep path only). fp8 is built on the fp16 graph (what TensorRT runs outside the fp8
+           GEMMs); Attention stays fp16 in it (TensorRT's IAttention takes no fp8 q / k / v). Embeddings, norms, the
            timestep path and the final projection are never quantized.
 
 Plugin graphs (the `fp32-plugin` variant, every RoPE attention one `com.harmony_rt::RoPEAlignedAttention`
@@ -171,26 +171,21 @@ def select_fp16(model: onnx.ModelProto, component: str) -> Selection:
     return sel
 
 
-def select_quant(model: onnx.ModelProto, component: str, attention: bool = False) -> Selection:
-    """MatMuls (and with `attention`, Attention nodes) inside the blocks that take a content activation and
-    a constant weight; every other matrix op is recorded as kept."""
+def select_quant(model: onnx.ModelProto, component: str) -> Selection:
+    """MatMuls inside the blocks that take a content activation and a constant weight; every other matrix op,
+    Attention too, is recorded as kept (TensorRT's IAttention, what an ONNX Attention node becomes, takes q / k / v
+    in fp32 / fp16 / bf16: Q/DQ pairs in front of it would add rounding and kernels, not an fp8 attention)."""
     content = content_tensors(model)
     inits = {i.name for i in model.graph.initializer}
     prefixes = QUANT_SCOPES.get(component, ())
-    sel = Selection(rule=f"quantized: MatMul{'/Attention' if attention else ''} in scopes {list(prefixes)} "
+    sel = Selection(rule=f"quantized: MatMul in scopes {list(prefixes)} "
                          f"except {list(QUANT_EXCLUDE)}; embeddings, timestep path, norms, final layers kept")
     for n in model.graph.node:
         s = scope(n)
         if n.op_type not in (*MATRIX_OPS, "Attention"):
             continue
         in_block = s.startswith(prefixes) and not any(x in s for x in QUANT_EXCLUDE) if prefixes else False
-        ok = in_block and n.input and n.input[0] in content
-        if n.op_type == "MatMul":
-            ok = ok and n.input[1] in inits
-        elif n.op_type == "Attention":
-            ok = ok and attention
-        else:
-            ok = False
+        ok = n.op_type == "MatMul" and in_block and n.input and n.input[0] in content and n.input[1] in inits
         if ok:
             sel.convert.append(n.name)
         else:
@@ -272,17 +267,17 @@ def fp8_scale(amax: float, dtype=np.float32) -> np.ndarray:
 
 
 def fp8_targets(model: onnx.ModelProto, sel: Selection) -> list[str]:
-    """Activation tensors the fp8 pass needs ranges for (inputs of the selected MatMul / Attention nodes),
+    """Activation tensors the fp8 pass needs ranges for (the first inputs of the selected MatMuls),
     skipping those already produced by a DequantizeLinear."""
     producer = {o: n for n in model.graph.node for o in n.output}
     chosen, names = set(sel.convert), []
     for n in model.graph.node:
         if n.name not in chosen:
             continue
-        for t in n.input[:3] if n.op_type == "Attention" else n.input[:1]:
-            p = producer.get(t)
-            if (p is None or p.op_type != "DequantizeLinear") and t not in names:
-                names.append(t)
+        t = n.input[0]
+        p = producer.get(t)
+        if (p is None or p.op_type != "DequantizeLinear") and t not in names:
+            names.append(t)
     return names
 
 
@@ -301,7 +296,7 @@ _NP_FLOAT = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 
 def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tuple[onnx.ModelProto, dict]:
     """Insert float8e4m3fn QuantizeLinear -> DequantizeLinear (per-tensor scales) on the activation inputs of
-    the selected MatMuls / Attention nodes (ranges from `amax`) and store their weights as fp8 initializers
+    the selected MatMuls (ranges from `amax`) and store their weights as fp8 initializers
     behind a DequantizeLinear. Scales take each tensor's type (fp32, or fp16 in an fp16 graph), so the
     dequantized tensor has the type the consumer had. Idempotent: inputs already fed by a DequantizeLinear are
     left alone, so a second pass adds nothing and no weight is quantized twice."""
@@ -356,12 +351,7 @@ def to_fp8(model: onnx.ModelProto, sel: Selection, amax: dict[str, float]) -> tu
     for n in g.node:
         if n.name not in chosen:
             continue
-        if n.op_type == "MatMul":
-            slots = [(0, False)] + ([(1, True)] if n.input[1] in inits else [])  # else: already behind a DQ
-        elif n.op_type == "Attention":
-            slots = [(0, False), (1, False), (2, False)]
-        else:
-            continue
+        slots = [(0, False)] + ([(1, True)] if n.input[1] in inits else [])  # else: already behind a DQ
         for i, weight in slots:
             deq = dq_of(n.input[i], n.name, weight)
             if deq is not None:
@@ -574,9 +564,7 @@ def build_variant(precision: str, component: str, src: Path, dst: Path, calib: l
         save_graph(out, dst)
         info["converted_nodes"] = len(sel.convert)
     else:
-        # MatMuls only, fp8 too: TensorRT's IAttention (what an ONNX Attention node becomes) takes q / k / v in
-        # fp32 / fp16 / bf16, so Q/DQ pairs in front of it would add rounding and kernels, not an fp8 attention
-        sel = select_quant(model, component)
+        sel = select_quant(model, component)  # MatMuls only, for fp8 too
         if not sel.convert:
             return None
         if precision in ("int8", "fp8") and not calib:

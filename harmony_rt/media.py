@@ -524,10 +524,10 @@ def _size_notes(shown: tuple[int, int, int, bool], height: int, width: int) -> l
     return notes + ([f"resized {w}x{h} -> {width}x{height}"] if (w, h) != (width, height) else [])
 
 
-def _to_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
-    """Decoded frame -> uint8 [height, width, 3], turned upright and unmirrored (`_orientation`); no resize
-    when the size already matches."""
-    k, mirrored = _orientation(frame)
+def _to_rgb(frame: av.VideoFrame, height: int, width: int, shown: tuple[int, int, int, bool]) -> np.ndarray:
+    """Decoded frame -> uint8 [height, width, 3], turned upright and unmirrored as `shown` (`_shown_size` of the
+    stream's first frame: its display matrix, read once) says; no resize when the size already matches."""
+    k, mirrored = shown[2:]
     h, w = (width, height) if k % 2 else (height, width)  # the size before turning
     rgb = frame.to_ndarray(format="rgb24") if (frame.width, frame.height) == (w, h) else _resize(frame, h, w)
     return np.ascontiguousarray(_upright(rgb, k, mirrored)) if k or mirrored else rgb
@@ -566,7 +566,7 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
                 src_size = src_size or _shown_size(frame)
                 if limit is not None and len(out) >= limit:
                     break
-                out.append(_to_rgb(frame, height, width))
+                out.append(_to_rgb(frame, height, width, src_size))
         else:
             out, src_size = _select_by_time(container.decode(stream), stream, rate, src_rate,
                                                    height, width, limit)
@@ -603,7 +603,7 @@ def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.Vid
         while cond(Fraction(k) / rate):
             if limit is not None and len(out) >= limit:
                 return False
-            rgb = _to_rgb(prev, height, width) if rgb is None else rgb
+            rgb = _to_rgb(prev, height, width, src_size) if rgb is None else rgb
             out.append(rgb)
             k += 1
         return True

@@ -454,12 +454,6 @@ def resolve_train(a: argparse.Namespace, dev=None):
     return tc, resume, step
 
 
-def torch_distributed_up() -> bool:
-    import torch
-
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def _kept(out: Path) -> str:
     """What a run that stopped without saving leaves at `out`."""
     return f"{out} is left as it was" if out.exists() else "nothing saved"
@@ -483,9 +477,9 @@ def train_main(argv=None) -> None:
     try:
         with exclusive(out, "-o"), stop:
             train(tc, out, resume=resume, should_stop=stop, device=dev)
-        if torch_distributed_up():  # torchrun: leave the process group (NCCL warns at exit otherwise)
-            import torch
+        import torch
 
+        if torch.distributed.is_initialized():  # torchrun: leave the process group (NCCL warns at exit otherwise)
             torch.distributed.destroy_process_group()
     except Interrupted as e:
         fail(f"{stop.name}: {e}; nothing saved (the autoencoder stage does not resume midway)", stop.exit_code)

@@ -39,10 +39,6 @@ def noise_like(like: torch.Tensor, generator) -> torch.Tensor:
     return to_device(torch.randn(like.shape, generator=generator), like.device)
 
 
-def _to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return to_device(x, like.device)
-
-
 def noise_to(z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """z_t = (1 - t) z_0 + t eps, t [N] broadcast over the rest."""
     tt = t.reshape(-1, *([1] * (z0.dim() - 1)))
@@ -78,10 +74,12 @@ def _driven(batch: CTSBatch, rows: torch.Tensor, B: int, m: int, t_v: torch.Tens
         t_a[B : B + m] = 0.0  # audio-driven
         t_v[B + m :] = 0.0  # video-driven
         if batch.null_a is not None and p_null > 0:
-            use_null = _to(torch.rand(m, generator=generator) < p_null, za0).reshape(m, *[1] * (za0.dim() - 1))
+            use_null = to_device(torch.rand(m, generator=generator) < p_null, za0.device)
+            use_null = use_null.reshape(m, *[1] * (za0.dim() - 1))
             za0[B : B + m] = torch.where(use_null, batch.null_a[ad], batch.z_a[ad])
         if batch.null_v is not None and p_null > 0:
-            use_null = _to(torch.rand(m, generator=generator) < p_null, zv0).reshape(m, *[1] * (zv0.dim() - 1))
+            use_null = to_device(torch.rand(m, generator=generator) < p_null, zv0.device)
+            use_null = use_null.reshape(m, *[1] * (zv0.dim() - 1))
             zv0[B + m :] = torch.where(use_null, batch.null_v[vd], batch.z_v[vd])
     return zv0, za0
 
@@ -106,8 +104,8 @@ def cts_loss(
     n = len(rows)
     eps_v = noise_like(z_v, generator)[rows]
     eps_a = noise_like(z_a, generator)[rows]
-    t_v = _to(sample_t(n, cfg.shift, generator), z_v)
-    t_a = _to(sample_t(n, cfg.shift, generator), z_v)
+    t_v = to_device(sample_t(n, cfg.shift, generator), z_v.device)
+    t_a = to_device(sample_t(n, cfg.shift, generator), z_v.device)
     zv0, za0 = _driven(batch, rows, B, m, t_v, t_a, p_null, generator)
     zt_v, zt_a = noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a)
     cond = {name: x[rows] for name, x in batch.cond.items()}
@@ -165,8 +163,8 @@ def forcing_loss(denoiser, batch: CTSBatch, cfg: HarmonyConfig, progress: float,
     t_v, t_a = forcing_timesteps(B, progress, cfg.shift, generator)  # the joint rows'
     eps_v = noise_like(z_v, generator)[rows]
     eps_a = noise_like(z_a, generator)[rows]
-    t_v = _to(torch.cat([t_v, sample_t(2 * m, cfg.shift, generator)]), z_v)
-    t_a = _to(torch.cat([t_a, sample_t(2 * m, cfg.shift, generator)]), z_v)
+    t_v = to_device(torch.cat([t_v, sample_t(2 * m, cfg.shift, generator)]), z_v.device)
+    t_a = to_device(torch.cat([t_a, sample_t(2 * m, cfg.shift, generator)]), z_v.device)
     zv0, za0 = _driven(batch, rows, B, m, t_v, t_a, p_null, generator)
     cond = {name: x[rows] for name, x in batch.cond.items()}
     pv, pa = (p.float() for p in denoiser(noise_to(zv0, t_v, eps_v), noise_to(za0, t_a, eps_a), t_v, t_a, **cond))

@@ -377,20 +377,23 @@ def _sync_grads(params) -> None:
         return
     world = torch.distributed.get_world_size()
     bucket: list[torch.Tensor] = []
+    size = 0  # elements in `bucket`
 
     def flush():
+        nonlocal size
         flat = torch.cat([g.reshape(-1) for g in bucket])
         torch.distributed.all_reduce(flat)
         flat /= world
         for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
             g.copy_(part.view_as(g))
         bucket.clear()
+        size = 0
 
     for g in (p.grad for p in params if p.grad is not None):
-        if bucket and (g.dtype != bucket[0].dtype or g.device != bucket[0].device
-                       or sum(b.numel() for b in bucket) + g.numel() > SYNC_BUCKET):
+        if bucket and (g.dtype != bucket[0].dtype or g.device != bucket[0].device or size + g.numel() > SYNC_BUCKET):
             flush()
         bucket.append(g)
+        size += g.numel()
     if bucket:
         flush()
 
