@@ -45,7 +45,11 @@ HEAD_MARGIN_S = 1.0  # read_audio(max_seconds=): decoded past the point used, so
 _IMAGE_VIA_SWSCALE = {"ya8", "pal8", "monob", "monow", "yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p",
                       "yuv420p", "yuv422p", "yuv444p", "yuv440p", "yuva420p", "bgr24", "bgra", "argb", "abgr",
                       "gbrp", "gbrap"}
-_ALPHA_FORMATS = {"rgba", "ya8", "yuva420p", "bgra", "argb", "abgr", "gbrap"}
+# 16 bits a sample (PNG, TIFF): swscale reduces them to 8 (the model's frames are 8-bit)
+_IMAGE_16BIT = {f"{name}{end}" for name in ("rgb48", "rgba64", "bgr48", "bgra64", "gray16", "ya16", "gbrp16",
+                                             "gbrap16") for end in ("be", "le")}
+_ALPHA_FORMATS = {"rgba", "ya8", "yuva420p", "bgra", "argb", "abgr", "gbrap"} | {
+    f for f in _IMAGE_16BIT if f.startswith(("rgba", "bgra", "ya", "gbrap"))}
 _BT709, _LIMITED = 1, 1  # AVCOL_SPC_BT709 (= AVCOL_PRI_BT709 = AVCOL_TRC_BT709), AVCOL_RANGE_MPEG
 # `_side_data`: held while a lookup that tolerates unnamed side data types is installed on PyAV's Type enum
 _SIDE_DATA_TYPES_LOCK = threading.Lock()
@@ -634,8 +638,9 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
     """Read a png/jpg/... (first frame) -> uint8 [height, width, 3] RGB.
 
     Accepted: 8-bit gray, gray+alpha, 1-bit, RGB, RGBA, palette (expanded by swscale), 8-bit YUV (JPEG),
-    planar RGB (CMYK JPEG, which FFmpeg's decoder turns into RGB). Alpha is dropped (colour channels kept as
-    stored, not composited). Anything else (16-bit, float) raises MediaError naming the pixel format.
+    planar RGB (CMYK JPEG, which FFmpeg's decoder turns into RGB), and the 16-bit forms of gray / RGB / RGBA
+    (reduced to 8 bits by swscale, noted). Alpha is dropped (colour channels kept as stored, not composited).
+    Anything else (float, 10 / 12-bit YUV) raises MediaError naming the pixel format.
     Turned upright as its EXIF orientation says (rotations and mirrorings: all 8 orientations), then resized
     (stretched) to (height, width). What was changed is logged and, when `notes` is given, appended to it.
     """
@@ -654,11 +659,13 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
             rgb = np.repeat(frame.to_ndarray()[:, :, None], 3, axis=2)  # [h, w, 3]
         elif fmt in ("rgb24", "rgba"):
             rgb = frame.to_ndarray()[:, :, :3]
-        elif fmt in _IMAGE_VIA_SWSCALE:
+        elif fmt in _IMAGE_VIA_SWSCALE or fmt in _IMAGE_16BIT:
             rgb = frame.to_ndarray(format="rgb24")
+            if fmt in _IMAGE_16BIT:
+                changed.append(f"reduced 16-bit samples to 8 bits ({fmt})")
         else:
             raise MediaError(_one_line(f"cannot read image {p}: unsupported pixel format {fmt} "
-                                       f"(need 8-bit gray, RGB, RGBA, palette or JPEG)"))
+                                       f"(need 8 or 16-bit gray, RGB, RGBA, palette or JPEG)"))
         if fmt in _ALPHA_FORMATS and frame.to_ndarray(format="rgba")[:, :, 3].min() < 255:
             changed.append(f"dropped the alpha channel ({fmt})")  # only where it hides something: GIFs decode as bgra
         shown = _shown_size(frame)

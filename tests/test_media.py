@@ -415,13 +415,37 @@ def test_read_image_modes(tmp_path):
     assert abs(small.astype(float).mean() - rgb.astype(float).mean()) < 3  # area resize keeps the mean
 
 
-def test_read_image_refuses_16_bit_and_garbage(tmp_path):
-    g16 = np.arange(35, dtype=np.uint16).reshape(5, 7).astype(">u2") * 1000
+def test_read_image_16_bit_reduced_to_8(tmp_path):
+    g16 = (np.arange(35).reshape(5, 7) * 1000).astype(">u2")  # PNG's samples are big-endian
     (tmp_path / "g16.png").write_bytes(png_bytes(7, 5, 16, 0, [r.tobytes() for r in g16]))
-    expect_error(media.read_image, tmp_path / "g16.png", 5, 7, match="gray16be")
-    write_png_pyav(tmp_path / "rgb48.png", np.zeros((4, 4, 3), np.uint16), "rgb48be")
-    msg = expect_error(media.read_image, tmp_path / "rgb48.png", 4, 4, match="rgb48be")
-    assert "rgb48.png" in msg
+    notes = []
+    got = media.read_image(tmp_path / "g16.png", 5, 7, notes)
+    expect = np.repeat(g16.astype(float)[..., None] / 257, 3, 2)  # 16 -> 8 bits (swscale dithers: within 1.5)
+    assert np.abs(got.astype(float) - expect).max() < 1.5
+    assert notes == ["reduced 16-bit samples to 8 bits (gray16be)"]
+
+    rng = np.random.default_rng(3)
+    rgb48 = rng.integers(0, 65536, (4, 6, 3)).astype(np.uint16)
+    write_png_pyav(tmp_path / "rgb48.png", rgb48, "rgb48be")
+    got = media.read_image(tmp_path / "rgb48.png", 4, 6)
+    assert got.dtype == np.uint8 and np.abs(got.astype(float) - rgb48 / 257).max() < 1.5
+
+    rgba64 = rng.integers(0, 65536, (4, 6, 4)).astype(np.uint16)
+    write_png_pyav(tmp_path / "rgba64.png", rgba64, "rgba64be")
+    notes = []
+    got = media.read_image(tmp_path / "rgba64.png", 4, 6, notes)
+    assert np.abs(got.astype(float) - rgba64[..., :3] / 257).max() < 1.5
+    assert notes == ["reduced 16-bit samples to 8 bits (rgba64be)", "dropped the alpha channel (rgba64be)"]
+
+
+def test_read_image_refuses_float_and_garbage(tmp_path):
+    with av.open(str(tmp_path / "f.exr"), "w", format="image2") as c:  # float samples: no 8-bit reading
+        s = c.add_stream("exr")
+        s.width, s.height, s.pix_fmt = 4, 4, "gbrpf32le"
+        c.mux(s.encode(av.VideoFrame.from_ndarray(np.zeros((4, 4, 3), np.float32), format="gbrpf32le")))
+        c.mux(s.encode(None))
+    msg = expect_error(media.read_image, tmp_path / "f.exr", 4, 4, match="gbrpf32le")
+    assert "f.exr" in msg
     junk = tmp_path / "junk.png"
     junk.write_text("hello")
     expect_error(media.read_image, junk, 4, 4, match="junk.png")
