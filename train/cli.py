@@ -97,6 +97,13 @@ def _kinds(text: str) -> tuple:
     return kinds
 
 
+def _folder(text: str) -> str:
+    """--data: kept as an absolute path (a resumed run may start in another folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("needs a folder")
+    return os.path.abspath(text)
+
+
 def _fractions(text: str) -> tuple:
     try:
         f = tuple(float(x) for x in text.split(","))
@@ -270,7 +277,7 @@ _TRAIN_FIELDS = {
     "clips": "clips", "seconds": "seconds", "kinds": "kinds", "ae_steps": "ae_steps", "ae_frames": "ae_frames",
     "steps": "steps", "batch": "batch", "lr": "lr", "warmup": "warmup", "ema": "ema_decay",
     "stages": "stage_fractions", "cts_frac": "cts_frac", "seed": "seed", "ckpt_every": "ckpt_every",
-    "keep_every": "keep_every", "stop_after": "stop_after", "precision": "precision",
+    "keep_every": "keep_every", "stop_after": "stop_after", "precision": "precision", "data": "data",
 }
 
 
@@ -284,6 +291,8 @@ def train_parser() -> Parser:
     opt = ap.add_argument
     opt("-o", "--out", required=True, help="checkpoint folder to write (new or empty; see --resume, --overwrite)")
     opt("--size", choices=sorted(SIZES), help=f"model size (train/configs.py; default: {d.size})")
+    opt("--data", type=_folder, help="train on your own clips: a folder with clips.jsonl, one JSON line per clip "
+        "(video, caption, transcript, speaker, start, ...: train/data/folder.py); default: procedural clips")
     opt("--clips", type=integer(1), help=f"procedural training clips (default: {d.clips})")
     opt("--seconds", type=number(0, lo_open=True),
         help=f"clip length, up to the model's longest (default: {d.seconds:g})")
@@ -360,9 +369,9 @@ def _check_model_data(cfg, tc, dev) -> None:
     from .train import build_tokenizers
 
     try:
-        build_tokenizers(cfg)
+        build_tokenizers(cfg, tc.data)
     except ValueError as e:
-        fail(f"--set: {e}")
+        fail(f"{'--data' if tc.data else '--set'}: {e}")
     samples = int(tc.seconds * cfg.fps) // cfg.video_t_stride * cfg.video_t_stride / cfg.fps * cfg.sample_rate
     if samples < 1024:
         fail(f"--seconds {tc.seconds:g}: a clip has {samples:.0f} audio samples at sample_rate {cfg.sample_rate}; the "
@@ -448,6 +457,19 @@ def resolve_train(a: argparse.Namespace, dev=None):
 
         _check_model_data(cfg, tc, dev if dev is not None else torch.device("cpu"))
     world = launcher("WORLD_SIZE")
+    if tc.data:
+        from .data.folder import DataError, read_index
+
+        mixed = [f"--{k}" for k in ("clips", "kinds") if k in given]
+        if mixed:
+            fail(f"{mixed[0]}: sets the procedural clips; --data {tc.data} trains on its own clips")
+        try:
+            n = len(read_index(tc.data, cfg.audio_streams))
+        except DataError as e:
+            fail(f"--data: {e}")
+        if n < world:
+            fail(f"--data {tc.data}: {n} clips; each of the {world} processes needs at least one")
+        return tc, resume, step
     if tc.clips < world:
         fail(f"--clips {tc.clips}: each of the {world} processes needs at least one clip")
     check_tools(tc.kinds)
@@ -461,6 +483,7 @@ def _kept(out: Path) -> str:
 
 def train_main(argv=None) -> None:
     from .checkpoints import CheckpointError
+    from .data.folder import DataError
     from .train import Diverged, Interrupted, train
 
     a = train_parser().parse_args(argv)
@@ -483,6 +506,8 @@ def train_main(argv=None) -> None:
             torch.distributed.destroy_process_group()
     except Interrupted as e:
         fail(f"{stop.name}: {e}; nothing saved (the autoencoder stage does not resume midway)", stop.exit_code)
+    except DataError as e:  # a clip that does not decode or is too short: found when the clips are read
+        fail(f"--data: {e}; {_kept(out)}")
     except CheckpointError as e:
         fail(f"--resume: {e}")
     except Diverged as e:

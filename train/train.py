@@ -74,6 +74,7 @@ class TrainConfig:
                                # (None: 100, or a tenth of `steps` when that is fewer)
     lr_min_frac: float = 0.1
     precision: str = "fp32"  # "bf16": the denoiser stage under bf16 autocast (weights, optimizer, losses fp32)
+    data: str | None = None  # a folder of your own clips (train.data.folder); None: the procedural clips
     overrides: dict = field(default_factory=dict)  # HarmonyConfig fields
 
     @property
@@ -111,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"ref_seconds is {r!r:.60}, must be two lengths 0 < a <= b")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision is {self.precision!r:.40}, must be one of {', '.join(PRECISIONS)}")
+        if not (self.data is None or (isinstance(self.data, str) and self.data)):
+            raise ValueError(f"data is {self.data!r:.60}, must be a folder")
         if type(self.use_cts) is not bool or not isinstance(self.size, str) or not isinstance(self.overrides, dict):
             raise ValueError("use_cts, size or overrides is of the wrong type")
         return self
@@ -148,24 +151,47 @@ class ClipLatents:
 
 
 def make_clips(tc: TrainConfig, cfg: HarmonyConfig):
-    """Procedural clips at the model's geometry (train.data.synth)."""
+    """The run's clips at the model's geometry: the folder `tc.data` (train.data.folder) or procedural ones
+    (train.data.synth)."""
+    if tc.data:
+        from .data.folder import load_clips
+
+        return load_clips(tc.data, cfg.height, cfg.width, cfg.fps, cfg.sample_rate, tc.seconds, cfg.audio_streams)
     from .data.synth import SynthConfig, make_dataset
 
     sc = SynthConfig(height=cfg.height, width=cfg.width, fps=cfg.fps, sample_rate=cfg.sample_rate, seconds=tc.seconds)
     return make_dataset(tc.clips, tc.seed, sc, kinds=tuple(tc.kinds))
 
 
-def build_tokenizers(cfg: HarmonyConfig):
-    from .data.synth import caption_vocabulary, transcript_charset
+def build_tokenizers(cfg: HarmonyConfig, data: str | None = None):
+    """(caption, transcript) tokenizers: the vocabulary of the folder `data`'s captions and transcripts, or of
+    the procedural clips; ValueError when it exceeds the model's (text_vocab, speech_vocab)."""
+    if data:
+        from .data.folder import read_index, vocabulary
 
-    cap = caption_tokenizer(caption_vocabulary() + list(",.;:!?'-"))
-    sp = speech_tokenizer(transcript_charset() + " ,.!?'-")
+        words, chars = vocabulary(read_index(data, cfg.audio_streams))
+    else:
+        from .data.synth import caption_vocabulary, transcript_charset
+
+        words, chars = caption_vocabulary(), transcript_charset()
+    cap = caption_tokenizer(list(words) + list(",.;:!?'-"))
+    sp = speech_tokenizer(chars + " ,.!?'-")
     if cap.get_vocab_size() > cfg.text_vocab or sp.get_vocab_size() > cfg.speech_vocab:
         raise ValueError(
             f"tokenizer vocab ({cap.get_vocab_size()}, {sp.get_vocab_size()}) exceeds the model's "
-            f"({cfg.text_vocab}, {cfg.speech_vocab})"
+            f"({cfg.text_vocab}, {cfg.speech_vocab}): raise them with --set text_vocab=N --set speech_vocab=N"
         )
     return cap, sp
+
+
+def run_tokenizers(tc: TrainConfig, cfg: HarmonyConfig, resume: str | Path | None = None):
+    """The tokenizers a run trains with: a resumed run's own (the ids its weights learned), else built."""
+    from tokenizers import Tokenizer
+
+    files = [Path(resume) / f for f in TOKENIZER_FILES] if resume else []
+    if files and all(f.is_file() for f in files):
+        return tuple(Tokenizer.from_file(str(f)) for f in files)
+    return build_tokenizers(cfg, tc.data)
 
 
 def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -547,7 +573,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     log.info("training on %s in %s", dev, tc.precision)
     cfg = model.cfg
     state["train_config"] = asdict(tc)
-    toks = build_tokenizers(cfg)
+    toks = run_tokenizers(tc, cfg, resume)
     tok_files = dict(zip(TOKENIZER_FILES, (t.to_str() for t in toks)))
     clips = clips if clips is not None else make_clips(tc, cfg)
     clips = clips[rank::world]

@@ -111,16 +111,32 @@ def _finetune(a, out: Path, dev: torch.device) -> None:
     model, opt_sd, state = load_checkpoint(a.checkpoint, ema=False)
     tc = TrainConfig.from_dict(state.get("train_config") or {})
     if a.steps:
-        from .cli import check_tools
+        from .cli import check_tools, fail
 
-        check_tools(tc.kinds)  # before any work, copy_decoder's included
+        if tc.data:  # the run's own clips: the folder must still be there
+            from .data.folder import DataError, read_index
+
+            try:
+                read_index(tc.data, model.cfg.audio_streams)
+            except DataError as e:
+                fail(f"{a.checkpoint} trained on --data: {e}")
+        else:
+            check_tools(tc.kinds)  # before any work, copy_decoder's included
     if a.decoder_from:
         copy_decoder(model, a.decoder_from)
         state["vocoder_from"] = str(a.decoder_from)
     t0 = time.time()
     model.to(dev)
     if a.steps:
-        wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in make_clips(tc, model.cfg)]).to(dev)  # [C*S, W]
+        from .data.folder import DataError
+
+        try:
+            clips = make_clips(tc, model.cfg)
+        except DataError as e:
+            from .cli import fail
+
+            fail(f"{a.checkpoint} trained on --data: {e}")
+        wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in clips]).to(dev)  # [C*S, W]
         state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
     state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
     log.info("vocoder fine-tuned in %.0f s", time.time() - t0)

@@ -1,0 +1,176 @@
+"""Training on your own clips (`python -m train.train --data DIR`): a folder of media files with clips.jsonl is
+read at the model's geometry, its captions and transcripts make the tokenizers, and every problem is one line
+naming the file and line (exit 2)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from harmony_rt import media
+
+torch = pytest.importorskip("torch")
+
+from train.data.folder import DataError, load_clip, load_clips, read_index, vocabulary  # noqa: E402
+
+FPS, SR = 10, 22050  # the files' own rates: not the tiny model's (8 fps, 16 kHz)
+
+
+def _clip_files(d, n=3, seconds=2.5):
+    from train.data.synth import SynthConfig, make_dataset
+
+    clips = make_dataset(n, 0, SynthConfig(height=40, width=48, fps=FPS, sample_rate=SR, seconds=seconds),
+                         kinds=("ambient",))
+    d.mkdir(parents=True, exist_ok=True)
+    for i, c in enumerate(clips):
+        media.write_mp4(d / f"c{i}.mp4", c.frames, FPS, c.audio, SR)
+    return clips
+
+
+def _index(d, *lines):
+    (d / "clips.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data") / "mine"
+    _clip_files(d)
+    _index(d, {"video": "c0.mp4", "caption": "A Zebra crosses, slowly!"},
+           {"video": "c1.mp4", "caption": "a man speaks", "transcript": "Hello 你好", "speaker": "ann"},
+           {"video": "c2.mp4", "caption": "a drum", "audio_caption": "two loud knocks", "start": 0.5})
+    return d
+
+
+def test_clips_load_at_the_model_geometry_from_their_start(folder):
+    clips = load_clips(folder, 32, 32, 8, 16000, 2.0)
+    assert [c.frames.shape for c in clips] == [(16, 32, 32, 3)] * 3 and clips[0].frames.dtype == np.uint8
+    assert [c.audio.shape for c in clips] == [(32000,)] * 3 and clips[0].audio.dtype == np.float32
+    a, b, c = clips
+    assert (a.kind, a.transcript, a.speaker, a.audio_caption) == ("ambient", "", None, "A Zebra crosses, slowly!")
+    assert (b.kind, b.transcript, b.speaker) == ("speech", "Hello 你好", "ann")
+    assert np.array_equal(b.speech, b.audio) and not b.sfx.any()  # one stream: speech where there is a transcript
+    assert np.array_equal(a.sfx, a.audio) and not a.speech.any()
+    assert c.audio_caption == "two loud knocks" and np.abs(c.audio).max() > 0.01
+
+    # start 0.5 s = 4 frames / 8000 samples later in the same files
+    e = read_index(folder)[2]
+    whole = load_clip(e.__class__(**{**e.__dict__, "start": 0.0}), 32, 32, 8, 16000, 2.0)
+    assert np.array_equal(c.frames[:12], whole.frames[4:])
+    assert np.allclose(c.audio[:24000], whole.audio[8000:], atol=1e-6)
+
+
+def test_a_clip_shorter_than_the_run_names_its_line(folder):
+    e = read_index(folder)[2]  # 2.5 s files, from 0.5 s: 2 s left
+    with pytest.raises(DataError, match=r"clips.jsonl:3: c2.mp4 has 1.\d+ s from start 1 s; a clip needs 2 s"):
+        load_clip(e.__class__(**{**e.__dict__, "start": 1.0}), 32, 32, 8, 16000, 2.0)
+
+
+@pytest.mark.parametrize("line, words", [
+    ("{nope", ["clips.jsonl:3", "not JSON"]),
+    ('["c0.mp4"]', ["clips.jsonl:3", "JSON object"]),
+    ('{"video": "c0.mp4"}', ["clips.jsonl:3", "needs 'caption'"]),
+    ('{"video": "gone.mp4", "caption": "x"}', ["clips.jsonl:3", "video gone.mp4: no such file"]),
+    ('{"video": "c0.mp4", "caption": "x", "captoin": "y"}', ["unknown field 'captoin'"]),
+    ('{"video": "c0.mp4", "caption": "x", "start": -1}', ["start must be a number of seconds >= 0"]),
+    ('{"video": "c0.mp4", "caption": 5}', ["caption must be a string"]),
+    ('{"video": "c0.mp4", "caption": "x", "speech": "c1.mp4"}', ["both stems"]),
+])
+def test_index_problems_name_the_line(folder, tmp_path, line, words):
+    d = tmp_path / "d"
+    d.mkdir()
+    for f in folder.glob("*.mp4"):
+        os.link(f, d / f.name)
+    (d / "clips.jsonl").write_text('{"video": "c0.mp4", "caption": "fine"}\n\n' + line + "\n")
+    with pytest.raises(DataError) as e:
+        read_index(d)
+    for w in words:
+        assert w in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_folder_index_and_unison_stems(folder, tmp_path):
+    with pytest.raises(DataError, match="no such folder"):
+        read_index(tmp_path / "none")
+    with pytest.raises(DataError, match="no clips.jsonl"):
+        read_index(tmp_path)
+    with pytest.raises(DataError, match="Unison model needs the speech and sfx stems"):
+        read_index(folder, streams=2)  # line 2 has a transcript and no stems
+    d = tmp_path / "u"
+    d.mkdir()
+    for f in folder.glob("*.mp4"):
+        os.link(f, d / f.name)
+    _index(d, {"video": "c0.mp4", "caption": "a talk", "transcript": "hi", "speech": "c1.mp4", "sfx": "c2.mp4"})
+    (clip,) = load_clips(d, 32, 32, 8, 16000, 2.0, streams=2)
+    assert np.allclose(clip.audio, clip.speech + clip.sfx, atol=1e-6) and clip.sfx.any() and clip.speech.any()
+
+
+def test_the_tokenizers_learn_the_folders_words(folder):
+    from train.configs import get_config
+    from train.train import build_tokenizers
+
+    words, chars = vocabulary(read_index(folder))
+    assert {"zebra", "crosses", ",", "!", "knocks"} <= set(words) and {"h", "你", "好", " "} <= set(chars)
+    cap, sp = build_tokenizers(get_config("tiny"), str(folder))
+    assert 1 not in cap.encode("A zebra crosses, slowly!").ids  # 1: [UNK]
+    assert 1 not in sp.encode("hello 你好").ids and 1 in sp.encode("q").ids
+    with pytest.raises(ValueError, match="--set text_vocab=N"):
+        build_tokenizers(get_config("tiny", text_vocab=8), str(folder))
+
+
+def _train(*args):
+    return subprocess.run([sys.executable, "-m", "train.train", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_train_resume_and_vocoder_on_a_folder(folder, tmp_path):
+    out = tmp_path / "run"
+    r = _train("--size", "tiny", "--data", folder, "--ae-steps", 1, "--steps", 2, "--batch", 2, "-o", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 clips of 2 s" in r.stderr
+    text = (out / "tokenizer_text.json").read_text()
+    assert '"zebra"' in text
+    assert json.loads((out / "state.json").read_text())["train_config"]["data"] == str(folder)
+
+    # a resumed run keeps the ids its weights learned, even where the folder's words changed since
+    idx = (folder / "clips.jsonl").read_text()
+    try:
+        (folder / "clips.jsonl").write_text(idx.replace("Zebra", "Giraffe"))
+        r = _train("--resume", out, "-o", out, "--steps", 3)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert (out / "tokenizer_text.json").read_text() == text
+    finally:
+        (folder / "clips.jsonl").write_text(idx)
+
+    r = subprocess.run([sys.executable, "-m", "train.vocoder", out, "-o", tmp_path / "voc", "--steps", "1",
+                        "--batch", "2"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _error(argv, capsys, *words):
+    from train.cli import train_main
+
+    with pytest.raises(SystemExit) as e:
+        train_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("error: "), err
+    for w in words:
+        assert w in err[-1], err[-1]
+
+
+def test_cli_problems_are_one_line_before_training(folder, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    _error(["--data", str(folder), "--clips", "4", "-o", out], capsys, "--clips", "--data")
+    _error(["--data", str(tmp_path / "none"), "-o", out], capsys, "--data", "no such folder")
+    _error(["--data", str(folder), "--set", "text_vocab=8", "-o", out], capsys, "--data", "tokenizer vocab")
+    _error(["--data", str(folder), "--unison", "-o", out], capsys, "--data", "clips.jsonl:2", "stems")
+    d = tmp_path / "short"
+    d.mkdir()
+    os.link(folder / "c0.mp4", d / "c0.mp4")
+    _index(d, {"video": "c0.mp4", "caption": "late", "start": 2.0})  # 0.5 s left: found when the clips are read
+    _error(["--data", str(d), "--ae-steps", "1", "--steps", "1", "-o", out], capsys, "--data", "clips.jsonl:1",
+           "a clip needs 2 s", "nothing saved")
+    assert not os.path.exists(out)

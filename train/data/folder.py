@@ -1,0 +1,186 @@
+"""Training clips from a folder of your own media: `python -m train.train --data DIR`.
+
+DIR/clips.jsonl holds one JSON object per line, one training clip each:
+
+    {"video": "talk01.mp4", "caption": "a woman speaks in a quiet room", "transcript": "hello there",
+     "speaker": "anna", "start": 3.5}
+
+- video (required): a video file, relative to DIR. Its first audio track is the clip's sound unless `audio`
+  names another file.
+- caption (required): what the clip shows; also what it sounds like unless `audio_caption` is given.
+- transcript: the words spoken ("" or absent: no speech). speaker: clips that share it give each other voice
+  references in the timbre stage. start: seconds into the files (default 0).
+- audio: the sound from another file. speech, sfx: the stems (both), for a Unison model: its two streams. A
+  Unison clip without stems is taken as all sound effects when it has no transcript; with a transcript it
+  needs them (speech and background cannot be told apart in a mix).
+
+Each line is one clip of the run's --seconds from `start`. Frames are resampled to the model's fps and
+stretched to its size as the runtime reads `--video` (crop your clips to the model's aspect first); sound is
+mixed to mono and resampled to its rate (harmony_rt.media). Every clip is decoded into memory once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .synth import Clip
+
+log = logging.getLogger(__name__)
+
+INDEX = "clips.jsonl"
+FILE_FIELDS = ("video", "audio", "speech", "sfx")
+TEXT_FIELDS = ("caption", "audio_caption", "transcript", "speaker")
+FIELDS = (*FILE_FIELDS, *TEXT_FIELDS, "start")
+
+
+class DataError(ValueError):
+    """A data folder no run can use; the message is one line naming the file (and line)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of clips.jsonl, checked; file fields are absolute paths (None where not given)."""
+
+    where: str  # "DIR/clips.jsonl:3", for messages
+    video: Path
+    caption: str
+    audio_caption: str
+    transcript: str
+    speaker: str | None
+    start: float
+    audio: Path | None
+    speech: Path | None
+    sfx: Path | None
+
+
+def _entry(folder: Path, where: str, d) -> Entry:
+    if not isinstance(d, dict):
+        raise DataError(f"{where}: a line must be a JSON object, got {type(d).__name__}")
+    unknown = sorted(set(d) - set(FIELDS))
+    if unknown:
+        raise DataError(f"{where}: unknown field {unknown[0]!r}; fields: {', '.join(FIELDS)}")
+    for k in ("video", "caption"):
+        if not d.get(k):
+            raise DataError(f"{where}: needs {k!r}")
+    for k in (*FILE_FIELDS, *TEXT_FIELDS):
+        if k in d and d[k] is not None and not isinstance(d[k], str):
+            raise DataError(f"{where}: {k} must be a string, got {d[k]!r:.40}")
+    if ("speech" in d) != ("sfx" in d):
+        raise DataError(f"{where}: give both stems (speech and sfx) or neither")
+    start = d.get("start", 0)
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not (math.isfinite(start) and start >= 0):
+        raise DataError(f"{where}: start must be a number of seconds >= 0, got {start!r:.40}")
+    files = {}
+    for k in FILE_FIELDS:
+        if d.get(k):
+            p = folder / d[k]
+            if not p.is_file():
+                raise DataError(f"{where}: {k} {d[k]}: no such file in {folder}")
+            files[k] = p
+        else:
+            files[k] = None
+    return Entry(where, video=files["video"], caption=d["caption"],
+                 audio_caption=d.get("audio_caption") or d["caption"], transcript=d.get("transcript") or "",
+                 speaker=d.get("speaker") or None, start=float(start),
+                 audio=files["audio"], speech=files["speech"], sfx=files["sfx"])
+
+
+def read_index(folder: str | Path, streams: int = 1) -> list[Entry]:
+    """The checked entries of folder/clips.jsonl (DataError naming the first problem). Blank lines are
+    skipped. `streams`: 2 for a Unison model (stems needed where there is speech)."""
+    folder = Path(folder)
+    index = folder / INDEX
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    if not index.is_file():
+        raise DataError(f"{folder}: no {INDEX} in it (one JSON line per clip: video, caption, ...)")
+    try:
+        lines = index.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{index}: cannot read it ({e})") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{index}:{n}"
+        try:
+            d = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{where}: not JSON ({e})") from None
+        e = _entry(folder, where, d)
+        if streams == 2 and e.transcript and e.speech is None:
+            raise DataError(f"{where}: a Unison model needs the speech and sfx stems of a clip with a transcript")
+        out.append(e)
+    if not out:
+        raise DataError(f"{index}: no clips in it")
+    return out
+
+
+def _length(x: np.ndarray, n: int, what: str, e: Entry, have_s: float, seconds: float) -> np.ndarray:
+    if len(x) < n:
+        raise DataError(f"{e.where}: {what} has {have_s:.2f} s from start {e.start:g} s; a clip needs "
+                        f"{seconds:g} s (--seconds)")
+    return x[:n]
+
+
+def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, seconds: float) -> Clip:
+    """Decode one entry into a Clip of `seconds` at the model's geometry."""
+    from harmony_rt.errors import MediaError
+    from harmony_rt.media import read_audio, read_video
+
+    n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * sample_rate))
+    f0, w0 = int(round(e.start * fps)), int(round(e.start * sample_rate))
+    try:
+        frames, _ = read_video(e.video, fps, height, width, max_frames=f0 + n_frames)
+        frames = _length(frames[f0:], n_frames, e.video.name, e, (len(frames) - f0) / fps, seconds)
+
+        def sound(p: Path) -> np.ndarray:
+            w = read_audio(p, sample_rate, max_seconds=e.start + seconds)
+            return _length(w[w0:], n_samples, f"the sound of {p.name}", e, (len(w) - w0) / sample_rate, seconds)
+
+        speech = sfx = None
+        if e.speech is not None:
+            speech, sfx = sound(e.speech), sound(e.sfx)
+        audio = sound(e.audio or e.video) if e.audio or speech is None else speech + sfx
+    except MediaError as err:
+        raise DataError(f"{e.where}: {err}") from None
+    if speech is None:  # one stream: speech when there is a transcript, else sound effects
+        silent = np.zeros_like(audio)
+        speech, sfx = (audio, silent) if e.transcript else (silent, audio)
+    return Clip(frames=frames, audio=audio.astype(np.float32), speech=speech.astype(np.float32),
+                sfx=sfx.astype(np.float32), video_caption=e.caption, audio_caption=e.audio_caption,
+                transcript=e.transcript, speaker=e.speaker, kind="speech" if e.transcript else "ambient")
+
+
+def load_clips(folder: str | Path, height: int, width: int, fps: float, sample_rate: int, seconds: float,
+               streams: int = 1) -> list[Clip]:
+    """Every clip of the folder (read_index, then load_clip each), in the index's order."""
+    entries = read_index(folder, streams)
+    clips = [load_clip(e, height, width, fps, sample_rate, seconds) for e in entries]
+    log.info("%s: %d clips of %g s", folder, len(clips), seconds)
+    return clips
+
+
+def vocabulary(entries: list[Entry]) -> tuple[list[str], str]:
+    """(caption words, transcript characters) of the entries, as the tokenizers split them: NFKC, lower case,
+    words and punctuation runs (the caption tokenizer's Whitespace pre-tokenizer)."""
+    from tokenizers import pre_tokenizers
+
+    split = pre_tokenizers.Whitespace()
+    words: set[str] = set()
+    chars: set[str] = set()
+    for e in entries:
+        for text in (e.caption, e.audio_caption):
+            words.update(w for w, _ in split.pre_tokenize_str(unicodedata.normalize("NFKC", text).lower()))
+        chars.update(unicodedata.normalize("NFKC", e.transcript).lower())
+    return sorted(words), "".join(sorted(chars))
+
+
+__all__ = ["INDEX", "DataError", "Entry", "load_clip", "load_clips", "read_index", "vocabulary"]
