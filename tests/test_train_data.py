@@ -174,3 +174,30 @@ def test_cli_problems_are_one_line_before_training(folder, tmp_path, capsys):
     _error(["--data", str(d), "--ae-steps", "1", "--steps", "1", "-o", out], capsys, "--data", "clips.jsonl:1",
            "a clip needs 2 s", "nothing saved")
     assert not os.path.exists(out)
+
+
+def test_fine_tune_a_checkpoint_on_a_folder(tiny_checkpoint, folder, tmp_path):
+    from train.checkpoints import load_checkpoint
+
+    out = tmp_path / "ft"
+    r = _train("--init-from", tiny_checkpoint, "--data", folder, "--steps", 2, "--batch", 2, "-o", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "starting from the weights of" in r.stderr and "ae step" not in r.stderr  # no autoencoder stage
+    assert "are not in" in r.stderr and "zebra" in r.stderr  # the procedural model's tokenizer lacks them
+    for f in ("tokenizer_text.json", "tokenizer_speech.json"):  # its ids: the checkpoint's tokenizers
+        assert (out / f).read_text() == (tiny_checkpoint / f).read_text()
+    base, _, _ = load_checkpoint(tiny_checkpoint)  # EMA weights: where fine-tuning starts
+    tuned, _, state = load_checkpoint(out, ema=False)
+    assert state["step"] == 2 and state["train_config"]["init_from"] == str(tiny_checkpoint)
+    b, t = base.state_dict(), tuned.state_dict()
+    ae = [k for k in b if k.startswith(("video_ae.", "audio_ae."))]
+    assert ae and all(torch.equal(b[k], t[k]) for k in ae)  # kept
+    assert any(not torch.equal(b[k], t[k]) for k in b if k.startswith("denoiser."))  # trained
+
+
+def test_fine_tune_problems(tiny_checkpoint, folder, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    _error(["--init-from", str(tiny_checkpoint), "--resume", str(tiny_checkpoint), "-o", out], capsys,
+           "--init-from", "--resume")
+    _error(["--init-from", str(tiny_checkpoint), "--size", "demo", "-o", out], capsys, "--size", "its own model")
+    _error(["--init-from", str(tmp_path), "-o", out], capsys, "--init-from")

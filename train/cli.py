@@ -318,6 +318,8 @@ def train_parser() -> Parser:
     opt("--keep-every", type=integer(0), help="also keep a copy every N steps in OUT_<step> (default: 0, none)")
     opt("--stop-after", type=integer(0),
         help="stop after this step (the schedule still spans --steps); resume later to go on (not kept on resume)")
+    opt("--init-from", type=Path, help="fine-tune: start from this checkpoint's weights (EMA where kept), "
+        "autoencoders and tokenizers; a new run otherwise (step 0, fresh optimizer and schedule); e.g. with --data")
     opt("--resume", type=Path, help="checkpoint to continue: its model, step, optimizer and random state, and "
         "every setting not given here (-o may be the same folder)")
     opt("--overwrite", action="store_true", help="replace the checkpoint already at -o")
@@ -369,7 +371,8 @@ def _check_model_data(cfg, tc, dev) -> None:
     from .train import build_tokenizers
 
     try:
-        build_tokenizers(cfg, tc.data)
+        if not tc.init_from:  # a fine-tuning run keeps its checkpoint's tokenizers
+            build_tokenizers(cfg, tc.data)
     except ValueError as e:
         fail(f"{'--data' if tc.data else '--set'}: {e}")
     samples = int(tc.seconds * cfg.fps) // cfg.video_t_stride * cfg.video_t_stride / cfg.fps * cfg.sample_rate
@@ -404,7 +407,7 @@ def check_tools(kinds) -> None:
 def resolve_train(a: argparse.Namespace, dev=None):
     """-> (TrainConfig, resume path or None, the checkpoint's step), every check done (exit 2 otherwise);
     dev: the device it trains on (memory check; default: the CPU)."""
-    from .checkpoints import CheckpointError, read_meta
+    from .checkpoints import TOKENIZER_FILES, CheckpointError, read_meta
     from .train import TrainConfig
 
     given = vars(a)
@@ -412,7 +415,26 @@ def resolve_train(a: argparse.Namespace, dev=None):
     if "cts" in given:
         settings["use_cts"] = given["cts"]
     resume, step = given.get("resume"), 0
-    if resume is not None:
+    init = given.get("init_from")
+    if init is not None and resume is not None:
+        fail("--init-from: starts a new run from a checkpoint's weights; --resume continues one: give one of them")
+    if init is not None:
+        try:
+            cfg, state = read_meta(init)
+        except CheckpointError as e:
+            fail(f"--init-from: {e}")
+        model_flags = [f for f in ("size", "unison", "set") if f in given]
+        if model_flags:
+            fail(f"--{model_flags[0]}: --init-from {init} brings its own model; drop "
+                 f"{', '.join('--' + f for f in model_flags)}")
+        if not all((Path(init) / f).is_file() for f in TOKENIZER_FILES):
+            fail(f"--init-from {init}: no tokenizers in it ({', '.join(TOKENIZER_FILES)})")
+        stored = state.get("train_config") if isinstance(state.get("train_config"), dict) else {}
+        size, overrides = stored.get("size", TrainConfig.size), stored.get("overrides", {})
+        tc = replace(TrainConfig(size=size if isinstance(size, str) else TrainConfig.size,
+                                 overrides=overrides if isinstance(overrides, dict) else {}),
+                     **settings, init_from=os.path.abspath(init))
+    elif resume is not None:
         try:
             cfg, state = read_meta(resume)
         except CheckpointError as e:
@@ -456,6 +478,8 @@ def resolve_train(a: argparse.Namespace, dev=None):
         import torch
 
         _check_model_data(cfg, tc, dev if dev is not None else torch.device("cpu"))
+    if tc.init_from and ("ae_steps" in given or "ae_frames" in given):
+        log.warning("--init-from keeps the checkpoint's autoencoders: --ae-steps / --ae-frames are not used")
     world = launcher("WORLD_SIZE")
     if tc.data:
         from .data.folder import DataError, read_index

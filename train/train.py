@@ -75,6 +75,8 @@ class TrainConfig:
     lr_min_frac: float = 0.1
     precision: str = "fp32"  # "bf16": the denoiser stage under bf16 autocast (weights, optimizer, losses fp32)
     data: str | None = None  # a folder of your own clips (train.data.folder); None: the procedural clips
+    init_from: str | None = None  # fine-tuning: a checkpoint whose weights (EMA), autoencoders, tokenizers start
+                                  # this run (step 0, fresh optimizer and schedule)
     overrides: dict = field(default_factory=dict)  # HarmonyConfig fields
 
     @property
@@ -112,8 +114,10 @@ class TrainConfig:
             raise ValueError(f"ref_seconds is {r!r:.60}, must be two lengths 0 < a <= b")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision is {self.precision!r:.40}, must be one of {', '.join(PRECISIONS)}")
-        if not (self.data is None or (isinstance(self.data, str) and self.data)):
-            raise ValueError(f"data is {self.data!r:.60}, must be a folder")
+        for k in ("data", "init_from"):
+            v = getattr(self, k)
+            if not (v is None or (isinstance(v, str) and v)):
+                raise ValueError(f"{k} is {v!r:.60}, must be a folder")
         if type(self.use_cts) is not bool or not isinstance(self.size, str) or not isinstance(self.overrides, dict):
             raise ValueError("use_cts, size or overrides is of the wrong type")
         return self
@@ -185,13 +189,25 @@ def build_tokenizers(cfg: HarmonyConfig, data: str | None = None):
 
 
 def run_tokenizers(tc: TrainConfig, cfg: HarmonyConfig, resume: str | Path | None = None):
-    """The tokenizers a run trains with: a resumed run's own (the ids its weights learned), else built."""
+    """The tokenizers a run trains with: those of the checkpoint it resumes or starts from (the ids its weights
+    learned; words of `tc.data` they lack are named in a warning and train as [UNK]), else built."""
     from tokenizers import Tokenizer
 
-    files = [Path(resume) / f for f in TOKENIZER_FILES] if resume else []
-    if files and all(f.is_file() for f in files):
-        return tuple(Tokenizer.from_file(str(f)) for f in files)
-    return build_tokenizers(cfg, tc.data)
+    src = resume or tc.init_from
+    files = [Path(src) / f for f in TOKENIZER_FILES] if src else []
+    if not (files and all(f.is_file() for f in files)):
+        return build_tokenizers(cfg, tc.data)
+    toks = tuple(Tokenizer.from_file(str(f)) for f in files)
+    if tc.data:
+        from .data.folder import read_index, vocabulary
+
+        for tok, items, what in zip(toks, vocabulary(read_index(tc.data, cfg.audio_streams)),
+                                    ("caption words", "transcript characters")):
+            missing = sorted(set(items) - set(tok.get_vocab()))
+            if missing:
+                log.warning("%d %s of %s are not in %s's tokenizer (they train as [UNK]): %s", len(missing), what,
+                            tc.data, src, " ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+    return toks
 
 
 def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -566,6 +582,11 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         if model.cfg != get_config(tc.size, **tc.overrides):
             log.warning("resuming %s: the model's config is the checkpoint's, not size %r", resume, tc.size)
         log.info("resumed from %s at step %d", resume, state["step"])
+    elif tc.init_from:  # fine-tuning: its weights (EMA where kept) and autoencoders; a new run otherwise
+        model, _, _ = load_checkpoint(tc.init_from, optimizer=False)
+        state["ae_done"] = True  # the latent space its denoiser knows
+        opt_sd = None
+        log.info("starting from the weights of %s (its autoencoders and tokenizers kept)", tc.init_from)
     else:
         model = HarmonyModel(get_config(tc.size, **tc.overrides))
         opt_sd = None
