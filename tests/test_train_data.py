@@ -91,6 +91,15 @@ def test_index_problems_name_the_line(folder, tmp_path, line, words):
     assert "\n" not in str(e.value)
 
 
+def test_an_index_saved_by_a_windows_editor_reads(folder, tmp_path):
+    d = tmp_path / "w"
+    d.mkdir()
+    os.link(folder / "c0.mp4", d / "c0.mp4")
+    (d / "clips.jsonl").write_bytes(b'\xef\xbb\xbf{"video": "c0.mp4", "caption": "a cup"}\r\n\r\n')  # BOM, CRLF
+    (e,) = read_index(d)
+    assert e.caption == "a cup"
+
+
 def test_missing_folder_index_and_unison_stems(folder, tmp_path):
     with pytest.raises(DataError, match="no such folder"):
         read_index(tmp_path / "none")

@@ -102,7 +102,7 @@ def read_index(folder: str | Path, streams: int = 1) -> list[Entry]:
     if not index.is_file():
         raise DataError(f"{folder}: no {INDEX} in it (one JSON line per clip: video, caption, ...)")
     try:
-        lines = index.read_text(encoding="utf-8").splitlines()
+        lines = index.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Windows editors) is skipped
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{index}: cannot read it ({e})") from None
     out = []
