@@ -296,10 +296,11 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
         if bar is not None:
             bar.close()
     save_all(results, output, stems_dir=stems)  # all files or none
-    for res, (path, _) in zip(results, output_paths(output, len(results))):
+    for res, (path, stem_dir) in zip(results, output_paths(output, len(results), stems)):
         for note in res.notes:
             click.echo(f"note: {note}", err=True)
-        _say(f"wrote {path} and {path.with_suffix('.wav')} ({res.seconds:.2f} s, "
+        also = f" and stems in {stem_dir}" if stem_dir is not None else ""
+        _say(f"wrote {path} and {path.with_suffix('.wav')}{also} ({res.seconds:.2f} s, "
              f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz"
              f"{f', seed {res.seed} sample {res.sample}' if res.sample or len(results) > 1 else ''})")
 

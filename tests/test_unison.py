@@ -172,6 +172,20 @@ def test_unison_bundle_generates_stems(unison_bundle, tmp_path):
     assert sorted(p.name for p in (tmp_path / "stems").iterdir()) == ["mix.wav", "sfx.wav", "speech.wav"]
 
 
+def test_the_cli_says_where_the_stems_went(unison_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "harmony_rt.cli", "generate", "a ball", "--bundle", str(unison_bundle),
+                        "--steps", "1", "--num-samples", "2", "-o", str(tmp_path / "o.mp4"), "--stems",
+                        str(tmp_path / "st"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    said = r.stdout + r.stderr
+    for i in (0, 1):
+        assert f"o_{i}.wav and stems in {tmp_path / 'st' / str(i)} (" in said, said
+        assert (tmp_path / "st" / str(i) / "mix.wav").is_file()
+
+
 def test_a_failed_save_removes_the_stems_folders_it_made(unison_bundle, tmp_path, monkeypatch):
     from harmony_rt import media
     from harmony_rt.errors import MediaError
