@@ -148,27 +148,26 @@ def test_separate_captions(pipe):
     assert not np.array_equal(a.audio, b.audio)
 
 
-def _write_png16(path, h=8, w=8):
-    import struct
-    import zlib
+def _write_exr(path, h=8, w=8):
+    """A float image (OpenEXR): no 8-bit reading of it (16-bit PNGs are read)."""
+    import av
 
-    raw = b"".join(b"\x00" + b"\x12\x34" * w for _ in range(h))
-    def chunk(t, d):
-        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-    path.write_bytes(png)
+    with av.open(str(path), "w", format="image2") as c:
+        s = c.add_stream("exr")
+        s.width, s.height, s.pix_fmt = w, h, "gbrpf32le"
+        c.mux(s.encode(av.VideoFrame.from_ndarray(np.zeros((h, w, 3), np.float32), format="gbrpf32le")))
+        c.mux(s.encode(None))
 
 
 @pytest.mark.parametrize("flag,make,needle", [
     ("--audio", lambda p: p.write_text("not audio"), "audio"),
     ("--audio", lambda p: sf.write(p, np.zeros(0, np.float32), 16000), "audio"),
     ("--video", lambda p: sf.write(p, _tone(0.5, 16000), 16000), "video"),
-    ("--image", _write_png16, "image"),
+    ("--image", _write_exr, "image"),
     ("--ref-audio", lambda p: p.write_bytes(b"\x00" * 10), "audio"),
 ])
 def test_bad_media_is_a_clean_exit_2(tiny_bundle, tmp_path, flag, make, needle):
-    src = tmp_path / ("in.png" if flag == "--image" else "in.wav")
+    src = tmp_path / ("in.exr" if flag == "--image" else "in.wav")
     make(src)
     out = tmp_path / "o.mp4"
     r = subprocess.run([sys.executable, "-m", "harmony_rt.cli", "generate", "a red ball", "--bundle", str(tiny_bundle),

@@ -150,13 +150,23 @@ def test_train_resume_and_vocoder_on_a_folder(folder, tmp_path):
         r = _train("--resume", out, "-o", out, "--steps", 3)
         assert r.returncode == 0, r.stderr[-2000:]
         assert (out / "tokenizer_text.json").read_text() == text
+        assert "is not what" in r.stderr  # the folder changed since the run began: said
     finally:
         (folder / "clips.jsonl").write_text(idx)
 
-    r = subprocess.run([sys.executable, "-m", "train.vocoder", out, "-o", tmp_path / "voc", "--steps", "1",
-                        "--batch", "2"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
+    moved = tmp_path / "moved"  # the vocoder follows a folder that moved
+    os.rename(folder, moved)
+    try:
+        r = subprocess.run([sys.executable, "-m", "train.vocoder", out, "-o", tmp_path / "voc", "--steps", "1",
+                            "--batch", "2"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 2 and "moved? give --data DIR" in r.stderr, r.stderr[-2000:]
+        r = subprocess.run([sys.executable, "-m", "train.vocoder", out, "-o", tmp_path / "voc", "--steps", "1",
+                            "--batch", "2", "--data", moved], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr[-2000:]
+    finally:
+        os.rename(moved, folder)
 
 
 def _error(argv, capsys, *words):
@@ -210,3 +220,111 @@ def test_fine_tune_problems(tiny_checkpoint, folder, tmp_path, capsys):
            "--init-from", "--resume")
     _error(["--init-from", str(tiny_checkpoint), "--size", "demo", "-o", out], capsys, "--size", "its own model")
     _error(["--init-from", str(tmp_path), "-o", out], capsys, "--init-from")
+
+
+# ------------------------------------------------------------------------- review fixes (each failed before)
+
+
+def _late_audio_mp4(path, delay=0.5, seconds=3.0, flash=1.0, fps=8, sr=16000):
+    """An mp4 whose sound track starts `delay` s after its picture; a white frame and a click both at `flash` s."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = 32, 32, "yuv420p"
+        a = c.add_stream("aac", rate=sr, layout="mono")
+        for i in range(int(seconds * fps)):
+            img = np.full((32, 32, 3), 255 if i == round(flash * fps) else 30, np.uint8)
+            f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            f.pts, f.time_base = i, Fraction(1, fps)
+            c.mux(vs.encode(f))
+        c.mux(vs.encode(None))
+        x = np.zeros(int((seconds - delay) * sr), np.float32)
+        k = int((flash - delay) * sr)
+        x[k:k + 160] = 0.8 * np.sin(2 * np.pi * 2000 * np.arange(160) / sr)
+        off = int(delay * sr)
+        for s in range(0, len(x), 1024):
+            af = av.AudioFrame.from_ndarray(x[None, s:s + 1024], format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = sr, off + s, Fraction(1, sr)
+            c.mux(a.encode(af))
+        c.mux(a.encode(None))
+
+
+def test_sound_stays_with_the_picture(folder, tmp_path):
+    # a sound track that starts after the picture: the click lands on the white frame, not 0.5 s early
+    d = tmp_path / "late"
+    d.mkdir()
+    _late_audio_mp4(d / "late.mp4")
+    _index(d, {"video": "late.mp4", "caption": "a flash"})
+    (c,) = load_clips(d, 32, 32, 8, 16000, 2.0)
+    assert int(np.argmax(c.frames.mean(axis=(1, 2, 3)))) == 8  # the flash: frame 8 = 1.0 s
+    click = int(np.argmax(np.abs(c.audio))) / 16000
+    assert abs(click - 1.0) < 0.02, click
+    assert not c.audio[:7000].any() or np.abs(c.audio[:7000]).max() < 1e-3  # silence before the track starts
+
+    # a start between frames: picture and sound both start on the frame grid (0.55 s at 8 fps: frame 4 = 0.5 s)
+    e = read_index(folder)[2]
+    off = load_clip(e.__class__(**{**e.__dict__, "start": 0.55}), 32, 32, 8, 16000, 1.0)
+    whole = load_clip(e.__class__(**{**e.__dict__, "start": 0.0}), 32, 32, 8, 16000, 2.0)
+    assert np.array_equal(off.frames, whole.frames[4:12])
+    assert np.allclose(off.audio, whole.audio[8000:24000], atol=1e-6)
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"video": "c0.mp4", "caption": "x", "start": 1e308}', ["start must be a number of seconds >= 0"]),
+    ('{"video": "c0.mp4", "caption": "x", "start": ' + "9" * 400 + "}", ["start must be a number"]),
+    ('{"video": "c0.mp4", "caption": "x", "speech": "c1.mp4", "sfx": null}', ["both stems"]),
+    ('{"video": "sub", "caption": "x"}', ["video sub: a folder, not a file"]),
+])
+def test_more_index_problems_are_one_line(folder, tmp_path, line, words):
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    for f in folder.glob("*.mp4"):
+        os.link(f, d / f.name)
+    (d / "clips.jsonl").write_text(line + "\n")
+    with pytest.raises(DataError) as e:
+        read_index(d)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_index_encodings_and_line_breaks(folder, tmp_path):
+    with pytest.raises(DataError, match="a file; give the folder"):
+        read_index(folder / "clips.jsonl")
+    d = tmp_path / "e"
+    d.mkdir()
+    os.link(folder / "c0.mp4", d / "c0.mp4")
+    (d / "clips.jsonl").write_text('{"video": "c0.mp4", "caption": "a cup"}\n', encoding="utf-16")
+    with pytest.raises(DataError, match="UTF-16; save it as UTF-8"):
+        read_index(d)
+    # json.dumps(ensure_ascii=False) keeps U+2028 / U+0085 inside strings: not line breaks of JSON Lines
+    (d / "clips.jsonl").write_text(json.dumps({"video": "c0.mp4", "caption": "a\u2028b\x85c"}, ensure_ascii=False))
+    (e,) = read_index(d)
+    assert e.caption == "a\u2028b\x85c"
+
+
+def test_vocabulary_splits_as_the_tokenizer_does(tmp_path, folder):
+    from train.configs import get_config
+    from train.train import build_tokenizers
+
+    d = tmp_path / "g"
+    d.mkdir()
+    os.link(folder / "c0.mp4", d / "c0.mp4")
+    _index(d, {"video": "c0.mp4", "caption": "ΟΔΟΣ ΚΑΙ ΣΟΦΟΣ"})  # a final capital sigma: σ in the tokenizer
+    cap, _ = build_tokenizers(get_config("tiny"), str(d))
+    assert 1 not in cap.encode("ΟΔΟΣ ΚΑΙ ΣΟΦΟΣ").ids
+
+
+def test_texts_longer_than_the_model_reads_are_named(tmp_path, folder, caplog):
+    from train.configs import get_config
+    from train.train import TrainConfig, run_tokenizers
+
+    d = tmp_path / "long"
+    d.mkdir()
+    os.link(folder / "c0.mp4", d / "c0.mp4")
+    _index(d, {"video": "c0.mp4", "caption": "a cup"}, {"video": "c0.mp4", "caption": " ".join(["word"] * 40)})
+    with caplog.at_level("WARNING"):
+        run_tokenizers(TrainConfig(data=str(d)), get_config("tiny"))
+    assert "clips.jsonl:2 (41 tokens)" in caplog.text and "max_text_tokens" in caplog.text

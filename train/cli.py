@@ -490,7 +490,8 @@ def resolve_train(a: argparse.Namespace, dev=None):
         try:
             n = len(read_index(tc.data, cfg.audio_streams))
         except DataError as e:
-            fail(f"--data: {e}")
+            moved = resume is not None and "data" not in given and not Path(tc.data).exists()
+            fail(f"--data: {e}" + (" (the run's folder; moved? add --data DIR)" if moved else ""))
         if n < world:
             fail(f"--data {tc.data}: {n} clips; each of the {world} processes needs at least one")
         return tc, resume, step
@@ -568,6 +569,9 @@ def vocoder_parser() -> Parser:
     ap.add_argument("--steps", type=integer(0), default=800, help="fine-tuning steps (default: 800)")
     ap.add_argument("--batch", type=integer(1), default=8, help="waveform segments per step (default: 8)")
     ap.add_argument("--lr", type=number(0, lo_open=True), default=1e-3, help="learning rate (default: 0.001)")
+    ap.add_argument("--data", type=_folder, default=None,
+                    help="train on this folder's clips (clips.jsonl, as python -m train.train --data); default: the "
+                         "checkpoint's own clips (its --data folder, or its procedural clips)")
     ap.add_argument("--decoder-from", type=Path, default=None,
                     help="start from the audio decoder of this checkpoint (same audio encoder required)")
     ap.add_argument("--overwrite", action="store_true", help="replace the checkpoint already at -o")

@@ -195,19 +195,37 @@ def run_tokenizers(tc: TrainConfig, cfg: HarmonyConfig, resume: str | Path | Non
 
     src = resume or tc.init_from
     files = [Path(src) / f for f in TOKENIZER_FILES] if src else []
-    if not (files and all(f.is_file() for f in files)):
-        return build_tokenizers(cfg, tc.data)
-    toks = tuple(Tokenizer.from_file(str(f)) for f in files)
+    kept = bool(files) and all(f.is_file() for f in files)
+    toks = tuple(Tokenizer.from_file(str(f)) for f in files) if kept else build_tokenizers(cfg, tc.data)
     if tc.data:
         from .data.folder import read_index, vocabulary
 
-        for tok, items, what in zip(toks, vocabulary(read_index(tc.data, cfg.audio_streams)),
-                                    ("caption words", "transcript characters")):
-            missing = sorted(set(items) - set(tok.get_vocab()))
-            if missing:
-                log.warning("%d %s of %s are not in %s's tokenizer (they train as [UNK]): %s", len(missing), what,
-                            tc.data, src, " ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+        entries = read_index(tc.data, cfg.audio_streams)
+        if kept:
+            for tok, items, what in zip(toks, vocabulary(entries), ("caption words", "transcript characters")):
+                missing = sorted(set(items) - set(tok.get_vocab()))
+                if missing:
+                    log.warning("%d %s of %s are not in %s's tokenizer (they train as [UNK]): %s", len(missing),
+                                what, tc.data, src, " ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+        _warn_cut_texts(entries, toks, cfg)
     return toks
+
+
+def _warn_cut_texts(entries, toks, cfg: HarmonyConfig) -> None:
+    """Name the clips whose captions / transcript have more tokens than the model reads (max_text_tokens,
+    max_speech_chars, [BOS] included): training cuts them there without a word, and `harmony-rt generate`
+    refuses such a text."""
+    cap, sp = toks
+    for what, tok, limit, flag, texts in (
+        ("caption", cap, cfg.max_text_tokens, "max_text_tokens", lambda e: (e.caption, e.audio_caption)),
+        ("transcript", sp, cfg.max_speech_chars, "max_speech_chars", lambda e: (e.transcript,)),
+    ):
+        cut = [f"{e.where} ({n} tokens)" for e in entries
+               for n in dict.fromkeys(len(x.ids) for x in tok.encode_batch(list(texts(e)))) if n > limit]
+        if cut:
+            log.warning("%d %s(s) have more tokens than the model's %s %d and train cut to it (the runtime refuses "
+                        "them; a new run may --set %s=N): %s", len(cut), what, flag, limit, flag,
+                        ", ".join(cut[:5]) + (" ..." if len(cut) > 5 else ""))
 
 
 def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -596,6 +614,14 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
     state["train_config"] = asdict(tc)
     toks = run_tokenizers(tc, cfg, resume)
     tok_files = dict(zip(TOKENIZER_FILES, (t.to_str() for t in toks)))
+    if clips is None and tc.data:  # a resumed run reads its folder again: say when it is not what it was
+        from .data.folder import fingerprint, read_index
+
+        digest = fingerprint(tc.data, read_index(tc.data, cfg.audio_streams))
+        if resume and state.get("data_fingerprint") not in (None, digest):
+            log.warning("%s is not what %s trained on so far (clips.jsonl or a file it names changed): the run goes "
+                        "on with what it holds now", tc.data, resume)
+        state["data_fingerprint"] = digest
     clips = clips if clips is not None else make_clips(tc, cfg)
     clips = clips[rank::world]
     t0 = time.time()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -110,16 +111,18 @@ def _finetune(a, out: Path, dev: torch.device) -> None:
     """Fine-tune the decoder of a.checkpoint as the options say and save the result to `out`."""
     model, opt_sd, state = load_checkpoint(a.checkpoint, ema=False)
     tc = TrainConfig.from_dict(state.get("train_config") or {})
+    if a.data:
+        tc = replace(tc, data=a.data)
     if a.steps:
         from .cli import check_tools, fail
 
-        if tc.data:  # the run's own clips: the folder must still be there
+        if tc.data:  # the run's own clips (or --data): the folder must still be there
             from .data.folder import DataError, read_index
 
             try:
                 read_index(tc.data, model.cfg.audio_streams)
             except DataError as e:
-                fail(f"{a.checkpoint} trained on --data: {e}")
+                fail(f"--data: {e}" if a.data else f"{a.checkpoint} trained on --data: {e} (moved? give --data DIR)")
         else:
             check_tools(tc.kinds)  # before any work, copy_decoder's included
     if a.decoder_from:
@@ -135,7 +138,7 @@ def _finetune(a, out: Path, dev: torch.device) -> None:
         except DataError as e:
             from .cli import fail
 
-            fail(f"{a.checkpoint} trained on --data: {e}")
+            fail(f"--data: {e}" if a.data else f"{a.checkpoint} trained on --data: {e}")
         wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in clips]).to(dev)  # [C*S, W]
         state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
     state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps

@@ -12,7 +12,9 @@ DIR/clips.jsonl holds one JSON object per line, one training clip each:
   references in the timbre stage. start: seconds into the files (default 0).
 - audio: the sound from another file. speech, sfx: the stems (both), for a Unison model: its two streams. A
   Unison clip without stems is taken as all sound effects when it has no transcript; with a transcript it
-  needs them (speech and background cannot be told apart in a mix).
+  needs them (speech and background cannot be told apart in a mix). With stems and no `audio`, the clip's
+  sound (a Harmony model's one stream) is speech + sfx, not the video's own track; a Unison model trains on
+  the stems alone (its reference voice is their sum), so `audio` beside stems is read but not used.
 
 Each line is one clip of the run's --seconds from `start`. Frames are resampled to the model's fps and
 stretched to its size as the runtime reads `--video` (crop your clips to the model's aspect first); sound is
@@ -21,10 +23,10 @@ mixed to mono and resampled to its rate (harmony_rt.media). Every clip is decode
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
-import unicodedata
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ INDEX = "clips.jsonl"
 FILE_FIELDS = ("video", "audio", "speech", "sfx")
 TEXT_FIELDS = ("caption", "audio_caption", "transcript", "speaker")
 FIELDS = (*FILE_FIELDS, *TEXT_FIELDS, "start")
+MAX_START = 1e7  # seconds (115 days): start * sample_rate stays a finite float (1e308 would not)
 
 
 class DataError(ValueError):
@@ -72,17 +75,19 @@ def _entry(folder: Path, where: str, d) -> Entry:
     for k in (*FILE_FIELDS, *TEXT_FIELDS):
         if k in d and d[k] is not None and not isinstance(d[k], str):
             raise DataError(f"{where}: {k} must be a string, got {d[k]!r:.40}")
-    if ("speech" in d) != ("sfx" in d):
+    if bool(d.get("speech")) != bool(d.get("sfx")):
         raise DataError(f"{where}: give both stems (speech and sfx) or neither")
     start = d.get("start", 0)
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or not (math.isfinite(start) and start >= 0):
-        raise DataError(f"{where}: start must be a number of seconds >= 0, got {start!r:.40}")
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start <= MAX_START:  # NaN fails too
+        raise DataError(f"{where}: start must be a number of seconds >= 0 (at most {MAX_START:g}), got {start!r:.40}")
     files = {}
     for k in FILE_FIELDS:
         if d.get(k):
             p = folder / d[k]
             if not p.is_file():
-                raise DataError(f"{where}: {k} {d[k]}: no such file in {folder}")
+                where_to = "" if Path(d[k]).is_absolute() else f" in {folder}"
+                raise DataError(f"{where}: {k} {d[k]}: " + ("a folder, not a file" if p.is_dir() else
+                                                            f"no such file{where_to}"))
             files[k] = p
         else:
             files[k] = None
@@ -97,14 +102,22 @@ def read_index(folder: str | Path, streams: int = 1) -> list[Entry]:
     skipped. `streams`: 2 for a Unison model (stems needed where there is speech)."""
     folder = Path(folder)
     index = folder / INDEX
+    if folder.is_file():
+        raise DataError(f"{folder}: a file; give the folder that holds {INDEX}")
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder")
     if not index.is_file():
         raise DataError(f"{folder}: no {INDEX} in it (one JSON line per clip: video, caption, ...)")
     try:
-        lines = index.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Windows editors) is skipped
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{index}: cannot read it ({e})") from None
+        # a BOM (Windows editors) is skipped; lines end at \n only (JSON Lines; a CR before it is JSON whitespace):
+        # str.splitlines also splits at U+2028, U+0085, \f ..., which json.dumps(ensure_ascii=False) leaves in strings
+        lines = index.read_text(encoding="utf-8-sig").split("\n")
+    except UnicodeDecodeError as e:
+        utf16 = index.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise DataError(f"{index}: " + ("saved as UTF-16; save it as UTF-8" if utf16 else
+                                         f"not UTF-8 text ({e}); save it as UTF-8")) from None
+    except OSError as e:
+        raise DataError(f"{index}: cannot read it ({e.strerror or e})") from None
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -125,9 +138,32 @@ def read_index(folder: str | Path, streams: int = 1) -> list[Entry]:
 
 def _length(x: np.ndarray, n: int, what: str, e: Entry, have_s: float, seconds: float) -> np.ndarray:
     if len(x) < n:
+        if have_s <= 0:
+            raise DataError(f"{e.where}: start {e.start:g} s is past the end of {what} "
+                            f"({max(0.0, e.start + have_s):.2f} s long)")
         raise DataError(f"{e.where}: {what} has {have_s:.2f} s from start {e.start:g} s; a clip needs "
                         f"{seconds:g} s (--seconds)")
     return x[:n]
+
+
+def _audio_lead(path: Path) -> float:
+    """Seconds the first decoded audio sample of `path` comes after its first decoded video frame (negative:
+    before), from the two frames' timestamps; 0 where the file lacks either stream or timestamps. read_video
+    counts time from the first video frame and read_audio from the first audio sample, so a file whose
+    streams start apart (a recorder that starts the sound later, a cut made without re-encoding) needs it."""
+    from harmony_rt.media import _converting, _open
+
+    def first(c, kind):
+        frame = next(c.decode(**{kind: 0}), None)
+        return None if frame is None or frame.pts is None or not frame.time_base else frame.pts * frame.time_base
+
+    with _open(path) as c, _converting(path, "read"):
+        if not (c.streams.video and c.streams.audio):
+            return 0.0
+        v = first(c, "video")
+    with _open(path) as c, _converting(path, "read"):  # opened again: decoding the video skipped audio packets
+        a = first(c, "audio")
+    return 0.0 if v is None or a is None else float(a - v)
 
 
 def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, seconds: float) -> Clip:
@@ -136,13 +172,18 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
     from harmony_rt.media import read_audio, read_video
 
     n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * sample_rate))
-    f0, w0 = int(round(e.start * fps)), int(round(e.start * sample_rate))
+    f0 = int(round(e.start * fps))
+    t0 = f0 / fps  # the clip starts on the frame grid: the sound starts where its first frame is shown
     try:
         frames, _ = read_video(e.video, fps, height, width, max_frames=f0 + n_frames)
         frames = _length(frames[f0:], n_frames, e.video.name, e, (len(frames) - f0) / fps, seconds)
 
         def sound(p: Path) -> np.ndarray:
-            w = read_audio(p, sample_rate, max_seconds=e.start + seconds)
+            at = t0 - (_audio_lead(p) if p == e.video else 0.0)  # seconds into the decoded sound
+            w = read_audio(p, sample_rate, max_seconds=max(0.0, at) + seconds)
+            w0 = int(round(at * sample_rate))
+            if w0 < 0:  # the sound starts after the picture: silence until it does
+                w, w0 = np.concatenate([np.zeros(-w0, np.float32), w]), 0
             return _length(w[w0:], n_samples, f"the sound of {p.name}", e, (len(w) - w0) / sample_rate, seconds)
 
         speech = sfx = None
@@ -168,19 +209,36 @@ def load_clips(folder: str | Path, height: int, width: int, fps: float, sample_r
     return clips
 
 
-def vocabulary(entries: list[Entry]) -> tuple[list[str], str]:
-    """(caption words, transcript characters) of the entries, as the tokenizers split them: NFKC, lower case,
-    words and punctuation runs (the caption tokenizer's Whitespace pre-tokenizer)."""
-    from tokenizers import pre_tokenizers
+def fingerprint(folder: str | Path, entries: list[Entry]) -> str:
+    """sha256 of clips.jsonl and of each file it names (path relative to the folder, size, modification time):
+    what a resumed run compares its folder with."""
+    h = hashlib.sha256((Path(folder) / INDEX).read_bytes())
+    for e in entries:
+        for p in (e.video, e.audio, e.speech, e.sfx):
+            if p is not None:
+                st = p.stat()
+                h.update(f"{os.path.relpath(p, folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
-    split = pre_tokenizers.Whitespace()
+
+def vocabulary(entries: list[Entry]) -> tuple[list[str], str]:
+    """(caption words, transcript characters) of the entries, as the tokenizers split them: their own normalizer
+    (NFKC, lower case) and pre-tokenizer (caption: words and punctuation runs; transcript: characters). Python's
+    str.lower differs from it (a final capital sigma: ς in Python, σ in the tokenizer's lower case)."""
+    from ..tokenizers import caption_tokenizer, speech_tokenizer
+
+    cap, sp = caption_tokenizer([]), speech_tokenizer("")
+
+    def pieces(tok, text: str) -> list[str]:
+        return [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))]
+
     words: set[str] = set()
     chars: set[str] = set()
     for e in entries:
         for text in (e.caption, e.audio_caption):
-            words.update(w for w, _ in split.pre_tokenize_str(unicodedata.normalize("NFKC", text).lower()))
-        chars.update(unicodedata.normalize("NFKC", e.transcript).lower())
+            words.update(pieces(cap, text))
+        chars.update(pieces(sp, e.transcript))
     return sorted(words), "".join(sorted(chars))
 
 
-__all__ = ["INDEX", "DataError", "Entry", "load_clip", "load_clips", "read_index", "vocabulary"]
+__all__ = ["INDEX", "DataError", "Entry", "fingerprint", "load_clip", "load_clips", "read_index", "vocabulary"]
