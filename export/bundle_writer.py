@@ -287,6 +287,10 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
             (tmp / fname).write_bytes(tokenizers[fname])
             files[key] = {"file": fname, "sha256": sha256_file(tmp / fname)}
         training = {"training": {k: state.get(k) for k in ("step", "train_seconds", "train_config") if k in state}}
+        tc = training["training"].get("train_config")
+        if isinstance(tc, dict):  # a bundle is shared: the run's local folders by name only, not their paths
+            training["training"]["train_config"] = {k: Path(v).name if k in ("data", "init_from") and v else v
+                                                    for k, v in tc.items()}
         manifest = manifest_for(model, components, files, training)
         atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
         if custom_op:

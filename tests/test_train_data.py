@@ -328,3 +328,15 @@ def test_texts_longer_than_the_model_reads_are_named(tmp_path, folder, caplog):
     with caplog.at_level("WARNING"):
         run_tokenizers(TrainConfig(data=str(d)), get_config("tiny"))
     assert "clips.jsonl:2 (41 tokens)" in caplog.text and "max_text_tokens" in caplog.text
+
+
+def test_a_bundle_names_the_runs_folders_without_their_paths(folder, tmp_path):
+    from export.bundle_writer import export_bundle
+
+    out = tmp_path / "run"
+    r = _train("--size", "tiny", "--data", folder, "--ae-steps", 1, "--steps", 1, "--batch", 2, "-o", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    b = export_bundle(out, tmp_path / "bundle")
+    man = (b / "manifest.json").read_text()
+    assert str(folder.parent) not in man
+    assert json.loads(man)["training"]["train_config"]["data"] == folder.name
