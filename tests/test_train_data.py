@@ -69,7 +69,7 @@ def test_a_clip_shorter_than_the_run_names_its_line(folder):
 
 
 @pytest.mark.parametrize("line, words", [
-    ("{nope", ["clips.jsonl:3", "not JSON"]),
+    ("{nope", ["clips.jsonl:3", "not JSON", "one JSON object on one line"]),
     ('["c0.mp4"]', ["clips.jsonl:3", "JSON object"]),
     ('{"video": "c0.mp4"}', ["clips.jsonl:3", "needs 'caption'"]),
     ('{"video": "gone.mp4", "caption": "x"}', ["clips.jsonl:3", "video gone.mp4: no such file"]),

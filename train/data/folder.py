@@ -126,7 +126,7 @@ def read_index(folder: str | Path, streams: int = 1) -> list[Entry]:
         try:
             d = json.loads(line)
         except ValueError as e:
-            raise DataError(f"{where}: not JSON ({e})") from None
+            raise DataError(f"{where}: not JSON ({e}); each clip is one JSON object on one line") from None
         e = _entry(folder, where, d)
         if streams == 2 and e.transcript and e.speech is None:
             raise DataError(f"{where}: a Unison model needs the speech and sfx stems of a clip with a transcript")
