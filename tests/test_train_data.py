@@ -72,6 +72,7 @@ def test_a_clip_shorter_than_the_run_names_its_line(folder):
     ("{nope", ["clips.jsonl:3", "not JSON", "one JSON object on one line"]),
     ('["c0.mp4"]', ["clips.jsonl:3", "JSON object"]),
     ('{"video": "c0.mp4"}', ["clips.jsonl:3", "needs 'caption'"]),
+    ('{"video": "c0.mp4", "caption": "   "}', ["clips.jsonl:3", "needs 'caption'"]),
     ('{"video": "gone.mp4", "caption": "x"}', ["clips.jsonl:3", "video gone.mp4: no such file"]),
     ('{"video": "c0.mp4", "caption": "x", "captoin": "y"}', ["unknown field 'captoin'"]),
     ('{"video": "c0.mp4", "caption": "x", "start": -1}', ["start must be a number of seconds >= 0"]),

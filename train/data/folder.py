@@ -70,7 +70,8 @@ def _entry(folder: Path, where: str, d) -> Entry:
     if unknown:
         raise DataError(f"{where}: unknown field {unknown[0]!r}; fields: {', '.join(FIELDS)}")
     for k in ("video", "caption"):
-        if not d.get(k):
+        v = d.get(k)
+        if not v or (isinstance(v, str) and not v.strip()):  # a caption of spaces would train as none
             raise DataError(f"{where}: needs {k!r}")
     for k in (*FILE_FIELDS, *TEXT_FIELDS):
         if k in d and d[k] is not None and not isinstance(d[k], str):
