@@ -415,6 +415,7 @@ def resolve_train(a: argparse.Namespace, dev=None):
     if "cts" in given:
         settings["use_cts"] = given["cts"]
     resume, step = given.get("resume"), 0
+    model_flags = [f for f in ("size", "unison", "set") if f in given]  # the model of a new run
     init = given.get("init_from")
     if init is not None and resume is not None:
         fail("--init-from: starts a new run from a checkpoint's weights; --resume continues one: give one of them")
@@ -423,7 +424,6 @@ def resolve_train(a: argparse.Namespace, dev=None):
             cfg, state = read_meta(init)
         except CheckpointError as e:
             fail(f"--init-from: {e}")
-        model_flags = [f for f in ("size", "unison", "set") if f in given]
         if model_flags:
             fail(f"--{model_flags[0]}: --init-from {init} brings its own model; drop "
                  f"{', '.join('--' + f for f in model_flags)}")
@@ -445,7 +445,6 @@ def resolve_train(a: argparse.Namespace, dev=None):
                  "a run resumes from the step, settings and random state it holds")
         base = TrainConfig.from_dict(stored)
         step = state.get("step", 0)
-        model_flags = [f for f in ("size", "unison", "set") if f in given]
         if model_flags:
             want, _ = _model_config(given.get("size", base.size), given)
             if want != cfg:

@@ -113,16 +113,18 @@ def _finetune(a, out: Path, dev: torch.device) -> None:
     tc = TrainConfig.from_dict(state.get("train_config") or {})
     if a.data:
         tc = replace(tc, data=a.data)
+    from .cli import check_tools, fail
+    from .data.folder import DataError, read_index
+
+    def data_problem(e: DataError, hint: str = ""):
+        fail(f"--data: {e}" if a.data else f"{a.checkpoint} trained on --data: {e}{hint}")
+
     if a.steps:
-        from .cli import check_tools, fail
-
-        if tc.data:  # the run's own clips (or --data): the folder must still be there
-            from .data.folder import DataError, read_index
-
+        if tc.data:  # the run's own clips (or --data): the folder must still be there, checked before any work
             try:
                 read_index(tc.data, model.cfg.audio_streams)
             except DataError as e:
-                fail(f"--data: {e}" if a.data else f"{a.checkpoint} trained on --data: {e} (moved? give --data DIR)")
+                data_problem(e, " (moved? give --data DIR)")
         else:
             check_tools(tc.kinds)  # before any work, copy_decoder's included
     if a.decoder_from:
@@ -131,14 +133,10 @@ def _finetune(a, out: Path, dev: torch.device) -> None:
     t0 = time.time()
     model.to(dev)
     if a.steps:
-        from .data.folder import DataError
-
         try:
             clips = make_clips(tc, model.cfg)
-        except DataError as e:
-            from .cli import fail
-
-            fail(f"--data: {e}" if a.data else f"{a.checkpoint} trained on --data: {e}")
+        except DataError as e:  # a clip that does not decode or is too short
+            data_problem(e)
         wavs = torch.cat([_clip_arrays(c, model.cfg)[1] for c in clips]).to(dev)  # [C*S, W]
         state["vocoder_logs"] = finetune_decoder(model, wavs, a.steps, a.batch, a.lr, tc.seed)
     state["vocoder_steps"] = state.get("vocoder_steps", 0) + a.steps
