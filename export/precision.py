@@ -221,6 +221,50 @@ def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
     graph.value_info.extend(keep)
 
 
+def inline_ifs(model: onnx.ModelProto) -> int:
+    """Replace every top-level If node by its then-branch, in place; returns how many.
+
+    The exported denoiser skips dead work under an If (train/model/dit.py SKIP_DEAD_STYLE: the style attention
+    when no row has a reference); its then-branch is the computation itself, so inlining it gives the graph
+    without the skip. The converters below (onnxruntime's float16, the Q/DQ passes) do not descend into
+    subgraphs, so every variant is made from the inlined graph: variants compute the style attention always."""
+    g, count = model.graph, 0
+    taken = {n.name for n in g.node}
+    nodes = []
+    for n in g.node:
+        if n.op_type != "If":
+            nodes.append(n)
+            continue
+        then = next(a.g for a in n.attribute if a.name == "then_branch")
+        rename = {o.name: new for o, new in zip(then.output, n.output)}
+        for sub in then.node:
+            sub = onnx.NodeProto.FromString(sub.SerializeToString())
+            sub.output[:] = [rename.get(o, o) for o in sub.output]
+            sub.input[:] = [rename.get(x, x) for x in sub.input]
+            while sub.name in taken:
+                sub.name += "_inlined"
+            taken.add(sub.name)
+            nodes.append(sub)
+        g.initializer.extend(then.initializer)
+        g.value_info.extend(v for v in then.value_info if v.name not in rename)
+        count += 1
+    if count:
+        del g.node[:]
+        g.node.extend(nodes)
+        _drop_dead(g)
+    return count
+
+
+def _drop_dead(graph: onnx.GraphProto) -> None:
+    """Remove nodes none of whose outputs is read (repeatedly: the If conditions' chains)."""
+    while True:
+        read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            return
+        _drop_unread(graph, dead)
+
+
 def toposort(graph: onnx.GraphProto) -> None:
     """Reorder nodes topologically in place (stable: keeps the existing order where it is valid)."""
     ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
@@ -553,6 +597,20 @@ def build_variant(precision: str, component: str, src: Path, dst: Path, calib: l
     `precision` '<p>-plugin' (p in PLUGIN_PRECISIONS) takes a plugin graph `src` (the `fp32-plugin` variant).
     `calib`: recorded real feeds of this component (int8 static and fp8 ranges)."""
     model = onnx.load(str(src))
+    if inline_ifs(model):  # the int8 passes read the graph from a file: give them the inlined one
+        src = dst.with_name(dst.name + ".inlined.onnx")
+        save_graph(model, src)
+        model = onnx.load(str(src))  # saving moved large weights out of `model` into src's data file
+    try:
+        return _build_variant(precision, component, model, src, dst, calib)
+    finally:
+        if src.name.endswith(".inlined.onnx"):
+            for f in (src, *src.parent.glob(src.name + "*")):
+                f.unlink(missing_ok=True)
+
+
+def _build_variant(precision: str, component: str, model: onnx.ModelProto, src: Path, dst: Path,
+                   calib: list[dict] | None) -> dict | None:
     base = plugin_base(precision)
     if base is not None and base not in PLUGIN_PRECISIONS:
         raise ValueError(f"no {precision} variant: plugin graphs take {', '.join(PLUGIN_PRECISIONS)} only")

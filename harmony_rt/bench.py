@@ -159,17 +159,20 @@ def machine() -> dict:
 
 
 def denoiser_feeds(bundle: Bundle, rows: int = 3, frames: int | None = None, text_tokens: int = 16,
-                   speech_chars: int = 32, ref_frames: int = 1, seed: int = 0) -> Feeds:
+                   speech_chars: int = 32, ref_frames: int = 1, seed: int = 0, reference: bool = False) -> Feeds:
     """Denoiser inputs at generation shapes (the contract's `example_feeds`): `rows` guidance rows (sync: 3),
     `frames` video latent frames (default: the bundle's default clip length), captions / transcript of the
-    given token counts."""
+    given token counts. Without `reference` no row carries a voice reference (ref_mask all 0: what generate
+    feeds without --ref-audio); with it every row has `ref_frames` reference frames."""
     g = bundle.geometry
     if frames is None:
         seconds = bundle.sampling.get("seconds", g.max_latent_frames * g.video_t_stride / g.fps)
         frames = max(1, round(seconds * g.fps / g.video_t_stride))
     sizes = {"N": rows, "F": frames, "T": g.audio_frames_for(frames), "S": g.S, "R": ref_frames,
              "L": text_tokens, "LA": text_tokens, "P": speech_chars}
-    return example_feeds(bundle.specs["denoiser"], sizes, vocab=4, seed=seed)  # the denoiser takes no ids
+    feeds = example_feeds(bundle.specs["denoiser"], sizes, vocab=4, seed=seed)  # the denoiser takes no ids
+    feeds["ref_mask"] = np.full_like(feeds["ref_mask"], 1.0 if reference else 0.0)
+    return feeds
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime step
@@ -317,9 +320,13 @@ def node_flops(op: str, ins: list[list[int]], outs: list[list[int]]) -> float:
     return 0.0
 
 
+CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
 def profile_ops(step: "OrtStep", runs: int = 2) -> dict[str, dict]:
     """Per op type: executed count, FLOPs per step and kernel seconds per step, from ORT's profiler
-    (the session must have been made with profile=...). Runs `runs` steps; reports the last."""
+    (the session must have been made with profile=...). Runs `runs` steps; reports the last. Control flow
+    (If) is left out: the nodes of the branch it ran are reported themselves, its time is theirs."""
     for _ in range(runs):
         step.run()
     path = step.end_profiling()
@@ -333,6 +340,8 @@ def profile_ops(step: "OrtStep", runs: int = 2) -> dict[str, dict]:
             continue
         a = e.get("args", {})
         op = a.get("op_name", "?")
+        if op in CONTROL_FLOW:
+            continue
         d = ops.setdefault(op, {"count": 0, "flops": 0.0, "seconds": 0.0})
         d["count"] += 1
         d["seconds"] += e.get("dur", 0) * 1e-6

@@ -438,3 +438,38 @@ def test_export_refuses_an_output_it_cannot_write(tiny_checkpoint, tmp_path, no_
     with pytest.raises(ExportError, match="cannot read checkpoint"):  # the check passed: on to the checkpoint
         export_bundle(empty, tmp_path / "new" / "deeper" / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "file"]
+
+
+def test_style_attention_is_skipped_without_a_reference(tiny_checkpoint, tiny_bundle, tmp_path):
+    """GLDI's style attention (reference tokens attending to every video token) sits under an If on "does a
+    row carry a reference": without one ORT runs none of it, with the same outputs as PyTorch eager."""
+    import torch
+
+    from harmony_rt.bench import OrtStep, denoiser_feeds, profile_ops
+    from train.checkpoints import load_checkpoint
+
+    m = onnx.load(str(tiny_bundle / "denoiser.onnx"), load_external_data=False)
+    cfg = json.loads((tiny_bundle / "manifest.json").read_text())["model_config"]
+    ifs = [n for n in m.graph.node if n.op_type == "If"]
+    # one per GLDI layer but one at the last layer (its reference update reaches no output: not exported)
+    assert len(ifs) == len([i for i in range(0, cfg["layers"], cfg["gldi_every"]) if i < cfg["layers"] - 1])
+    assert len(ifs) >= 1
+    then = [next(a.g for a in n.attribute if a.name == "then_branch") for n in ifs]
+    assert all([x.op_type for x in g.node].count("MatMul") == 4 for g in then)  # q, k, v, out projections
+
+    model, _, _ = load_checkpoint(tiny_checkpoint)
+    model.eval()
+    bundle = Bundle.load(tiny_bundle)
+    feeds = denoiser_feeds(bundle, reference=True)
+    none = dict(feeds, ref_mask=np.zeros_like(feeds["ref_mask"]))
+    counts = {}
+    for name, f in (("reference", feeds), ("none", none)):
+        step = OrtStep(bundle, f, 2, profile=str(tmp_path / name))
+        got = step.run()
+        with torch.no_grad():
+            ref = model.denoiser(**{k: torch.from_numpy(v) for k, v in f.items()})
+        for a, b in zip(got, ref):
+            assert np.abs(a - b.numpy()).max() < 1e-4, name
+        counts[name] = {op: d["count"] for op, d in profile_ops(step).items()}
+    assert counts["reference"]["MatMul"] - counts["none"]["MatMul"] == 4 * len(ifs)
+    assert counts["reference"]["Attention"] - counts["none"]["Attention"] == len(ifs)

@@ -281,3 +281,29 @@ def test_cli_export_rejects_unknown_precision_and_generate_takes_one(prec_bundle
     r = CliRunner().invoke(main, ["generate", "a red ball", "--bundle", str(prec_bundle), "--precision", "int4",
                                   "--steps", "2", "--quiet", "-o", str(out), "--backend", "ort"])
     assert r.exit_code == 2 and "no int4 graphs" in r.output
+
+
+def test_variants_are_made_from_the_graph_with_its_ifs_inlined(prec_bundle, fp32_graph, tmp_path):
+    """The fp32 denoiser skips the style attention under an If when no row has a reference; the converters
+    do not descend into subgraphs (onnxruntime's float16 left fp32 nodes in an fp16 graph: ORT refused
+    to load it), so variants get the then-branch inlined: no If, same outputs as the If graph."""
+    import onnxruntime as ort
+
+    from export.precision import inline_ifs
+    from harmony_rt.bench import denoiser_feeds
+
+    assert any(n.op_type == "If" for n in fp32_graph.graph.node)
+    b = Bundle.load(prec_bundle, verify=False)
+    for prec in ("fp16", "int8", "int8-dynamic", "fp8"):
+        m = onnx.load(str(b.component_path("denoiser", prec)), load_external_data=False)
+        assert not any(n.op_type == "If" for n in m.graph.node), prec
+    inlined = onnx.ModelProto.FromString(fp32_graph.SerializeToString())
+    assert inline_ifs(inlined) == sum(n.op_type == "If" for n in fp32_graph.graph.node)
+    conds = {n.input[0] for n in fp32_graph.graph.node if n.op_type == "If"}
+    assert not any(n.op_type == "If" or conds & set(n.output) for n in inlined.graph.node)  # conditions gone
+    onnx.checker.check_model(inlined, full_check=True)
+    feeds = denoiser_feeds(b, reference=True)
+    runs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+            for m in (fp32_graph, inlined)]
+    for a, c in zip(*runs):
+        np.testing.assert_array_equal(a, c)

@@ -56,6 +56,18 @@ def _block_local() -> bool:
 ROPE_NODE = True
 
 
+# In ONNX export, GLDI's style attention (reference tokens attending to the video) runs inside an If on
+# "does any row carry a reference": without one (ref_mask all 0, what generate feeds when no voice is given)
+# the reference tokens are masked out of every attention that reaches an output, so their update is dead
+# work (at the benchmark shapes its K / V projections of all video tokens are ~7 % of a step). The outputs
+# are the same either way. PyTorch eager and the custom-op (TensorRT plugin) export always compute it.
+SKIP_DEAD_STYLE = True
+
+
+def _skip_dead_style() -> bool:
+    return SKIP_DEAD_STYLE and torch.onnx.is_in_onnx_export() and not layers.EMIT_CUSTOM_OP
+
+
 def _rope_node() -> bool:
     return ROPE_NODE and torch.onnx.is_in_onnx_export() and not layers.EMIT_CUSTOM_OP
 
@@ -278,12 +290,13 @@ class GLDI(nn.Module):
         self.style = CrossAttention(da, dv, heads, zero_init=True)
         self.heads = heads
 
-    def forward(self, xv, xa, xr, tv, ta, gates=None, blocks: GLDIBlocks | None = None):
+    def forward(self, xv, xa, xr, tv, ta, gates=None, blocks: GLDIBlocks | None = None, has_ref=None):
         """xv [N, Lv, Dv] (t per token tv [Lv]); xa [N, La, Da] (ta [La]); xr [N, R, Da] -> deltas.
 
         gates [N, S] (Unison SCG): the video attends to each audio stream separately and the results are
         weighted by the stream's gate. blocks (gldi_blocks for this window): the window attention is computed
-        block by block (same result as the masked full attention)."""
+        block by block (same result as the masked full attention). has_ref (bool scalar tensor, export only):
+        when False the style delta is zeros instead of computed (see SKIP_DEAD_STYLE)."""
         nv, na = self.norm_v(xv), self.norm_a(xa)
         dhv, dha = xv.shape[-1] // self.heads, xa.shape[-1] // self.heads
         if gates is None:
@@ -307,8 +320,14 @@ class GLDI(nn.Module):
             self.v2a, na, nv, rope_table_1d(ta, dha, self.theta), rope_table_1d(tv, dha, self.theta), ta, tv,
             self.window, blocks, v2a_block_attention,
         )
-        dr = self.style(self.norm_r(xr), nv)
+        if has_ref is None:
+            dr = self.style(self.norm_r(xr), nv)
+        else:
+            dr = torch.cond(has_ref, self._style, lambda xr, nv: torch.zeros_like(xr), (xr, nv))
         return dv, da, dr
+
+    def _style(self, xr, nv):
+        return self.style(self.norm_r(xr), nv)
 
 
 class FinalLayer(nn.Module):
@@ -396,6 +415,7 @@ class HarmonyDenoiser(nn.Module):
         custom_op = layers.EMIT_CUSTOM_OP and torch.onnx.is_in_onnx_export()  # one node per attention
         if _block_local() and len(self.gldi) and cfg.gldi_window >= 0 and not custom_op:
             blocks = gldi_blocks(fp, hp * wp, pt, f, t, s, tv, ta, cfg.gldi_window)
+        has_ref = (ref_mask.abs().sum() > 0) if _skip_dead_style() and len(self.gldi) else None
         for i in range(cfg.layers):
             xv = self.video_blocks[i](xv, ev, text_emb, text_bias, rope_v, tv)
             seq, ctx = self.audio_blocks[i](torch.cat([xr, xa], dim=1), ctx, ea, joint_bias, rope_x)
@@ -403,7 +423,7 @@ class HarmonyDenoiser(nn.Module):
             if unison:
                 xa = self.biaca[i](xa, s)
             if str(i) in self.gldi:
-                dv, da, dr = self.gldi[str(i)](xv, xa, xr, tv, ta, gates, blocks)
+                dv, da, dr = self.gldi[str(i)](xv, xa, xr, tv, ta, gates, blocks, has_ref)
                 xv, xa, xr = xv + dv, xa + da, xr + dr
 
         ov = self.final_v(xv, ev)  # [N, Lv, C_v*pt*ph*pw]
