@@ -221,13 +221,19 @@ def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
     graph.value_info.extend(keep)
 
 
+INLINE_IFS = ("fp16", "fp8", "fp16-plugin")
+
+
 def inline_ifs(model: onnx.ModelProto) -> int:
     """Replace every top-level If node by its then-branch, in place; returns how many.
 
     The exported denoiser skips dead work under an If (train/model/dit.py SKIP_DEAD_STYLE: the style attention
     when no row has a reference); its then-branch is the computation itself, so inlining it gives the graph
-    without the skip. The converters below (onnxruntime's float16, the Q/DQ passes) do not descend into
-    subgraphs, so every variant is made from the inlined graph: variants compute the style attention always."""
+    without the skip. onnxruntime's float16 converter types a branch's nodes apart from the outer values they
+    read (it left an fp16 LayerNormalization reading an fp32 tensor: ORT refused the graph) and the fp8 Q/DQ
+    pass sees top-level nodes only, so those variants (INLINE_IFS) are made from the inlined graph and compute
+    the style attention always. ORT's int8 quantizers take the If as it is: its branch stays fp32, the skip
+    stays."""
     g, count = model.graph, 0
     taken = {n.name for n in g.node}
     nodes = []
@@ -597,20 +603,8 @@ def build_variant(precision: str, component: str, src: Path, dst: Path, calib: l
     `precision` '<p>-plugin' (p in PLUGIN_PRECISIONS) takes a plugin graph `src` (the `fp32-plugin` variant).
     `calib`: recorded real feeds of this component (int8 static and fp8 ranges)."""
     model = onnx.load(str(src))
-    if inline_ifs(model):  # the int8 passes read the graph from a file: give them the inlined one
-        src = dst.with_name(dst.name + ".inlined.onnx")
-        save_graph(model, src)
-        model = onnx.load(str(src))  # saving moved large weights out of `model` into src's data file
-    try:
-        return _build_variant(precision, component, model, src, dst, calib)
-    finally:
-        if src.name.endswith(".inlined.onnx"):
-            for f in (src, *src.parent.glob(src.name + "*")):
-                f.unlink(missing_ok=True)
-
-
-def _build_variant(precision: str, component: str, model: onnx.ModelProto, src: Path, dst: Path,
-                   calib: list[dict] | None) -> dict | None:
+    if precision in INLINE_IFS:
+        inline_ifs(model)
     base = plugin_base(precision)
     if base is not None and base not in PLUGIN_PRECISIONS:
         raise ValueError(f"no {precision} variant: plugin graphs take {', '.join(PLUGIN_PRECISIONS)} only")

@@ -473,3 +473,4 @@ def test_style_attention_is_skipped_without_a_reference(tiny_checkpoint, tiny_bu
         counts[name] = {op: d["count"] for op, d in profile_ops(step).items()}
     assert counts["reference"]["MatMul"] - counts["none"]["MatMul"] == 4 * len(ifs)
     assert counts["reference"]["Attention"] - counts["none"]["Attention"] == len(ifs)
+    assert "If" not in counts["reference"]  # its time is its branch's nodes': not counted twice
