@@ -152,6 +152,9 @@ def test_train_resume_and_vocoder_on_a_folder(folder, tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         assert (out / "tokenizer_text.json").read_text() == text
         assert "is not what" in r.stderr  # the folder changed since the run began: said
+        # ... as a warning, marked among the progress lines (they were alike)
+        said = next(x for x in r.stderr.splitlines() if "is not what" in x)
+        assert said.split(" ", 2)[2].startswith("warning: "), said
     finally:
         (folder / "clips.jsonl").write_text(idx)
 

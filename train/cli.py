@@ -505,13 +505,36 @@ def _kept(out: Path) -> str:
     return f"{out} is left as it was" if out.exists() else "nothing saved"
 
 
+class _LogFormat(logging.Formatter):
+    """'<time> <message>', with 'warning:' / 'error:' before the message of a warning or worse: a training log
+    is mostly progress lines, and a warning among them (a cut caption, a changed data folder) must stand out."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        level = record.levelno
+        mark = "" if level < logging.WARNING else "warning: " if level == logging.WARNING else "error: "
+        return f"{record.asctime} {mark}{record.message}"
+
+
+def log_setup() -> None:
+    """INFO to stderr in the training commands' format (_LogFormat), once per process."""
+    if logging.getLogger().handlers:  # as logging.basicConfig: a configured root is left alone
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormat())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+
+
 def train_main(argv=None) -> None:
     from .checkpoints import CheckpointError
     from .data.folder import DataError
     from .train import Diverged, Interrupted, train
 
     a = train_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    log_setup()
     dev = device_of(a)
     tc, resume, step = resolve_train(a, dev)
     out = Path(os.path.abspath(a.out))

@@ -83,6 +83,7 @@ def main(argv=None):
         device_of,
         exclusive,
         fail,
+        log_setup,
         use_cores,
         vocoder_parser,
         writable_folder,
@@ -90,7 +91,7 @@ def main(argv=None):
 
     a = vocoder_parser().parse_args(argv)
     dev = device_of(a)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    log_setup()
     checked_inputs(("checkpoint", a.checkpoint), ("--decoder-from", a.decoder_from))
     out = Path(os.path.abspath(a.out))
     check_target(out, "-o", a.checkpoint, a.overwrite, in_place="-o CHECKPOINT writes in place")
