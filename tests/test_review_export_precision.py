@@ -112,3 +112,29 @@ def test_calibration_covers_text_cfg_rows_and_a_reference_voice(tiny_bundle, mon
                for f in second)
     with pytest.raises(ValueError, match="voice_of 1 is not an earlier prompt"):
         calibration.record_feeds(tiny_bundle, (calibration.Prompt("a ball", voice_of=1),), steps=1)
+
+
+def test_calibration_covers_the_driven_tasks(tiny_bundle, monkeypatch):
+    """The static int8 / fp8 ranges came from text-to-audio-video runs only: on the shipped demo model A2V
+    drove quantized inputs to 1.43x their calibrated maxima, I2AV 1.32x, V2A 1.17x."""
+    from export import calibration
+
+    monkeypatch.setenv("HARMONY_RT_CACHE", "off")
+    assert {p.task for p in calibration.CALIBRATION_PROMPTS} >= set(calibration.TASKS)
+    P = calibration.Prompt
+    prompts = (P("a ball", speech="hello", seed=1), P("a ball", seed=2, task="audio", task_of=0),
+               P("a ball", seed=3, task="video", task_of=0), P("a ball", seed=4, task="image", task_of=0))
+    feeds = calibration.record_feeds(tiny_bundle, prompts, steps=2)["denoiser"]
+    assert len(feeds) == 8
+    t2av, a2v, v2a = feeds[:2], feeds[2:4], feeds[4:6]
+    assert all(f["t_audio"].max() > 0 and f["t_video"].max() > 0 for f in t2av)
+    assert all(np.all(f["t_audio"] == 0) and f["t_video"].max() > 0 for f in a2v)  # the audio held clean
+    assert all(np.all(f["t_video"] == 0) and f["t_audio"].max() > 0 for f in v2a)  # the video held clean
+    # I2AV: the first latent frame on the image's noising path, not the noise a text-only run of its seed has
+    plain = calibration.record_feeds(tiny_bundle, (P("a ball", seed=4),), steps=2)["denoiser"]
+    for a, b in zip(feeds[6:], plain):
+        assert not np.array_equal(a["video_latent"][:, :, :1], b["video_latent"][:, :, :1])
+    for bad, why in ((P("a ball", task="audio"), "needs task_of"), (P("a ball", task="sound", task_of=0), "one of"),
+                     (P("a ball", task="audio", task_of=3), "task_of 3 is not an earlier prompt")):
+        with pytest.raises(ValueError, match=why):
+            calibration.record_feeds(tiny_bundle, (P("a ball"), bad), steps=1)
