@@ -46,9 +46,13 @@ def test_step_vs_torch(model, rounds, threads, report, benchmark, tmp_path):
     feeds = denoiser_feeds(bundle)
     shape = f"N={feeds['video_latent'].shape[0]} F={feeds['video_latent'].shape[2]} T={feeds['audio_latent'].shape[2]}"
     ort_step = OrtStep(bundle, feeds, threads)
+    # the same step with a voice reference in every row: the style attention runs (train/model/dit.py
+    # SKIP_DEAD_STYLE); torch computes it either way
+    ref_step = OrtStep(bundle, denoiser_feeds(bundle, reference=True), threads)
     workers = {k: TorchWorker(model.checkpoint, feeds, tmp_path, m, threads, omp_wait=w) for k, (m, w) in TORCH.items()}
     try:
-        t = interleave({"ort": ort_step.run, **{k: SelfTimed(w.step) for k, w in workers.items()}}, rounds=rounds)
+        t = interleave({"ort": ort_step.run, "ort, reference": ref_step.run,
+                        **{k: SelfTimed(w.step) for k, w in workers.items()}}, rounds=rounds)
         got = dict(zip(("video_velocity", "audio_velocity"), ort_step.run()))
         ref = workers["torch, tuned malloc"].outputs(tmp_path / "torch_out.npz")
     finally:
@@ -61,6 +65,9 @@ def test_step_vs_torch(model, rounds, threads, report, benchmark, tmp_path):
         report(Row(g, what, med(t["ort"]), baseline=f"{k} (eager, SDPA)", base_value=med(t[k]),
                    ratio=speedup(t["ort"], t[k]), note=f"best-of ratio {_best_ratio(t['ort'], t[k]):.2f}x; "
                                                      f"ORT vs torch max abs diff {err:.1e}"))
+    report(Row(g, "ORT fp32 without a reference vs with one", med(t["ort"]), baseline="ORT fp32, voice reference",
+               base_value=med(t["ort, reference"]), ratio=speedup(t["ort"], t["ort, reference"]),
+               note="the style attention skipped without one (generate's default)"))
     benchmark.extra_info.update({k: med(v) for k, v in t.items()})
     benchmark.pedantic(ort_step.run, rounds=max(2, rounds // 2), iterations=1, warmup_rounds=0)
 
