@@ -40,6 +40,17 @@ AAC_FALLBACK_RATE = 48000
 # AAC decoders emit up to one frame of padding past the muxed duration; trim at most this much to it.
 _MAX_CODEC_PADDING = 2048
 HEAD_MARGIN_S = 1.0  # read_audio(max_seconds=): decoded past the point used, so resampler edges stay out of it
+# A late start (read_video start_frame=, read_audio start=) seeks only to a point SEEK_MIN_S or more past the
+# stream's start (nearer, decoding from the start costs little) and lands SEEK_MARGIN_S or more before what it needs.
+SEEK_MIN_S = 3.0
+SEEK_MARGIN_S = 1.0
+# Demuxers whose seeks land on the keyframe at or before the time asked, with the timestamps a read from the start
+# sees: mp4/mov (an index of every sample), Matroska (cues). Other files are decoded from their start.
+_SEEKABLE_VIDEO = {"mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"}
+# Audio is sought only where that is sample-exact: timestamps that count samples (these demuxers) and a codec that
+# decodes each packet without the ones before (PCM, FLAC). Not AAC: its noise substitution (PNS) draws on a random
+# generator that runs through the whole stream, so after a seek those bands differ from a read from the start.
+_SEEKABLE_AUDIO = {"mov,mp4,m4a,3gp,3g2,mj2", "wav", "flac"}
 # 8-bit image pixel formats read_image converts with swscale (besides gray/rgb24/rgba, done by hand).
 # gbrap: FFmpeg's decoding of a CMYK JPEG (converted to RGB by the decoder, alpha opaque).
 _IMAGE_VIA_SWSCALE = {"ya8", "pal8", "monob", "monow", "yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p",
@@ -99,6 +110,14 @@ def _rate(value: object, name: str) -> Fraction:
     if not math.isfinite(f) or f <= 0:
         raise MediaError(f"{name} must be a positive number, got {value!r}")
     return value if isinstance(value, Fraction) else Fraction(f).limit_denominator(10000)
+
+
+def _seconds(value: object, name: str) -> float:
+    """A finite number of seconds >= 0 as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value < 0:
+        raise MediaError(_one_line(f"{name} must be a number of seconds >= 0, got {value!r:.40}"))
+    return float(value)
 
 
 def _fmt_rate(r: Fraction | float) -> str:
@@ -353,6 +372,35 @@ def _open(path: Path) -> av.container.InputContainer:
         return av.open(str(path), mode="r")
 
 
+def _chain(first, rest: Iterator) -> Iterator:
+    """`first`, then the items of `rest`."""
+    yield first
+    yield from rest
+
+
+def _seek(container: av.container.InputContainer, stream: av.stream.Stream, first: av.frame.Frame, ticks: int,
+          landed_ok) -> tuple[Iterator, av.frame.Frame | None]:
+    """Seek `stream` to the keyframe at or before `ticks` (its time base) -> (its frames from there, the first of
+    them). Where the frame it lands on fails `landed_ok` (past the point needed, no timestamp) or the seek fails,
+    back to the stream's start: (every frame, None). `first`: the stream's first frame, decoded before."""
+    try:
+        container.seek(ticks, stream=stream, backward=True)
+        frames = container.decode(stream)
+        landed = next(frames, None)
+        if landed is not None and landed_ok(landed):
+            return _chain(landed, frames), landed
+        log.debug("%s: a seek to %s landed at %s: decoding from the start", container.name, ticks,
+                  None if landed is None else landed.pts)
+    except av.FFmpegError as e:
+        log.debug("%s: cannot seek (%s): decoding from the start", container.name, e)
+    container.seek(first.pts, stream=stream, backward=True)
+    frames = container.decode(stream)
+    again = next(frames, None)
+    if again is None or again.pts != first.pts:
+        raise ValueError("decoding from the start again after a seek gave other frames")
+    return _chain(again, frames), None
+
+
 def _audio_to_float(frame: av.AudioFrame) -> np.ndarray:
     """Decoded audio frame -> float32 [C, n] without resampling (same scaling as libsndfile/swresample)."""
     fmt = frame.format
@@ -371,7 +419,7 @@ def _audio_to_float(frame: av.AudioFrame) -> np.ndarray:
 
 
 def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | None = None,
-               notes: list[str] | None = None) -> np.ndarray:
+               notes: list[str] | None = None, start: float = 0.0) -> np.ndarray:
     """Decode the first audio stream of any PyAV-readable file -> float32 [W] mono at `sample_rate`.
 
     Channels are averaged. At the file's own rate the decoded samples are returned unresampled (bit-exact
@@ -379,10 +427,16 @@ def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | N
     length is set to round(W_in * sample_rate / rate_in). Codec padding past the muxed duration (AAC in
     mp4) is trimmed. `max_seconds`: stop decoding HEAD_MARGIN_S past that point, for callers that use only
     the head of a possibly long file; the first `max_seconds` returned are those a full read gives.
+    `start`: the sound from `start` seconds on: exactly a full read's samples from round(start * sample_rate)
+    (none where that is past the end); `max_seconds` then counts from `start`. Decoding begins HEAD_MARGIN_S
+    before it, at a sample on the output's grid (the resampler's edge and phase are then a full read's), by
+    seeking where that is sample-exact (PCM / FLAC in wav, flac, mp4 or mov: `_late_audio`); other files are
+    decoded from their start, the samples before that point dropped (neither kept nor resampled).
     What was changed (channels mixed, rate converted) is logged and, when `notes` is given, appended to it.
     """
     p = _check_readable(path)
     sample_rate = _positive_int(sample_rate, "sample_rate")
+    start = _seconds(start, "start")
     container = _open(p)
     changed: list[str] = []
     with container, _converting(p, "read audio from"):
@@ -390,26 +444,32 @@ def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | N
             raise MediaError(_one_line(f"cannot read audio from {p}: no audio stream"))
         stream = container.streams.audio[0]
         src_rate = stream.codec_context.sample_rate or stream.sample_rate
+        # pos: the index, among all the stream's samples, of the next frame's first; cut: the first one kept
+        frames, pos, cut = (_late_audio(container, stream, start, sample_rate, src_rate) if start else
+                            (container.decode(stream), 0, 0))
+        stop = None if max_seconds is None else start + max_seconds + HEAD_MARGIN_S  # seconds
         chunks: list[np.ndarray] = []
-        got, channels = 0, 1
-        for frame in container.decode(stream):
+        channels = 1
+        for frame in frames:
             if frame.samples:
-                x = _audio_to_float(frame)  # [C, n]
-                channels = max(channels, len(x))
-                chunks.append(x[0] if len(x) == 1 else x.mean(axis=0, dtype=np.float32))
                 src_rate = frame.sample_rate or src_rate
-                got += chunks[-1].size
-                if max_seconds is not None and src_rate and got >= (max_seconds + HEAD_MARGIN_S) * src_rate:
+                if pos + frame.samples > cut:
+                    x = _audio_to_float(frame)  # [C, n]
+                    channels = max(channels, len(x))
+                    mono = x[0] if len(x) == 1 else x.mean(axis=0, dtype=np.float32)  # [n]
+                    chunks.append(mono[max(0, cut - pos):])
+                pos += frame.samples
+                if stop is not None and src_rate and pos >= stop * src_rate:
                     break
-        mono = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)  # [W_in]
-        if mono.size == 0:
+        mono = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)  # [W_in - cut]: from sample `cut` on
+        if pos == 0:
             raise MediaError(_one_line(f"cannot read audio from {p}: no audio samples (zero-length)"))
         if not src_rate:
             raise MediaError(_one_line(f"cannot read audio from {p}: unknown sample rate"))
         if stream.duration and stream.time_base:
             muxed = round(stream.duration * stream.time_base * src_rate)
-            if 0 < muxed < mono.size <= muxed + _MAX_CODEC_PADDING:
-                mono = mono[:muxed]
+            if 0 < muxed < pos <= muxed + _MAX_CODEC_PADDING:
+                mono = mono[:max(0, muxed - cut)]
         if channels > 1:
             changed.append(f"mixed {channels} channels to mono")
         if src_rate == sample_rate:
@@ -417,12 +477,50 @@ def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | N
         else:
             out = _resample(mono, src_rate, sample_rate)
             changed.append(f"resampled {src_rate} Hz -> {sample_rate} Hz")
+        if start:  # the output from sample `cut` on (a whole number of output samples: cut is on its grid)
+            out = out[round(start * sample_rate) - cut * sample_rate // src_rate:]
     log.debug("read %s: %d samples @ %d Hz -> %d @ %d Hz", p, mono.size, src_rate, out.size, sample_rate)
     for n in changed:
         log.info("%s: %s", p, n)
     if notes is not None:
         notes += changed
     return out
+
+
+def _grid_cut(start: float, src_rate: int, sample_rate: int) -> int:
+    """The source sample a read from `start` seconds keeps from: HEAD_MARGIN_S before it (the resampler's edge
+    stays out of what is returned), on a sample that falls on the output's grid (a multiple of
+    src_rate / gcd(src_rate, sample_rate): the resampler's phase is then a full read's); 0 near the start."""
+    step = src_rate // math.gcd(src_rate, sample_rate)
+    return max(0, math.floor((start - HEAD_MARGIN_S) * src_rate / step)) * step
+
+
+def _late_audio(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, start: float,
+                sample_rate: int, src_rate: int) -> tuple[Iterator[av.AudioFrame], int, int]:
+    """(frames, pos, cut) for read_audio(start=): the stream's decoded frames, the index among all its samples
+    (as a read from the start counts them) of the first frame's first sample, and the sample to keep from
+    (`_grid_cut`). Sought to the packet at or before `cut` where that is sample-exact (see _SEEKABLE_AUDIO) and
+    `cut` is SEEK_MIN_S or more in, else from the start (pos 0). Files without timestamps: from the start."""
+    frames = container.decode(stream)
+    first = next(frames, None)
+    if first is None:
+        return iter(()), 0, 0
+    src_rate = first.sample_rate or src_rate
+    cut = _grid_cut(start, src_rate, sample_rate) if src_rate else 0
+    codec = stream.codec_context.name
+    exact = container.format.name in _SEEKABLE_AUDIO and (codec.startswith("pcm_") or codec == "flac")
+    tb = stream.time_base
+    if not exact or cut < SEEK_MIN_S * src_rate or first.pts is None or not tb:
+        return _chain(first, frames), 0, cut
+    a0 = Fraction(first.pts) * tb  # a full read's sample 0
+
+    def index(f: av.AudioFrame) -> int | None:  # of f's first sample, where its timestamp names one
+        at = None if f.pts is None else (Fraction(f.pts) * tb - a0) * src_rate
+        return int(at) if at is not None and at.denominator == 1 and 0 <= at <= cut else None
+
+    frames, landed = _seek(container, stream, first, math.floor((a0 + Fraction(cut, src_rate)) / tb),
+                           lambda f: f.sample_rate == src_rate and index(f) is not None)
+    return frames, (0 if landed is None else index(landed)), cut
 
 
 def _resample(mono: np.ndarray, src_rate: int, dst_rate: int, chunk: int = 1 << 16) -> np.ndarray:
@@ -538,20 +636,27 @@ def _to_rgb(frame: av.VideoFrame, height: int, width: int, shown: tuple[int, int
 
 
 def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
-               max_frames: int | None = None) -> tuple[np.ndarray, list[str]]:
+               max_frames: int | None = None, start_frame: int = 0) -> tuple[np.ndarray, list[str]]:
     """Decode the first video stream -> (uint8 [T, height, width, 3] RGB, notes on what was changed).
 
     Time resampling picks, for each output time k / fps (from the first frame), the source frame nearest
     by timestamp; the output covers the source duration. When the source rate equals `fps` every frame is
     kept as decoded. Frames are turned upright and unmirrored as the stream's display matrix says (a phone's
     portrait video), then resized (stretched, aspect not kept) to (height, width). At most `max_frames` frames are
-    returned.
+    returned. `start_frame`: the output from that frame on: exactly a full read's frames [start_frame:] (none
+    where that is past the end), the grid still counted from the file's first frame. Where it is SEEK_MIN_S or
+    more in, the file is sought to the keyframe SEEK_MARGIN_S or more before it (mp4/mov, Matroska; at the
+    source's own rate only where the index lists every frame at one spacing: `_frame_spacing`); else decoded
+    from its start, the frames before it not converted.
     """
     p = _check_readable(path)
     rate = _rate(fps, "fps")
     height, width = _positive_int(height, "height"), _positive_int(width, "width")
     if max_frames is not None:
         max_frames = _positive_int(max_frames, "max_frames")
+    if isinstance(start_frame, bool) or not isinstance(start_frame, (int, np.integer)) or start_frame < 0:
+        raise MediaError(_one_line(f"start_frame must be an integer >= 0, got {start_frame!r:.40}"))
+    start_frame = int(start_frame)
     container = _open(p)
     notes: list[str] = []
     with container, _converting(p, "read video from"):
@@ -562,20 +667,33 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
         src_rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         src_rate = Fraction(src_rate) if src_rate else None
         passthrough = src_rate is not None and abs(src_rate - rate) <= rate * Fraction(1, 10000)
+        # passthrough numbers frames as decoded: after a seek, by timestamp, where the spacing is one throughout
+        spacing = _frame_spacing(stream) if passthrough and start_frame else None
+        frames, first_pts = container.decode(stream), None
+        if start_frame and (spacing or not passthrough):  # the start's time: its frame's, or its grid point's
+            at = start_frame * spacing * stream.time_base if spacing else Fraction(start_frame) / rate
+            frames, first_pts = _late_video(container, stream, at)
         limit = None if max_frames is None else max_frames + 1  # one extra tells us whether we trimmed
         out: list[np.ndarray] = []
         src_size = None
         if passthrough:
-            for frame in container.decode(stream):
+            i = -1  # the frame's index in a read from the start
+            for frame in frames:
                 src_size = src_size or _shown_size(frame)
+                sought = first_pts is not None and frame.pts is not None
+                i = round(Fraction(frame.pts - first_pts, spacing)) if sought else i + 1
+                if i < start_frame:
+                    continue
                 if limit is not None and len(out) >= limit:
                     break
                 out.append(_to_rgb(frame, height, width, src_size))
         else:
-            out, src_size = _select_by_time(container.decode(stream), stream, rate, src_rate,
-                                                   height, width, limit)
-        if not out:
+            t0 = None if first_pts is None else first_pts * stream.time_base
+            out, src_size = _select_by_time(frames, stream, rate, src_rate, height, width, limit, start_frame, t0)
+        if src_size is None:
             raise MediaError(_one_line(f"cannot read video from {p}: no decodable frames"))
+        if not out:  # start_frame past the end
+            return np.zeros((0, height, width, 3), np.uint8), notes
         if not passthrough:
             notes.append(f"resampled {_fmt_rate(src_rate) if src_rate else 'unknown'} fps -> {_fmt_rate(rate)} fps")
         notes += _size_notes(src_size, height, width)
@@ -591,14 +709,47 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
     return np.stack(out), notes
 
 
+def _frame_spacing(stream: av.video.stream.VideoStream) -> int | None:
+    """The spacing (time base ticks) of a stream whose container index lists every frame at one spacing (a
+    constant-rate mp4): its frame i is then at the first one's time + i spacings. None otherwise (Matroska's
+    index lists only keyframes) and where PyAV does not show the index (Stream.index_entries, in recent PyAVs)."""
+    entries = getattr(stream, "index_entries", None)
+    if entries is None or len(entries) < 2 or len(entries) != stream.frames:
+        return None
+    ts = [e.timestamp for e in entries]  # [N] decoding times
+    d = ts[1] - ts[0]
+    return d if d > 0 and all(b - a == d for a, b in zip(ts, ts[1:])) else None
+
+
+def _late_video(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                at: Fraction) -> tuple[Iterator[av.VideoFrame], int | None]:
+    """(frames, first_pts) for read_video(start_frame=), `at` seconds after the first frame: the stream's frames
+    from the keyframe SEEK_MARGIN_S or more before `at` (the nearest-timestamp choice at `at` sees the frame
+    before it, and an open GOP's leading frames stay out of it) and the first frame's pts, that the output's grid
+    is counted from; or, where `at` is under SEEK_MIN_S, the file is not one of _SEEKABLE_VIDEO, or its frames
+    have no timestamps, every frame and None."""
+    frames = container.decode(stream)
+    tb = stream.time_base
+    if at < SEEK_MIN_S or not tb or container.format.name not in _SEEKABLE_VIDEO:
+        return frames, None
+    first = next(frames, None)
+    if first is None or first.pts is None:
+        return (frames if first is None else _chain(first, frames)), None
+    ticks = first.pts + math.floor((at - SEEK_MARGIN_S) / tb)
+    latest = first.pts + math.floor((at - SEEK_MARGIN_S / 2) / tb)  # a keyframe shown after it is decoded
+    frames, landed = _seek(container, stream, first, ticks, lambda f: f.pts is not None and f.pts <= latest)
+    return frames, (None if landed is None else first.pts)
+
+
 def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, rate: Fraction,
-                    src_rate: Fraction | None, height: int, width: int,
-                    limit: int | None) -> tuple[list[np.ndarray], tuple[int, int, int, bool] | None]:
-    """Nearest-timestamp selection onto the grid k / rate. Streams: holds one decoded frame at a time."""
+                    src_rate: Fraction | None, height: int, width: int, limit: int | None, k0: int = 0,
+                    t0: Fraction | None = None) -> tuple[list[np.ndarray], tuple[int, int, int, bool] | None]:
+    """Nearest-timestamp selection onto the grid k / rate, from k = k0; times count from t0 (by default the first
+    frame's). Streams: holds one decoded frame at a time."""
     tb = stream.time_base
     out: list[np.ndarray] = []
-    prev, prev_t, t0 = None, None, None
-    k = 0
+    prev, prev_t = None, None
+    k = k0
     src_size = None
 
     def emit_while(cond) -> bool:  # emit `prev` for each target time satisfying cond; False once `limit` hit

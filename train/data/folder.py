@@ -137,14 +137,25 @@ def read_index(folder: str | Path, streams: int = 1) -> list[Entry]:
     return out
 
 
-def _length(x: np.ndarray, n: int, what: str, e: Entry, have_s: float, seconds: float) -> np.ndarray:
+def _length(x: np.ndarray, n: int, what: str, e: Entry, rate: float, seconds: float, ends) -> np.ndarray:
+    """x[:n], `x` read (at `rate` a second) from the clip's start; DataError where it is shorter. `ends()`: where
+    the stream ends (seconds on the clip's clock; None: unknown), for the message when nothing is left."""
     if len(x) < n:
-        if have_s <= 0:
-            raise DataError(f"{e.where}: start {e.start:g} s is past the end of {what} "
-                            f"({max(0.0, e.start + have_s):.2f} s long)")
-        raise DataError(f"{e.where}: {what} has {have_s:.2f} s from start {e.start:g} s; a clip needs "
+        if not len(x):
+            end = ends()
+            raise DataError(f"{e.where}: start {e.start:g} s is past the end of {what}"
+                            + (f" ({max(0.0, end):.2f} s long)" if end is not None else ""))
+        raise DataError(f"{e.where}: {what} has {len(x) / rate:.2f} s from start {e.start:g} s; a clip needs "
                         f"{seconds:g} s (--seconds)")
     return x[:n]
+
+
+def _duration(path: Path, kind: str) -> float | None:
+    """Seconds of the first `kind` ("video" / "audio") stream of `path`, as its container says (None: unknown)."""
+    from harmony_rt.media import probe
+
+    info = probe(path)[kind]
+    return None if info is None else info["duration"]
 
 
 def _audio_lead(path: Path) -> float:
@@ -176,16 +187,24 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
     f0 = int(round(e.start * fps))
     t0 = f0 / fps  # the clip starts on the frame grid: the sound starts where its first frame is shown
     try:
-        frames, _ = read_video(e.video, fps, height, width, max_frames=f0 + n_frames)
-        frames = _length(frames[f0:], n_frames, e.video.name, e, (len(frames) - f0) / fps, seconds)
+        # read from the clip's start (a full read's frames and samples from there): a clip late in a long file
+        # is not decoded from the file's beginning where the file can be sought (harmony_rt.media)
+        frames, _ = read_video(e.video, fps, height, width, max_frames=n_frames, start_frame=f0)
+        frames = _length(frames, n_frames, e.video.name, e, fps, seconds,
+                         lambda: _duration(e.video, "video"))
 
         def sound(p: Path) -> np.ndarray:
             at = t0 - (_audio_lead(p) if p == e.video else 0.0)  # seconds into the decoded sound
-            w = read_audio(p, sample_rate, max_seconds=max(0.0, at) + seconds)
+            w = read_audio(p, sample_rate, max_seconds=seconds, start=max(0.0, at))
             w0 = int(round(at * sample_rate))
             if w0 < 0:  # the sound starts after the picture: silence until it does
-                w, w0 = np.concatenate([np.zeros(-w0, np.float32), w]), 0
-            return _length(w[w0:], n_samples, f"the sound of {p.name}", e, (len(w) - w0) / sample_rate, seconds)
+                w = np.concatenate([np.zeros(-w0, np.float32), w])
+
+            def ends() -> float | None:  # the sound's end on the picture's clock
+                d = _duration(p, "audio")
+                return None if d is None else d + (t0 - at)
+
+            return _length(w, n_samples, f"the sound of {p.name}", e, sample_rate, seconds, ends)
 
         speech = sfx = None
         if e.speech is not None:
