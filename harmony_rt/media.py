@@ -614,8 +614,18 @@ def _shown_size(frame: av.VideoFrame) -> tuple[int, int, int, bool]:
     return (frame.height, frame.width, k, mirrored) if k % 2 else (frame.width, frame.height, k, mirrored)
 
 
-def _size_notes(shown: tuple[int, int, int, bool], height: int, width: int) -> list[str]:
-    """What `_to_rgb` changed: the turn and mirroring (its display matrix), the resize."""
+FITS = ("stretch", "crop")  # read_video(fit=): resize to the size asked, or cover it (aspect kept) and center-crop
+
+
+def _cover(shown: tuple[int, int, int, bool], height: int, width: int) -> tuple[int, int]:
+    """(h, w) of the upright frame scaled, aspect kept, to the smallest size covering (height, width)."""
+    w, h = shown[:2]
+    s = max(width / w, height / h)
+    return max(height, round(h * s)), max(width, round(w * s))
+
+
+def _size_notes(shown: tuple[int, int, int, bool], height: int, width: int, fit: str = "stretch") -> list[str]:
+    """What `_to_rgb` changed: the turn and mirroring (its display matrix), the resize (and crop)."""
     w, h, k, mirrored = shown
     if mirrored:  # said as a left-right mirroring first: flipping top-bottom then turning k = that, turning k + 2
         cw = (4 - (k + 2) % 4) % 4 * 90
@@ -623,31 +633,43 @@ def _size_notes(shown: tuple[int, int, int, bool], height: int, width: int) -> l
                  + ", as its orientation metadata says"]
     else:
         notes = [f"rotated {(4 - k) * 90} degrees clockwise, as its orientation metadata says"] if k else []
+    ch, cw = _cover(shown, height, width) if fit == "crop" else (height, width)
+    if (ch, cw) != (height, width):
+        return notes + [f"resized {w}x{h} -> {cw}x{ch} (aspect kept), center-cropped to {width}x{height}"]
     return notes + ([f"resized {w}x{h} -> {width}x{height}"] if (w, h) != (width, height) else [])
 
 
-def _to_rgb(frame: av.VideoFrame, height: int, width: int, shown: tuple[int, int, int, bool]) -> np.ndarray:
+def _to_rgb(frame: av.VideoFrame, height: int, width: int, shown: tuple[int, int, int, bool],
+            fit: str = "stretch") -> np.ndarray:
     """Decoded frame -> uint8 [height, width, 3], turned upright and unmirrored as `shown` (`_shown_size` of the
-    stream's first frame: its display matrix, read once) says; no resize when the size already matches."""
+    stream's first frame: its display matrix, read once) says; no resize when the size already matches.
+    fit "crop": resized with its aspect kept to cover (height, width), then its center cut out."""
     k, mirrored = shown[2:]
-    h, w = (width, height) if k % 2 else (height, width)  # the size before turning
+    ch, cw = _cover(shown, height, width) if fit == "crop" else (height, width)  # upright size after resizing
+    h, w = (cw, ch) if k % 2 else (ch, cw)  # the size before turning
     rgb = frame.to_ndarray(format="rgb24") if (frame.width, frame.height) == (w, h) else _resize(frame, h, w)
-    return np.ascontiguousarray(_upright(rgb, k, mirrored)) if k or mirrored else rgb
+    rgb = _upright(rgb, k, mirrored) if k or mirrored else rgb
+    if (ch, cw) != (height, width):
+        y0, x0 = (ch - height) // 2, (cw - width) // 2
+        rgb = rgb[y0:y0 + height, x0:x0 + width]
+    return np.ascontiguousarray(rgb)
 
 
 def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
-               max_frames: int | None = None, start_frame: int = 0) -> tuple[np.ndarray, list[str]]:
+               max_frames: int | None = None, start_frame: int = 0,
+               fit: str = "stretch") -> tuple[np.ndarray, list[str]]:
     """Decode the first video stream -> (uint8 [T, height, width, 3] RGB, notes on what was changed).
 
     Time resampling picks, for each output time k / fps (from the first frame), the source frame nearest
     by timestamp; the output covers the source duration. When the source rate equals `fps` every frame is
     kept as decoded. Frames are turned upright and unmirrored as the stream's display matrix says (a phone's
-    portrait video), then resized (stretched, aspect not kept) to (height, width). At most `max_frames` frames are
-    returned. `start_frame`: the output from that frame on: exactly a full read's frames [start_frame:] (none
-    where that is past the end), the grid still counted from the file's first frame. Where it is SEEK_MIN_S or
-    more in, the file is sought to the keyframe SEEK_MARGIN_S or more before it (mp4/mov, Matroska; at the
-    source's own rate only where the index lists every frame at one spacing: `_frame_spacing`); else decoded
-    from its start, the frames before it not converted.
+    portrait video), then resized (stretched, aspect not kept) to (height, width), or with `fit="crop"` resized
+    with their aspect kept to cover it and center-cropped (a portrait clip for a square model). At most
+    `max_frames` frames are returned. `start_frame`: the output from that frame on: exactly a full read's
+    frames [start_frame:] (none where that is past the end), the grid still counted from the file's first
+    frame. Where it is SEEK_MIN_S or more in, the file is sought to the keyframe SEEK_MARGIN_S or more before
+    it (mp4/mov, Matroska; at the source's own rate only where the index lists every frame at one spacing:
+    `_frame_spacing`); else decoded from its start, the frames before it not converted.
     """
     p = _check_readable(path)
     rate = _rate(fps, "fps")
@@ -657,6 +679,8 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
     if isinstance(start_frame, bool) or not isinstance(start_frame, (int, np.integer)) or start_frame < 0:
         raise MediaError(_one_line(f"start_frame must be an integer >= 0, got {start_frame!r:.40}"))
     start_frame = int(start_frame)
+    if fit not in FITS:
+        raise MediaError(_one_line(f"fit must be one of {', '.join(FITS)}, got {fit!r:.40}"))
     container = _open(p)
     notes: list[str] = []
     with container, _converting(p, "read video from"):
@@ -686,17 +710,18 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
                     continue
                 if limit is not None and len(out) >= limit:
                     break
-                out.append(_to_rgb(frame, height, width, src_size))
+                out.append(_to_rgb(frame, height, width, src_size, fit))
         else:
             t0 = None if first_pts is None else first_pts * stream.time_base
-            out, src_size = _select_by_time(frames, stream, rate, src_rate, height, width, limit, start_frame, t0)
+            out, src_size = _select_by_time(frames, stream, rate, src_rate, height, width, limit, start_frame, t0,
+                                            fit)
         if src_size is None:
             raise MediaError(_one_line(f"cannot read video from {p}: no decodable frames"))
         if not out:  # start_frame past the end
             return np.zeros((0, height, width, 3), np.uint8), notes
         if not passthrough:
             notes.append(f"resampled {_fmt_rate(src_rate) if src_rate else 'unknown'} fps -> {_fmt_rate(rate)} fps")
-        notes += _size_notes(src_size, height, width)
+        notes += _size_notes(src_size, height, width, fit)
         if max_frames is not None and len(out) > max_frames:
             out = out[:max_frames]
             secs = _stream_seconds(container, stream)
@@ -743,7 +768,8 @@ def _late_video(container: av.container.InputContainer, stream: av.video.stream.
 
 def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.VideoStream, rate: Fraction,
                     src_rate: Fraction | None, height: int, width: int, limit: int | None, k0: int = 0,
-                    t0: Fraction | None = None) -> tuple[list[np.ndarray], tuple[int, int, int, bool] | None]:
+                    t0: Fraction | None = None,
+                    fit: str = "stretch") -> tuple[list[np.ndarray], tuple[int, int, int, bool] | None]:
     """Nearest-timestamp selection onto the grid k / rate, from k = k0; times count from t0 (by default the first
     frame's). Streams: holds one decoded frame at a time."""
     tb = stream.time_base
@@ -758,7 +784,7 @@ def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.Vid
         while cond(Fraction(k) / rate):
             if limit is not None and len(out) >= limit:
                 return False
-            rgb = _to_rgb(prev, height, width, src_size) if rgb is None else rgb
+            rgb = _to_rgb(prev, height, width, src_size, fit) if rgb is None else rgb
             out.append(rgb)
             k += 1
         return True

@@ -537,3 +537,22 @@ def test_read_video_turns_a_rotated_stream_upright(tmp_path):
     assert got.shape == (8, 32, 16, 3)
     assert notes == ["rotated 90 degrees clockwise, as its orientation metadata says"]
     assert (got[:, :12, :, 0] > 240).all() and (got[:, 20:, :, 2] > 240).all()  # shown: red on top, blue below
+
+
+def test_read_video_fit_crop_keeps_the_aspect_and_takes_the_center(tmp_path):
+    """A portrait clip for a square model was only stretched (squashed 2:1): fit="crop" resizes it with its
+    aspect kept to cover the size asked and cuts out the center."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (6, 80, 40, 3), dtype=np.uint8)  # [T, H, W, 3] portrait
+    p = tmp_path / "portrait.mp4"
+    media.write_mp4(p, frames, 8)
+    tall, _ = media.read_video(p, 8, 64, 32)  # the same aspect: a plain resize
+    crop, notes = media.read_video(p, 8, 32, 32, fit="crop")
+    assert crop.shape == (6, 32, 32, 3)
+    np.testing.assert_array_equal(crop, tall[:, 16:48])  # the center rows of the aspect-kept resize
+    assert any("center-cropped to 32x32" in n and "40x80 -> 32x64" in n for n in notes), notes
+    squashed, notes = media.read_video(p, 8, 32, 32)  # the default stays a stretch
+    assert not np.array_equal(squashed, crop) and any(n == "resized 40x80 -> 32x32" for n in notes), notes
+    wide, _ = media.read_video(p, 8, 16, 32, fit="crop")  # covering a wide size: the middle band of the frame
+    assert wide.shape == (6, 16, 32, 3)
+    expect_error(media.read_video, p, 8, 32, 32, fit="zoom", match="fit must be one of stretch, crop")

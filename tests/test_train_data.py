@@ -344,3 +344,24 @@ def test_a_bundle_names_the_runs_folders_without_their_paths(folder, tmp_path):
     man = (b / "manifest.json").read_text()
     assert str(folder.parent) not in man
     assert json.loads(man)["training"]["train_config"]["data"] == folder.name
+
+
+def test_fit_crop_reads_frames_with_their_aspect_kept(folder, tmp_path):
+    """--fit crop: a clip of another aspect than the model's is resized with its aspect kept and center-cropped
+    (it was always stretched); the choice is the run's (a resumed run and the vocoder read as it did)."""
+    import torch
+
+    from train.cli import resolve_train, train_parser
+    from train.data.folder import load_clips
+
+    crop = load_clips(folder, 32, 32, FPS, SR, 2.0, fit="crop")
+    plain = load_clips(folder, 32, 32, FPS, SR, 2.0)
+    wide, _ = media.read_video(folder / "c0.mp4", FPS, 32, 38, max_frames=crop[0].frames.shape[0])  # 48x40 covers
+    np.testing.assert_array_equal(crop[0].frames, wide[:, :, 3:35])
+    assert not np.array_equal(crop[0].frames, plain[0].frames)
+    np.testing.assert_array_equal(crop[0].audio, plain[0].audio)
+    a = train_parser().parse_args(["-o", str(tmp_path / "run"), "--data", str(folder), "--fit", "crop"])
+    tc, _, _ = resolve_train(a, torch.device("cpu"))
+    assert tc.fit == "crop"
+    a = train_parser().parse_args(["-o", str(tmp_path / "run"), "--data", str(folder)])
+    assert resolve_train(a, torch.device("cpu"))[0].fit == "stretch"

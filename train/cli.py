@@ -278,6 +278,7 @@ _TRAIN_FIELDS = {
     "steps": "steps", "batch": "batch", "lr": "lr", "warmup": "warmup", "ema": "ema_decay",
     "stages": "stage_fractions", "cts_frac": "cts_frac", "seed": "seed", "ckpt_every": "ckpt_every",
     "keep_every": "keep_every", "stop_after": "stop_after", "precision": "precision", "data": "data",
+    "fit": "fit",
 }
 
 
@@ -293,6 +294,9 @@ def train_parser() -> Parser:
     opt("--size", choices=sorted(SIZES), help=f"model size (train/configs.py; default: {d.size})")
     opt("--data", type=_folder, help="train on your own clips: a folder with clips.jsonl, one JSON line per clip "
         "(video, caption, transcript, speaker, start, ...: train/data/folder.py); default: procedural clips")
+    opt("--fit", choices=("stretch", "crop"), help="--data frames of another aspect than the model's: stretched to "
+        "its size, or resized with their aspect kept and center-cropped (a portrait phone clip for a square "
+        f"model; default: {d.fit})")
     opt("--clips", type=integer(1), help=f"procedural training clips (default: {d.clips})")
     opt("--seconds", type=number(0, lo_open=True),
         help=f"clip length, up to the model's longest (default: {d.seconds:g})")

@@ -75,6 +75,7 @@ class TrainConfig:
     lr_min_frac: float = 0.1
     precision: str = "fp32"  # "bf16": the denoiser stage under bf16 autocast (weights, optimizer, losses fp32)
     data: str | None = None  # a folder of your own clips (train.data.folder); None: the procedural clips
+    fit: str = "stretch"  # how --data frames meet the model's size: "stretch", or "crop" (aspect kept, center)
     init_from: str | None = None  # fine-tuning: a checkpoint whose weights (EMA), autoencoders, tokenizers start
                                   # this run (step 0, fresh optimizer and schedule)
     overrides: dict = field(default_factory=dict)  # HarmonyConfig fields
@@ -160,7 +161,8 @@ def make_clips(tc: TrainConfig, cfg: HarmonyConfig):
     if tc.data:
         from .data.folder import load_clips
 
-        return load_clips(tc.data, cfg.height, cfg.width, cfg.fps, cfg.sample_rate, tc.seconds, cfg.audio_streams)
+        return load_clips(tc.data, cfg.height, cfg.width, cfg.fps, cfg.sample_rate, tc.seconds, cfg.audio_streams,
+                          tc.fit)
     from .data.synth import SynthConfig, make_dataset
 
     sc = SynthConfig(height=cfg.height, width=cfg.width, fps=cfg.fps, sample_rate=cfg.sample_rate, seconds=tc.seconds)

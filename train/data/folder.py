@@ -178,8 +178,10 @@ def _audio_lead(path: Path) -> float:
     return 0.0 if v is None or a is None else float(a - v)
 
 
-def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, seconds: float) -> Clip:
-    """Decode one entry into a Clip of `seconds` at the model's geometry."""
+def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, seconds: float,
+              fit: str = "stretch") -> Clip:
+    """Decode one entry into a Clip of `seconds` at the model's geometry (frames resized as read_video's `fit`:
+    "stretch" to the model's size, or "crop": aspect kept, center-cropped)."""
     from harmony_rt.errors import MediaError
     from harmony_rt.media import read_audio, read_video
 
@@ -189,7 +191,7 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
     try:
         # read from the clip's start (a full read's frames and samples from there): a clip late in a long file
         # is not decoded from the file's beginning where the file can be sought (harmony_rt.media)
-        frames, _ = read_video(e.video, fps, height, width, max_frames=n_frames, start_frame=f0)
+        frames, _ = read_video(e.video, fps, height, width, max_frames=n_frames, start_frame=f0, fit=fit)
         frames = _length(frames, n_frames, e.video.name, e, fps, seconds,
                          lambda: _duration(e.video, "video"))
 
@@ -221,10 +223,10 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
 
 
 def load_clips(folder: str | Path, height: int, width: int, fps: float, sample_rate: int, seconds: float,
-               streams: int = 1) -> list[Clip]:
+               streams: int = 1, fit: str = "stretch") -> list[Clip]:
     """Every clip of the folder (read_index, then load_clip each), in the index's order."""
     entries = read_index(folder, streams)
-    clips = [load_clip(e, height, width, fps, sample_rate, seconds) for e in entries]
+    clips = [load_clip(e, height, width, fps, sample_rate, seconds, fit) for e in entries]
     log.info("%s: %d clips of %g s", folder, len(clips), seconds)
     return clips
 
