@@ -283,6 +283,8 @@ _TRAIN_FIELDS = {
 
 
 def train_parser() -> Parser:
+    from harmony_rt.media import FITS
+
     from . import train
     from .configs import SIZES
 
@@ -294,7 +296,7 @@ def train_parser() -> Parser:
     opt("--size", choices=sorted(SIZES), help=f"model size (train/configs.py; default: {d.size})")
     opt("--data", type=_folder, help="train on your own clips: a folder with clips.jsonl, one JSON line per clip "
         "(video, caption, transcript, speaker, start, ...: train/data/folder.py); default: procedural clips")
-    opt("--fit", choices=("stretch", "crop"), help="--data frames of another aspect than the model's: stretched to "
+    opt("--fit", choices=FITS, help="--data frames of another aspect than the model's: stretched to "
         "its size, or resized with their aspect kept and center-cropped (a portrait phone clip for a square "
         f"model; default: {d.fit})")
     opt("--clips", type=integer(1), help=f"procedural training clips (default: {d.clips})")

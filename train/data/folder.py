@@ -17,7 +17,8 @@ DIR/clips.jsonl holds one JSON object per line, one training clip each:
   the stems alone (its reference voice is their sum), so `audio` beside stems is read but not used.
 
 Each line is one clip of the run's --seconds from `start`. Frames are resampled to the model's fps and
-stretched to its size as the runtime reads `--video` (crop your clips to the model's aspect first); sound is
+stretched to its size as the runtime reads `--video`, or with the run's `--fit crop` resized with their aspect
+kept and center-cropped (harmony_rt.media read_video's `fit`); sound is
 mixed to mono and resampled to its rate (harmony_rt.media). Every clip is decoded into memory once.
 """
 

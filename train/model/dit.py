@@ -321,7 +321,7 @@ class GLDI(nn.Module):
             self.window, blocks, v2a_block_attention,
         )
         if has_ref is None:
-            dr = self.style(self.norm_r(xr), nv)
+            dr = self._style(xr, nv)
         else:
             dr = torch.cond(has_ref, self._style, lambda xr, nv: torch.zeros_like(xr), (xr, nv))
         return dv, da, dr
