@@ -649,10 +649,18 @@ def _to_rgb(frame: av.VideoFrame, height: int, width: int, shown: tuple[int, int
     h, w = (cw, ch) if k % 2 else (ch, cw)  # the size before turning
     rgb = frame.to_ndarray(format="rgb24") if (frame.width, frame.height) == (w, h) else _resize(frame, h, w)
     rgb = _upright(rgb, k, mirrored) if k or mirrored else rgb
-    if (ch, cw) != (height, width):
-        y0, x0 = (ch - height) // 2, (cw - width) // 2
-        rgb = rgb[y0:y0 + height, x0:x0 + width]
-    return np.ascontiguousarray(rgb)
+    return np.ascontiguousarray(_center(rgb, height, width))
+
+
+def _center(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The centered [height, width] part of rgb [h, w, 3] (h >= height, w >= width); rgb itself when equal."""
+    y0, x0 = (rgb.shape[0] - height) // 2, (rgb.shape[1] - width) // 2
+    return rgb[y0:y0 + height, x0:x0 + width]
+
+
+def _check_fit(fit: object) -> None:
+    if fit not in FITS:
+        raise MediaError(_one_line(f"fit must be one of {', '.join(FITS)}, got {fit!r:.40}"))
 
 
 def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
@@ -679,8 +687,7 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
     if isinstance(start_frame, bool) or not isinstance(start_frame, (int, np.integer)) or start_frame < 0:
         raise MediaError(_one_line(f"start_frame must be an integer >= 0, got {start_frame!r:.40}"))
     start_frame = int(start_frame)
-    if fit not in FITS:
-        raise MediaError(_one_line(f"fit must be one of {', '.join(FITS)}, got {fit!r:.40}"))
+    _check_fit(fit)
     container = _open(p)
     notes: list[str] = []
     with container, _converting(p, "read video from"):
@@ -811,7 +818,8 @@ def _select_by_time(frames: Iterator[av.VideoFrame], stream: av.video.stream.Vid
     return out, src_size
 
 
-def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str] | None = None) -> np.ndarray:
+def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str] | None = None,
+               fit: str = "stretch") -> np.ndarray:
     """Read a png/jpg/... (first frame) -> uint8 [height, width, 3] RGB.
 
     Accepted: 8-bit gray, gray+alpha, 1-bit, RGB, RGBA, palette (expanded by swscale), 8-bit YUV (JPEG),
@@ -819,11 +827,13 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
     (reduced to 8 bits by swscale, noted). Alpha is dropped (colour channels kept as stored, not composited).
     Anything else (float, 10 / 12-bit YUV) raises MediaError naming the pixel format.
     Turned upright as its EXIF orientation says (rotations and mirrorings: all 8 orientations), then resized
-    (stretched) to (height, width). What was changed is logged and, when `notes` is given, appended to it.
+    as read_video's `fit` says: stretched to (height, width), or ("crop") resized with its aspect kept to cover
+    it and center-cropped. What was changed is logged and, when `notes` is given, appended to it.
     """
     changed: list[str] = []
     p = _check_readable(path)
     height, width = _positive_int(height, "height"), _positive_int(width, "width")
+    _check_fit(fit)
     container = _open(p)
     with container, _converting(p, "read image"):
         if not container.streams.video:
@@ -847,9 +857,11 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
             changed.append(f"dropped the alpha channel ({fmt})")  # only where it hides something: GIFs decode as bgra
         shown = _shown_size(frame)
         rgb = _upright(rgb, *shown[2:])  # upright and unmirrored: a photo's EXIF orientation
-        if rgb.shape[:2] != (height, width):
-            rgb = _resize(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), height, width)
-        changed += _size_notes(shown, height, width)
+        ch, cw = _cover(shown, height, width) if fit == "crop" else (height, width)  # size after resizing
+        if rgb.shape[:2] != (ch, cw):
+            rgb = _resize(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), ch, cw)
+        rgb = _center(rgb, height, width)
+        changed += _size_notes(shown, height, width, fit)
     for n in changed:
         log.info("%s: %s", p, n)
     if notes is not None:

@@ -362,6 +362,7 @@ class Pipeline:
         video: str | Path | np.ndarray | None = None,
         image: str | Path | np.ndarray | None = None,
         ref_audio: str | Path | np.ndarray | None = None,
+        fit: str = "stretch",
         progress: Progress | None = None,
     ) -> list[GenerationResult]:
         """Generate `num_samples` clips in one batched run.
@@ -370,7 +371,9 @@ class Pipeline:
         transcript (any script). Tasks: `audio` (A2V: audio held clean, video generated; on a Unison bundle
         held as the speech stream when `speech` is given, else as the sfx one), `video` (V2A),
         `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 0.5-10 s, or up to the
-        bundle's max_ref_seconds where longer; its first max_ref_seconds are used). Sample i uses seed
+        bundle's max_ref_seconds where longer; its first max_ref_seconds are used). `fit`: how a `video` /
+        `image` file of another aspect than the model's is resized: "stretch" (aspect not kept) or "crop"
+        (aspect kept, center-cropped); arrays must already have the model's size. Sample i uses seed
         (seed, sample + i): outputs do not depend on num_samples, and `generate(..., sample=i)` remakes sample
         i of a batch alone (its result's `sample`). `progress(done, total)` returning False cancels.
         `step_cache` (0-1, None: off): reuse the velocities on steps where they change slowly
@@ -383,7 +386,7 @@ class Pipeline:
         if progress is not None and not callable(progress):
             raise HarmonyError("progress must be a callable (done, total) -> bool | None")
         run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache, sample)
-        clip = self._clip(seconds, audio, video, image)
+        clip = self._clip(seconds, audio, video, image, fit)
         cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B, clip.notes)
         held = self._held(clip, run.B, speech)
         z_v, z_a = self._sample(run, clip, held, cond, uncond, progress)
@@ -426,14 +429,19 @@ class Pipeline:
             step_cache=step_cache,
         )
 
-    def _clip(self, seconds, audio, video, image) -> _Clip:
-        """The clip's length (argument, given media, or the bundle default) and the given media fitted to it."""
+    def _clip(self, seconds, audio, video, image, fit="stretch") -> _Clip:
+        """The clip's length (argument, given media, or the bundle default) and the given media fitted to it
+        (files' frames resized as `fit` says: media.FITS)."""
         g, sp = self.geometry, self.bundle.sampling
+        if fit not in media.FITS:
+            raise HarmonyError(f"unknown fit {fit!r:.40}; choose one of {', '.join(media.FITS)}")
         if sum(x is not None for x in (audio, video)) > 1:
             raise HarmonyError("give at most one of audio (A2V) and video (V2A)")
         if video is not None and image is not None:  # the given video holds every frame, the first included
             raise HarmonyError("give at most one of video (V2A) and image (I2AV)")
         notes: list[str] = []
+        if fit != "stretch" and not any(isinstance(x, (str, Path)) for x in (video, image)):
+            notes.append(f"fit {fit!r} has no effect without a video or image file")
         min_s, max_s = g.video_t_stride / g.fps, g.max_latent_frames * g.video_t_stride / g.fps
         if seconds is not None:  # checked before any media is read (it bounds how much is)
             seconds = _check_number("seconds", seconds, min_s, max_s)
@@ -453,7 +461,8 @@ class Pipeline:
                     raise HarmonyError(f"video must be frames [T, H, W, 3], got shape {given_frames.shape}")
             else:
                 want = g.max_latent_frames if seconds is None else _latent_frames(seconds, g)
-                given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, want * g.video_t_stride)
+                given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, want * g.video_t_stride,
+                                                         fit=fit)
                 notes += vnotes
             dur = given_frames.shape[0] / g.fps  # as a file
             if seconds is None and dur < min_s:
@@ -488,7 +497,7 @@ class Pipeline:
                 given_frames = given_frames[:FP]
         if image is not None:
             if isinstance(image, (str, Path)):
-                img = media.read_image(image, g.height, g.width, notes)
+                img = media.read_image(image, g.height, g.width, notes, fit=fit)
             else:
                 img = _frames_input("image", image, (g.height, g.width, 3))
                 if img.ndim != 3:

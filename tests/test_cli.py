@@ -142,6 +142,28 @@ def test_generate_threads_reach_onnx_runtime(tiny_bundle, tmp_path, monkeypatch)
         assert seen and set(seen) == want, seen
 
 
+def test_generate_fit_reaches_the_pipeline_and_lists_media_fits(tiny_bundle, tmp_path, monkeypatch):
+    """--fit crop reaches generate_batch; its choices are media.FITS (the CLI spells them out so that --help
+    does not import PyAV); a choice not in it is a usage error."""
+    from click.testing import CliRunner
+
+    from harmony_rt import media
+    from harmony_rt.cli import generate, main
+    from harmony_rt.pipeline import Pipeline
+
+    assert tuple(next(p for p in generate.params if p.name == "fit").type.choices) == media.FITS
+    seen = []
+    real = Pipeline.generate_batch
+    monkeypatch.setattr(Pipeline, "generate_batch", lambda self, *a, **k: seen.append(k["fit"]) or real(self, *a, **k))
+    args = ["generate", "x", "--bundle", str(tiny_bundle), "--steps", "1", "--quiet"]
+    for extra, want in ((["--fit", "crop"], "crop"), ([], "stretch")):
+        r = CliRunner().invoke(main, args + ["-o", str(tmp_path / f"{want}.mp4")] + extra)
+        assert r.exit_code == 0, r.output
+    assert seen == ["crop", "stretch"]
+    r = CliRunner().invoke(main, args + ["-o", str(tmp_path / "z.mp4"), "--fit", "zoom"])
+    assert r.exit_code == 2 and "--fit" in r.output
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
 def test_generate_rejects_bad_threads(tiny_bundle, tmp_path, value):
     r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "o.mp4", "--threads", value)

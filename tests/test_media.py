@@ -523,6 +523,27 @@ def test_read_image_turns_exif_orientation_upright(tmp_path, orientation, cw):
     assert notes == ([f"rotated {cw} degrees clockwise, as its orientation metadata says"] if cw else [])
 
 
+def test_read_image_fit_crop_keeps_the_aspect_and_takes_the_center(tmp_path):
+    """generate --image --fit crop: a portrait photo for a square model is resized with its aspect kept and its
+    center cut out (it was only stretched, squashed 2:1); turned upright first (EXIF), as with stretch."""
+    rng = np.random.default_rng(5)
+    tall = rng.integers(0, 256, (80, 40, 3), dtype=np.uint8)  # [H, W, 3] portrait, as shown
+    write_png_pyav(tmp_path / "tall.png", tall, "rgb24")
+    same_aspect = media.read_image(tmp_path / "tall.png", 64, 32)
+    notes = []
+    crop = media.read_image(tmp_path / "tall.png", 32, 32, notes, fit="crop")
+    np.testing.assert_array_equal(crop, same_aspect[16:48])
+    assert notes == ["resized 40x80 -> 32x64 (aspect kept), center-cropped to 32x32"]
+    stretched = media.read_image(tmp_path / "tall.png", 32, 32)  # the default stays a stretch
+    assert not np.array_equal(stretched, crop)
+    (tmp_path / "turned.png").write_bytes(exif_png(np.rot90(tall, 1).copy(), 6))  # stored landscape, shown tall
+    notes = []
+    np.testing.assert_array_equal(media.read_image(tmp_path / "turned.png", 32, 32, notes, fit="crop"), crop)
+    assert notes[0].startswith("rotated 90 degrees clockwise") and "center-cropped to 32x32" in notes[1]
+    np.testing.assert_array_equal(media.read_image(tmp_path / "tall.png", 80, 40, fit="crop"), tall)  # no resize
+    expect_error(media.read_image, tmp_path / "tall.png", 32, 32, fit="zoom", match="fit must be one of stretch, crop")
+
+
 def test_read_video_turns_a_rotated_stream_upright(tmp_path):
     """A phone's portrait video: landscape frames and a display matrix turning them 90 degrees clockwise."""
     frames = np.zeros((8, 16, 32, 3), np.uint8)

@@ -58,6 +58,40 @@ def test_v2a_returns_the_given_frames_and_generates_audio(pipe, tmp_path):
     assert np.abs(r.audio).max() > 0
 
 
+def test_v2a_and_i2av_files_are_fitted_as_fit_says(pipe, tmp_path, monkeypatch):
+    """fit="crop" (generate --fit crop): a driving video or first image of another aspect than the model's is
+    read with its aspect kept and center-cropped; "stretch" stays the default; arrays are taken as they are."""
+    g = pipe.geometry
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, (int(g.fps), 2 * g.height, g.width, 3), dtype=np.uint8)  # portrait
+    path = tmp_path / "tall.mp4"
+    media.write_mp4(path, frames, g.fps)
+    want, _ = media.read_video(path, g.fps, g.height, g.width, fit="crop")
+    r = pipe.generate("x", video=path, steps=1, fit="crop")
+    np.testing.assert_array_equal(r.frames, want[: r.frames.shape[0]])
+    assert any("center-cropped" in n for n in r.notes), r.notes
+    plain = pipe.generate("x", video=path, steps=1)
+    assert not np.array_equal(plain.frames, r.frames) and not any("center-cropped" in n for n in plain.notes)
+    media.write_mp4  # noqa: B018  (the image is written with PyAV)
+    import av
+
+    img_path = tmp_path / "tall.png"
+    with av.open(str(img_path), "w", format="image2") as c:
+        s = c.add_stream("png", rate=1)
+        s.width, s.height, s.pix_fmt = g.width, 2 * g.height, "rgb24"
+        for p in [*s.encode(av.VideoFrame.from_ndarray(frames[0], format="rgb24")), *s.encode()]:
+            c.mux(p)
+    seen = []
+    real = media.read_image
+    monkeypatch.setattr(media, "read_image", lambda *a, **k: seen.append(k.get("fit")) or real(*a, **k))
+    i = pipe.generate("x", image=img_path, steps=1, seconds=1.0, fit="crop")
+    assert seen == ["crop"] and any("center-cropped" in n for n in i.notes), i.notes
+    arr = pipe.generate("x", video=want, steps=1, fit="crop")
+    assert "fit 'crop' has no effect without a video or image file" in arr.notes
+    with pytest.raises(HarmonyError, match="unknown fit 'zoom'; choose one of stretch, crop"):
+        pipe.generate("x", video=path, steps=1, fit="zoom")
+
+
 def test_a2v_and_v2a_steps_run_two_rows_per_sample_not_three(tiny_bundle, monkeypatch):
     """With the audio (A2V) or the video (V2A) given, the anchor that guides only that modality is left out of
     the SyncCFG batch: 2 denoiser rows a step instead of 3, a third less work for the same guided output."""
