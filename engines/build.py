@@ -60,8 +60,9 @@ def plugin_fingerprint(kind: str, library: Path | None = None) -> dict:
 
 
 def build_settings(component: str, precision: str, graph: graphs.GraphChoice, profile: dict, limits,
-                   plugin: dict | None, trt_version: str, sm: int, opt_level: int) -> dict:
-    """Everything that, when changed, makes an existing engine stale (JSON-able)."""
+                   plugin: dict | None, trt_version: str, sm: int, opt_level: int, ifs: int = 0) -> dict:
+    """Everything that, when changed, makes an existing engine stale (JSON-able). `ifs`: the graph's If nodes
+    inlined before parsing (a key only where there are some: other engines' settings stay as they were)."""
     return {
         "component": component,
         "precision": precision,
@@ -74,7 +75,7 @@ def build_settings(component: str, precision: str, graph: graphs.GraphChoice, pr
         "trt": str(trt_version),  # in full: an engine loads only on the TensorRT version that built it
         "sm": sm,
         "opt_level": opt_level,
-    }
+    } | ({"ifs_inlined": ifs} if ifs else {})
 
 
 def _import_trt():
@@ -102,11 +103,24 @@ class EnginePlan:
     plugin_nodes: int  # RoPEAlignedAttention nodes in the graph (0: no plugin needed)
     profile: dict  # input name -> (min, opt, max) shapes
     limits: profiles.Limits
+    ifs: int = 0  # top-level If nodes, inlined before parsing (graphs.inline_ifs)
 
     def describe(self) -> str:
         """'denoiser  fp16  denoiser.fp16-plugin.onnx (fp16-plugin, RoPEAlignedAttention plugin), 6 plugin nodes'."""
         nodes = f", {self.plugin_nodes} plugin node{'s' * (self.plugin_nodes != 1)}" if self.plugin_nodes else ""
-        return f"{self.component:15s} {self.precision:5s} {self.graph.describe()}{nodes}"
+        ifs = f", {self.ifs} If node{'s' * (self.ifs != 1)} inlined" if self.ifs else ""
+        return f"{self.component:15s} {self.precision:5s} {self.graph.describe()}{nodes}{ifs}"
+
+    def parser_input(self, aot: bool = True):
+        """The graph proto TensorRT parses where it must differ from the file (None: parse the file): Ifs
+        inlined (the fp32 denoiser skips its style attention under one; an engine computes it always, as the
+        fp16 variants do, rather than take a data-dependent IIfConditional), plugin nodes marked."""
+        if not (self.plugin_nodes or self.ifs):
+            return None
+        model = graphs.load_graph(self.graph.path)
+        graphs.inline_ifs(model)
+        graphs.mark_plugin_nodes(model, aot=aot)
+        return model
 
 
 def plan_engines(bundle: Bundle, precision: str = "fp16", max_frames: int | None = None,
@@ -124,11 +138,13 @@ def plan_engines(bundle: Bundle, precision: str = "fp16", max_frames: int | None
     plans = []
     for comp in names:
         graph = graphs.select_graph(bundle, comp, precision, plugin=plugin_graphs)
-        n_plugin = len(graphs.plugin_nodes(graphs.load_graph(graph.path)))
+        model = graphs.load_graph(graph.path)
+        n_plugin = len(graphs.plugin_nodes(model))
         if graph.plugin and not n_plugin:
             log.warning("%s: plugin graph %s has no RoPEAlignedAttention node", comp, graph.path.name)
         prof = profiles.component_profile(bundle.specs[comp], ranges)
-        plans.append(EnginePlan(comp, precision, graph, n_plugin, prof, limits))
+        ifs = sum(n.op_type == "If" for n in model.graph.node)
+        plans.append(EnginePlan(comp, precision, graph, n_plugin, prof, limits, ifs))
     return plans
 
 
@@ -158,18 +174,15 @@ def build_engines(bundle_path, precision: str = "fp16", max_frames: int | None =
         plug = plugin_fingerprint(plugin, plugin_library) if plan.plugin_nodes else None
         target = engine_path(bundle.path, comp, precision, sm, trt.__version__)
         settings = build_settings(comp, precision, graph, plan.profile, plan.limits, plug, trt.__version__, sm,
-                                  opt_level)
+                                  opt_level, plan.ifs)
         why = records.needs_rebuild(index, target, graph.digest, settings, force)
         if why is None:
             log.info("%s: up to date (from %s)", target.name, graph.describe())
             built.append(target)
             continue
         log.info("%s: building from %s (%s)", target.name, graph.describe(), why)
-        model = None
-        if plan.plugin_nodes:
-            model = graphs.load_graph(graph.path)
-            graphs.mark_plugin_nodes(model, aot=plugin == "triton")
-        builder.build(comp, graph.path, model, plan.profile, target)
+        builder.build(comp, graph.path, plan.parser_input(aot=plugin == "triton"), plan.profile, target,
+                      uses_plugin=bool(plan.plugin_nodes))
         records.record(index, target, comp, graph.digest, settings)
         records.save_index(bundle.path, index)  # after each engine: an interrupted run keeps what finished
         built.append(target)
@@ -210,9 +223,10 @@ class _Builder:
         flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         return self.builder.create_network(0 if flag is None else 1 << int(flag))
 
-    def build(self, component: str, onnx_path: Path, patched_model, profile: dict, target: Path) -> None:
+    def build(self, component: str, onnx_path: Path, patched_model, profile: dict, target: Path,
+              uses_plugin: bool = False) -> None:
         trt = self.trt
-        if patched_model is not None:
+        if uses_plugin:
             self._register_plugin()
         network = self._network()
         parser = trt.OnnxParser(network, self.logger)

@@ -18,11 +18,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harmony_rt.bundle import safe_path
 from harmony_rt.errors import BundleError
 
 from .plugin import OP_DOMAIN, OP_NAME, TRT_PLUGIN_ID
+
+if TYPE_CHECKING:  # onnx is imported where used: the runtime imports this package without it
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +125,68 @@ def load_graph(path: Path):
     import onnx
 
     return onnx.load(str(path), load_external_data=False)
+
+
+def inline_ifs(model: onnx.ModelProto) -> int:
+    """Replace every top-level If node by its then-branch, in place; returns how many (0: `model` untouched).
+
+    The exported denoiser skips dead work under an If (train/model/dit.py SKIP_DEAD_STYLE: the style attention
+    when no row has a reference); its then-branch is the computation itself, so inlining it gives the graph
+    without the skip. onnxruntime's float16 converter types a branch's nodes apart from the outer values they
+    read (it left an fp16 LayerNormalization reading an fp32 tensor: ORT refused the graph) and the fp8 Q/DQ
+    pass sees top-level nodes only, so those variants (export.precision.INLINE_IFS) are made from the inlined
+    graph and compute the style attention always. ORT's int8 quantizers take the If as it is: its branch stays
+    fp32, the skip stays. `harmony-rt build` inlines them too before TensorRT parses a graph that has them (a
+    bundle exported without an fp16 variant builds from its fp32 graph): the engine computes it always."""
+    import onnx  # noqa: F811  (the TYPE_CHECKING import is for annotations only)
+
+    g, count = model.graph, 0
+    taken = {n.name for n in g.node}
+    nodes = []
+    for n in g.node:
+        if n.op_type != "If":
+            nodes.append(n)
+            continue
+        then = next(a.g for a in n.attribute if a.name == "then_branch")
+        rename = {o.name: new for o, new in zip(then.output, n.output)}
+        for sub in then.node:
+            sub = onnx.NodeProto.FromString(sub.SerializeToString())
+            sub.output[:] = [rename.get(o, o) for o in sub.output]
+            sub.input[:] = [rename.get(x, x) for x in sub.input]
+            while sub.name in taken:
+                sub.name += "_inlined"
+            taken.add(sub.name)
+            nodes.append(sub)
+        g.initializer.extend(then.initializer)
+        g.value_info.extend(v for v in then.value_info if v.name not in rename)
+        count += 1
+    if count:
+        del g.node[:]
+        g.node.extend(nodes)
+        drop_dead(g)
+    return count
+
+
+def drop_dead(graph: onnx.GraphProto) -> None:
+    """Remove nodes none of whose outputs is read (repeatedly: the If conditions' chains)."""
+    while True:
+        read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            return
+        drop_unread(graph, dead)
+
+
+def drop_unread(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Remove those of `nodes` whose outputs nothing reads (and their value_info)."""
+    read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+    dead = {id(n) for n in nodes if not any(o in read for o in n.output)}
+    if not dead:
+        return
+    gone = {o for n in graph.node if id(n) in dead for o in n.output}
+    keep = [n for n in graph.node if id(n) not in dead]
+    del graph.node[:]
+    graph.node.extend(keep)
+    vis = [v for v in graph.value_info if v.name not in gone]
+    del graph.value_info[:]
+    graph.value_info.extend(vis)

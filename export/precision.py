@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from engines.graphs import drop_unread, inline_ifs
 from engines.plugin import N_QKV, OP_DOMAIN, OP_NAME
 
 from .graphfile import finish_graph, save_graph
@@ -222,53 +223,6 @@ def _drop_initializer_value_info(graph: onnx.GraphProto) -> None:
 
 
 INLINE_IFS = ("fp16", "fp8", "fp16-plugin")
-
-
-def inline_ifs(model: onnx.ModelProto) -> int:
-    """Replace every top-level If node by its then-branch, in place; returns how many.
-
-    The exported denoiser skips dead work under an If (train/model/dit.py SKIP_DEAD_STYLE: the style attention
-    when no row has a reference); its then-branch is the computation itself, so inlining it gives the graph
-    without the skip. onnxruntime's float16 converter types a branch's nodes apart from the outer values they
-    read (it left an fp16 LayerNormalization reading an fp32 tensor: ORT refused the graph) and the fp8 Q/DQ
-    pass sees top-level nodes only, so those variants (INLINE_IFS) are made from the inlined graph and compute
-    the style attention always. ORT's int8 quantizers take the If as it is: its branch stays fp32, the skip
-    stays."""
-    g, count = model.graph, 0
-    taken = {n.name for n in g.node}
-    nodes = []
-    for n in g.node:
-        if n.op_type != "If":
-            nodes.append(n)
-            continue
-        then = next(a.g for a in n.attribute if a.name == "then_branch")
-        rename = {o.name: new for o, new in zip(then.output, n.output)}
-        for sub in then.node:
-            sub = onnx.NodeProto.FromString(sub.SerializeToString())
-            sub.output[:] = [rename.get(o, o) for o in sub.output]
-            sub.input[:] = [rename.get(x, x) for x in sub.input]
-            while sub.name in taken:
-                sub.name += "_inlined"
-            taken.add(sub.name)
-            nodes.append(sub)
-        g.initializer.extend(then.initializer)
-        g.value_info.extend(v for v in then.value_info if v.name not in rename)
-        count += 1
-    if count:
-        del g.node[:]
-        g.node.extend(nodes)
-        _drop_dead(g)
-    return count
-
-
-def _drop_dead(graph: onnx.GraphProto) -> None:
-    """Remove nodes none of whose outputs is read (repeatedly: the If conditions' chains)."""
-    while True:
-        read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node if not any(o in read for o in n.output)]
-        if not dead:
-            return
-        _drop_unread(graph, dead)
 
 
 def toposort(graph: onnx.GraphProto) -> None:
@@ -515,24 +469,9 @@ def set_plugin_types(model: onnx.ModelProto, half: set[str]) -> dict:
             declare(n.output[0], out, act)
             cast(n.output[0], out, have)
     g.node.extend(new_nodes)
-    _drop_unread(g, bypassed)
+    drop_unread(g, bypassed)
     toposort(g)
     return stats
-
-
-def _drop_unread(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
-    """Remove those of `nodes` whose outputs nothing reads (and their value_info)."""
-    read = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
-    dead = {id(n) for n in nodes if not any(o in read for o in n.output)}
-    if not dead:
-        return
-    gone = {o for n in graph.node if id(n) in dead for o in n.output}
-    keep = [n for n in graph.node if id(n) not in dead]
-    del graph.node[:]
-    graph.node.extend(keep)
-    vis = [v for v in graph.value_info if v.name not in gone]
-    del graph.value_info[:]
-    graph.value_info.extend(vis)
 
 
 # ---------------------------------------------------------------------------------------------- int8

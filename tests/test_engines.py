@@ -393,6 +393,58 @@ def test_engine_record_names_its_graph(graph_bundle, tmp_path):
     assert records.needs_rebuild(index, eng, dec.graph.digest, s_dec) == "ONNX graph changed"
 
 
+def _if_graph():
+    """y = x + relu(x) under an If on "r has a nonzero entry" (else y = x): the denoiser's style-skip shape."""
+    from onnx import TensorProto, helper
+
+    def branch(name, nodes, out):
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+
+    then = branch("then", [helper.make_node("Relu", ["x"], ["rx"]), helper.make_node("Add", ["x", "rx"], ["t"])], "t")
+    other = branch("else", [helper.make_node("Identity", ["x"], ["e"])], "e")
+    nodes = [helper.make_node("Abs", ["r"], ["ra"]), helper.make_node("ReduceSum", ["ra"], ["rs"], keepdims=0),
+             helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])),
+             helper.make_node("Greater", ["rs", "zero"], ["has"]),
+             helper.make_node("If", ["has"], ["y"], then_branch=then, else_branch=other)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in "xr"],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_an_engine_from_a_graph_with_ifs_parses_it_inlined(graph_bundle):
+    """The fp32 denoiser skips its style attention under an If; an fp16 build of a bundle without an fp16
+    variant falls back to that graph. TensorRT then parses it with the If inlined (its then-branch, computing
+    always, as the fp16 variants do) instead of a data-dependent IIfConditional; the plan and the engine's
+    settings say so; graphs without an If are parsed from their file as before."""
+    import onnx
+    import onnxruntime as ort
+
+    model = _if_graph()
+    data = model.SerializeToString()
+    comp = graph_bundle.manifest["components"]["denoiser"]
+    (graph_bundle.path / comp["file"]).write_bytes(data)
+    comp["sha256"] = _sha(data)
+    plans = {p.component: p for p in build.plan_engines(graph_bundle, "fp16", plugin_graphs=False)}
+    den = plans["denoiser"]
+    assert den.ifs == 1 and den.plugin_nodes == 0 and "1 If node inlined" in den.describe()
+    assert plans["text_encoder"].ifs == 0 and plans["text_encoder"].parser_input() is None
+    parsed = den.parser_input()
+    assert [n.op_type for n in parsed.graph.node] == ["Relu", "Add"]  # the condition's chain dropped too
+    onnx.checker.check_model(parsed, full_check=True)
+    x, r = np.random.default_rng(0).standard_normal((2, 2, 3)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"x": x, "r": r})[0]
+    np.testing.assert_array_equal(run(parsed), run(model))  # the branch taken whenever the If is live
+    assert onnx.load(str(den.graph.path)).graph.node[-1].op_type == "If"  # the bundle's file is left as it was
+    args = (den.graph, den.profile, den.limits, None, "11.4", 90, 3)
+    assert build.build_settings("denoiser", "fp16", *args, den.ifs)["ifs_inlined"] == 1
+    assert "ifs_inlined" not in build.build_settings("denoiser", "fp16", *args)  # other engines stay up to date
+    plug = build.plan_engines(graph_bundle, "fp16", components=["denoiser"])[0]  # the plugin graph: marked only
+    marked = graphs.plugin_nodes(plug.parser_input())
+    assert plug.ifs == 0 and len(marked) == 2
+    assert all({"plugin_namespace", "aot"} <= {a.name for a in n.attribute} for n in marked)
+
+
 # --- without TensorRT ----------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(HAVE_TRT, reason="tensorrt is installed here")
