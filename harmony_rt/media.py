@@ -507,10 +507,8 @@ def _late_audio(container: av.container.InputContainer, stream: av.audio.stream.
         return iter(()), 0, 0
     src_rate = first.sample_rate or src_rate
     cut = _grid_cut(start, src_rate, sample_rate) if src_rate else 0
-    codec = stream.codec_context.name
-    exact = container.format.name in _SEEKABLE_AUDIO and (codec.startswith("pcm_") or codec == "flac")
     tb = stream.time_base
-    if not exact or cut < SEEK_MIN_S * src_rate or first.pts is None or not tb:
+    if not _exact_audio_seek(container, stream) or cut < SEEK_MIN_S * src_rate or first.pts is None or not tb:
         return _chain(first, frames), 0, cut
     a0 = Fraction(first.pts) * tb  # a full read's sample 0
 
@@ -521,6 +519,36 @@ def _late_audio(container: av.container.InputContainer, stream: av.audio.stream.
     frames, landed = _seek(container, stream, first, math.floor((a0 + Fraction(cut, src_rate)) / tb),
                            lambda f: f.sample_rate == src_rate and index(f) is not None)
     return frames, (0 if landed is None else index(landed)), cut
+
+
+def _exact_audio_seek(container: av.container.InputContainer, stream: av.audio.stream.AudioStream) -> bool:
+    """Whether a seek in `stream` lands sample-exactly (see _SEEKABLE_AUDIO): PCM / FLAC in wav, flac, mp4, mov."""
+    codec = stream.codec_context.name
+    return container.format.name in _SEEKABLE_AUDIO and (codec.startswith("pcm_") or codec == "flac")
+
+
+def audio_seekable(path: os.PathLike | str) -> bool:
+    """Whether read_audio(path, start=) seeks near `start` (PCM / FLAC in wav, flac, mp4 or mov) rather than
+    decoding the sound from the file's beginning (AAC, mp3, Opus, ...: see read_audio); False without sound."""
+    p = _check_readable(path)
+    with _open(p) as c, _converting(p, "read"):
+        return bool(c.streams.audio) and _exact_audio_seek(c, c.streams.audio[0])
+
+
+def first_times(path: os.PathLike | str) -> tuple[Fraction | None, Fraction | None]:
+    """(video, audio): the seconds (exact) of the first decoded video frame and audio sample of `path`, from
+    their timestamps (None: no such stream, or no timestamp). read_video counts time from the first, read_audio from
+    the second: where they differ the file's streams start apart (a recorder that starts its sound later)."""
+    p = _check_readable(path)
+
+    def first(kind: str) -> Fraction | None:  # a container each: decoding one stream skips the other's packets
+        with _open(p) as c, _converting(p, "read"):
+            if not getattr(c.streams, kind):
+                return None
+            f = next(c.decode(**{kind: 0}), None)
+            return None if f is None or f.pts is None or not f.time_base else f.pts * Fraction(f.time_base)
+
+    return first("video"), first("audio")
 
 
 def _resample(mono: np.ndarray, src_rate: int, dst_rate: int, chunk: int = 1 << 16) -> np.ndarray:

@@ -19,7 +19,9 @@ DIR/clips.jsonl holds one JSON object per line, one training clip each:
 Each line is one clip of the run's --seconds from `start`. Frames are resampled to the model's fps and
 stretched to its size as the runtime reads `--video`, or with the run's `--fit crop` resized with their aspect
 kept and center-cropped (harmony_rt.media read_video's `fit`); sound is
-mixed to mono and resampled to its rate (harmony_rt.media). Every clip is decoded into memory once.
+mixed to mono and resampled to its rate (harmony_rt.media). Every clip is decoded into memory once; a sound
+file several clips take their sound from, in a format read_audio cannot seek (AAC, mp3, Opus), is decoded once
+for all of them.
 """
 
 from __future__ import annotations
@@ -161,28 +163,85 @@ def _duration(path: Path, kind: str) -> float | None:
 
 def _audio_lead(path: Path) -> float:
     """Seconds the first decoded audio sample of `path` comes after its first decoded video frame (negative:
-    before), from the two frames' timestamps; 0 where the file lacks either stream or timestamps. read_video
-    counts time from the first video frame and read_audio from the first audio sample, so a file whose
-    streams start apart (a recorder that starts the sound later, a cut made without re-encoding) needs it."""
-    from harmony_rt.media import _converting, _open
+    before; harmony_rt.media.first_times); 0 where the file lacks either stream or timestamps. read_video counts
+    time from the first video frame and read_audio from the first audio sample, so a file whose streams start
+    apart (a recorder that starts the sound later, a cut made without re-encoding) needs it."""
+    from harmony_rt.media import first_times
 
-    def first(c, kind):
-        frame = next(c.decode(**{kind: 0}), None)
-        return None if frame is None or frame.pts is None or not frame.time_base else frame.pts * frame.time_base
-
-    with _open(path) as c, _converting(path, "read"):
-        if not (c.streams.video and c.streams.audio):
-            return 0.0
-        v = first(c, "video")
-    with _open(path) as c, _converting(path, "read"):  # opened again: decoding the video skipped audio packets
-        a = first(c, "audio")
+    v, a = first_times(path)
     return 0.0 if v is None or a is None else float(a - v)
 
 
+Shared = dict[Path, tuple[float, np.ndarray]]  # file -> (at: the clip's start in its sound, samples from max(0, at) s)
+
+
+def _sound_files(e: Entry) -> tuple[Path, ...]:
+    """The files load_clip reads `e`'s sound from: the stems, and the mix (`audio`, else the video's own track)
+    where there are no stems or `audio` is given."""
+    stems = (e.speech, e.sfx) if e.speech is not None else ()
+    return (*stems, e.audio or e.video) if e.audio or e.speech is None else stems
+
+
+def _read_once(entries: list[Entry], fps: float, sample_rate: int, seconds: float) -> list[Shared]:
+    """Per entry, the sound load_clip would read from each file that two or more of the entries' sounds come from
+    and that read_audio does not seek (harmony_rt.media.audio_seekable: AAC, mp3, Opus are decoded from their
+    start for every clip): such a file is decoded once per SHARED_WINDOW_S of its clips' sound (read_audio(start=)
+    of the window: exactly a full read's samples from there) and each clip's samples are cut from it, what
+    read_audio(start=) of the clip gives. A file that fails here is left to load_clip (its message names the
+    entry)."""
+    from harmony_rt.errors import MediaError
+    from harmony_rt.media import audio_seekable, read_audio
+
+    uses: dict[Path, list[int]] = {}  # file -> the entries reading sound from it (twice for stems of one file)
+    for i, e in enumerate(entries):
+        for p in _sound_files(e):
+            uses.setdefault(p, []).append(i)
+    shared: list[Shared] = [{} for _ in entries]
+    n = int(round(seconds * sample_rate))
+    for p, ii in uses.items():
+        if len(ii) < 2:
+            continue
+        try:
+            if audio_seekable(p):
+                continue
+            lead = _audio_lead(p) if any(entries[i].video == p for i in ii) else 0.0
+            # as load_clip: the clip's first frame on the fps grid, less the lead where p is the video's own track
+            ats = {i: int(round(entries[i].start * fps)) / fps - (lead if p == entries[i].video else 0.0) for i in ii}
+            for run in _windows(sorted(ii, key=lambda i: ats[i]), ats, seconds):
+                a = max(0.0, ats[run[0]])
+                w = read_audio(p, sample_rate, max_seconds=max(0.0, ats[run[-1]]) - a + seconds, start=a)  # [W]
+                for i in run:
+                    w0 = int(round(max(0.0, ats[i]) * sample_rate)) - int(round(a * sample_rate))
+                    shared[i][p] = (ats[i], w[w0:w0 + n].copy())  # a copy: `w` is freed before the next run
+        except MediaError as err:
+            log.debug("%s: read per clip (%s)", p, err)
+            for i in ii:
+                shared[i].pop(p, None)
+            continue
+        log.debug("%s: sound decoded once for %d clips", p, len(ii))
+    return shared
+
+
+SHARED_WINDOW_S = 300.0  # _read_once: seconds of one file's sound held at a time (~10 MB a minute at 48 kHz)
+
+
+def _windows(order: list[int], ats: dict[int, float], seconds: float) -> list[list[int]]:
+    """`order` (entries by their clip's start `ats`) cut into runs whose sound spans SHARED_WINDOW_S at most (a
+    run of one clip where a clip alone is longer)."""
+    runs: list[list[int]] = []
+    for i in order:
+        if runs and max(0.0, ats[i]) + seconds - max(0.0, ats[runs[-1][0]]) <= SHARED_WINDOW_S:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
 def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, seconds: float,
-              fit: str = "stretch") -> Clip:
+              fit: str = "stretch", shared: Shared | None = None) -> Clip:
     """Decode one entry into a Clip of `seconds` at the model's geometry (frames resized as read_video's `fit`:
-    "stretch" to the model's size, or "crop": aspect kept, center-cropped)."""
+    "stretch" to the model's size, or "crop": aspect kept, center-cropped). `shared`: the sound of some of its
+    files, read already (load_clips)."""
     from harmony_rt.errors import MediaError
     from harmony_rt.media import read_audio, read_video
 
@@ -197,8 +256,11 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
                          lambda: _duration(e.video, "video"))
 
         def sound(p: Path) -> np.ndarray:
-            at = t0 - (_audio_lead(p) if p == e.video else 0.0)  # seconds into the decoded sound
-            w = read_audio(p, sample_rate, max_seconds=seconds, start=max(0.0, at))
+            if shared and p in shared:
+                at, w = shared[p]  # cut from one read of the file for all its clips (load_clips)
+            else:
+                at = t0 - (_audio_lead(p) if p == e.video else 0.0)  # seconds into the decoded sound
+                w = read_audio(p, sample_rate, max_seconds=seconds, start=max(0.0, at))
             w0 = int(round(at * sample_rate))
             if w0 < 0:  # the sound starts after the picture: silence until it does
                 w = np.concatenate([np.zeros(-w0, np.float32), w])
@@ -225,9 +287,11 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
 
 def load_clips(folder: str | Path, height: int, width: int, fps: float, sample_rate: int, seconds: float,
                streams: int = 1, fit: str = "stretch") -> list[Clip]:
-    """Every clip of the folder (read_index, then load_clip each), in the index's order."""
+    """Every clip of the folder (read_index, then load_clip each), in the index's order; a file whose sound several
+    clips take and read_audio cannot seek is decoded once for them (_read_once)."""
     entries = read_index(folder, streams)
-    clips = [load_clip(e, height, width, fps, sample_rate, seconds, fit) for e in entries]
+    shared = _read_once(entries, fps, sample_rate, seconds)
+    clips = [load_clip(e, height, width, fps, sample_rate, seconds, fit, s) for e, s in zip(entries, shared)]
     log.info("%s: %d clips of %g s", folder, len(clips), seconds)
     return clips
 
