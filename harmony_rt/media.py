@@ -723,9 +723,7 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
             raise MediaError(_one_line(f"cannot read video from {p}: no video stream"))
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        src_rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        src_rate = Fraction(src_rate) if src_rate else None
-        passthrough = src_rate is not None and abs(src_rate - rate) <= rate * Fraction(1, 10000)
+        src_rate, passthrough = _source_rate(stream, rate)
         # passthrough numbers frames as decoded: after a seek, by timestamp, where the spacing is one throughout
         spacing = _frame_spacing(stream) if passthrough and start_frame else None
         frames, first_pts = container.decode(stream), None
@@ -767,6 +765,26 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
     for n in notes:
         log.info("%s: %s", p, n)
     return np.stack(out), notes
+
+
+def _source_rate(stream: av.video.stream.VideoStream, rate: Fraction) -> tuple[Fraction | None, bool]:
+    """(the stream's frame rate or None, whether it is `rate`: read_video then keeps every frame as decoded)."""
+    src = stream.average_rate or stream.guessed_rate or stream.base_rate
+    src = Fraction(src) if src else None
+    return src, src is not None and abs(src - rate) <= rate * Fraction(1, 10000)
+
+
+def video_seekable(path: os.PathLike | str, fps: float) -> bool:
+    """Whether read_video(path, fps, ..., start_frame=) seeks near start_frame (mp4 / mov / Matroska; at the
+    source's own rate only where its index lists every frame at one spacing) rather than decoding the video
+    from the file's beginning (avi, MPEG-TS, variable-rate video at its own rate ...: see read_video)."""
+    p = _check_readable(path)
+    rate = _rate(fps, "fps")
+    with _open(p) as c, _converting(p, "read video from"):
+        if not c.streams.video or c.format.name not in _SEEKABLE_VIDEO:
+            return False
+        stream = c.streams.video[0]
+        return not _source_rate(stream, rate)[1] or _frame_spacing(stream) is not None
 
 
 def _frame_spacing(stream: av.video.stream.VideoStream) -> int | None:

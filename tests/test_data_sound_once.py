@@ -25,9 +25,10 @@ def _sound(seconds, seed=0):
     return (0.3 * np.sin(2 * np.pi * 440 * t / SR * (1 + t / len(t))) + 0.05 * noise).astype(np.float32)
 
 
-def _write(path, seconds, fps=10, delay=0.0, video=True, seed=0):
-    """An mp4 of `seconds`: 32x32 frames at `fps` (none where not `video`) and AAC sound from `delay` s on."""
-    with av.open(str(path), "w", format="mp4") as c:
+def _write(path, seconds, fps=10, delay=0.0, video=True, seed=0, fmt="mp4"):
+    """An mp4 (or `fmt`) of `seconds`: 32x32 frames at `fps` (none where not `video`) and AAC sound from `delay` s
+    on; frame i has the gray level 7 i mod 256."""
+    with av.open(str(path), "w", format=fmt) as c:
         a = c.add_stream("aac", rate=SR, layout="mono")
         if video:
             vs = c.add_stream("libx264", rate=fps)
@@ -143,3 +144,29 @@ def test_media_says_which_sound_it_seeks_and_where_streams_start(folder):
     assert v == 0 and abs(float(a) - 0.3) < 0.03  # its sound starts 0.3 s after its picture (AAC priming aside)
     assert media.first_times(folder / "short.mp4")[0] is None  # no video stream
     assert media.first_times(folder / "a.wav")[0] is None and media.first_times(folder / "a.wav")[1] == 0
+
+
+def test_a_video_media_cannot_seek_is_decoded_once_for_its_clips(tmp_path, monkeypatch):
+    """MPEG-TS (broadcast recordings) is not sought: read_video decoded it from its start for every clip. Now once
+    per run of clips (SHARED_FRAMES_BYTES of frames at most), the same frames as each clip read on its own."""
+    d = tmp_path / "ts"
+    d.mkdir()
+    _write(d / "rec.ts", 9.0, fmt="mpegts")
+    assert not media.video_seekable(d / "rec.ts", 8) and not media.audio_seekable(d / "rec.ts")
+    _write(d / "cfr.mp4", 2.0)
+    assert media.video_seekable(d / "cfr.mp4", 8)  # another rate than its own: sought
+    _index(d, *({"video": "rec.ts", "start": t} for t in (0.0, 4.5, 1.25, 6.0, 3.0)))
+    frames_read = []
+    real = media.read_video
+    monkeypatch.setattr(media, "read_video", lambda p, *a, **k: frames_read.append(p.name) or real(p, *a, **k))
+    before = [load_clip(e, 32, 32, 8, 16000, 2.0) for e in read_index(d)]
+    assert len(frames_read) == 5
+    for limit, reads in ((folder_mod.SHARED_FRAMES_BYTES, 1), (32 * 32 * 3 * 40, 2)):  # 40 frames: runs of 5 s
+        monkeypatch.setattr(folder_mod, "SHARED_FRAMES_BYTES", limit)
+        del frames_read[:]
+        clips = load_clips(d, 32, 32, 8, 16000, 2.0)
+        assert len(frames_read) == reads
+        for a, b in zip(before, clips):
+            assert a.frames.shape == b.frames.shape == (16, 32, 32, 3) and np.array_equal(a.frames, b.frames)
+            assert np.array_equal(a.audio, b.audio)
+    assert [int(c.frames[0, 0, 0, 0]) for c in clips] != [int(clips[0].frames[0, 0, 0, 0])] * 5  # distinct clips

@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -172,7 +172,13 @@ def _audio_lead(path: Path) -> float:
     return 0.0 if v is None or a is None else float(a - v)
 
 
-Shared = dict[Path, tuple[float, np.ndarray]]  # file -> (at: the clip's start in its sound, samples from max(0, at) s)
+@dataclass
+class Shared:
+    """What load_clips read for one entry together with other entries' clips from the same files."""
+
+    # file -> (the clip's start in its sound, s; its samples [<= n] from max(0, start))
+    sound: dict[Path, tuple[float, np.ndarray]] = field(default_factory=dict)
+    frames: np.ndarray | None = None  # [<= n_frames, H, W, 3] from the clip's first frame
 
 
 def _sound_files(e: Entry) -> tuple[Path, ...]:
@@ -182,55 +188,87 @@ def _sound_files(e: Entry) -> tuple[Path, ...]:
     return (*stems, e.audio or e.video) if e.audio or e.speech is None else stems
 
 
-def _read_once(entries: list[Entry], fps: float, sample_rate: int, seconds: float) -> list[Shared]:
+def _uses(entries: list[Entry], files) -> dict[Path, list[int]]:
+    """file -> the entries reading from it (`files(e)`; an entry twice for stems of one file), where 2 or more."""
+    uses: dict[Path, list[int]] = {}
+    for i, e in enumerate(entries):
+        for p in files(e):
+            uses.setdefault(p, []).append(i)
+    return {p: ii for p, ii in uses.items() if len(ii) > 1}
+
+
+def _sound_once(entries: list[Entry], fps: float, sample_rate: int, seconds: float, shared: list[Shared]) -> None:
     """Per entry, the sound load_clip would read from each file that two or more of the entries' sounds come from
     and that read_audio does not seek (harmony_rt.media.audio_seekable: AAC, mp3, Opus are decoded from their
     start for every clip): such a file is decoded once per SHARED_WINDOW_S of its clips' sound (read_audio(start=)
-    of the window: exactly a full read's samples from there) and each clip's samples are cut from it, what
+    of the run: exactly a full read's samples from there) and each clip's samples are cut from it, what
     read_audio(start=) of the clip gives. A file that fails here is left to load_clip (its message names the
     entry)."""
     from harmony_rt.errors import MediaError
     from harmony_rt.media import audio_seekable, read_audio
 
-    uses: dict[Path, list[int]] = {}  # file -> the entries reading sound from it (twice for stems of one file)
-    for i, e in enumerate(entries):
-        for p in _sound_files(e):
-            uses.setdefault(p, []).append(i)
-    shared: list[Shared] = [{} for _ in entries]
     n = int(round(seconds * sample_rate))
-    for p, ii in uses.items():
-        if len(ii) < 2:
-            continue
+    for p, ii in _uses(entries, _sound_files).items():
         try:
             if audio_seekable(p):
                 continue
             lead = _audio_lead(p) if any(entries[i].video == p for i in ii) else 0.0
             # as load_clip: the clip's first frame on the fps grid, less the lead where p is the video's own track
             ats = {i: int(round(entries[i].start * fps)) / fps - (lead if p == entries[i].video else 0.0) for i in ii}
-            for run in _windows(sorted(ii, key=lambda i: ats[i]), ats, seconds):
-                a = max(0.0, ats[run[0]])
-                w = read_audio(p, sample_rate, max_seconds=max(0.0, ats[run[-1]]) - a + seconds, start=a)  # [W]
+            pos = {i: max(0.0, at) for i, at in ats.items()}  # where its samples start in the sound
+            for run in _runs(pos, seconds, SHARED_WINDOW_S):
+                a = pos[run[0]]
+                w = read_audio(p, sample_rate, max_seconds=pos[run[-1]] - a + seconds, start=a)  # [W]
                 for i in run:
-                    w0 = int(round(max(0.0, ats[i]) * sample_rate)) - int(round(a * sample_rate))
-                    shared[i][p] = (ats[i], w[w0:w0 + n].copy())  # a copy: `w` is freed before the next run
+                    w0 = int(round(pos[i] * sample_rate)) - int(round(a * sample_rate))
+                    shared[i].sound[p] = (ats[i], w[w0:w0 + n].copy())  # a copy: `w` is freed before the next run
         except MediaError as err:
-            log.debug("%s: read per clip (%s)", p, err)
+            log.debug("%s: sound read per clip (%s)", p, err)
             for i in ii:
-                shared[i].pop(p, None)
+                shared[i].sound.pop(p, None)
             continue
         log.debug("%s: sound decoded once for %d clips", p, len(ii))
-    return shared
 
 
-SHARED_WINDOW_S = 300.0  # _read_once: seconds of one file's sound held at a time (~10 MB a minute at 48 kHz)
+def _frames_once(entries: list[Entry], height: int, width: int, fps: float, seconds: float, fit: str,
+                 shared: list[Shared]) -> None:
+    """Per entry, its frames where two or more entries take them from a video read_video does not seek
+    (harmony_rt.media.video_seekable: avi, MPEG-TS, variable-rate video at its own rate ... are decoded from their
+    start for every clip): such a file is decoded once per run of clips holding SHARED_FRAMES_BYTES of frames at
+    most (read_video(start_frame=) of the run: exactly a full read's frames from there), each clip's frames cut
+    from it. A file that fails here is left to load_clip."""
+    from harmony_rt.errors import MediaError
+    from harmony_rt.media import read_video, video_seekable
+
+    n = int(round(seconds * fps))
+    for p, ii in _uses(entries, lambda e: (e.video,)).items():
+        try:
+            if video_seekable(p, fps):
+                continue
+            pos = {i: int(round(entries[i].start * fps)) for i in ii}  # as load_clip's f0
+            for run in _runs(pos, n, max(n, SHARED_FRAMES_BYTES // (height * width * 3))):
+                a = pos[run[0]]
+                frames, _ = read_video(p, fps, height, width, max_frames=pos[run[-1]] - a + n, start_frame=a, fit=fit)
+                for i in run:
+                    shared[i].frames = frames[pos[i] - a:pos[i] - a + n].copy()  # [<= n, H, W, 3]
+        except MediaError as err:
+            log.debug("%s: frames read per clip (%s)", p, err)
+            for i in ii:
+                shared[i].frames = None
+            continue
+        log.debug("%s: video decoded once for %d clips", p, len(ii))
 
 
-def _windows(order: list[int], ats: dict[int, float], seconds: float) -> list[list[int]]:
-    """`order` (entries by their clip's start `ats`) cut into runs whose sound spans SHARED_WINDOW_S at most (a
-    run of one clip where a clip alone is longer)."""
-    runs: list[list[int]] = []
-    for i in order:
-        if runs and max(0.0, ats[i]) + seconds - max(0.0, ats[runs[-1][0]]) <= SHARED_WINDOW_S:
+SHARED_WINDOW_S = 300.0  # _sound_once: seconds of one file's sound held at a time (~10 MB a minute at 48 kHz)
+SHARED_FRAMES_BYTES = 1 << 29  # _frames_once: bytes of one file's frames held at a time (at the model's size)
+
+
+def _runs(pos: dict, length: float, limit: float) -> list[list]:
+    """The keys of `pos` (entries at positions pos[i], each `length` long) in order of position, cut into runs
+    spanning `limit` at most (a run of one where one alone is longer)."""
+    runs: list[list] = []
+    for i in sorted(pos, key=pos.get):
+        if runs and pos[i] + length - pos[runs[-1][0]] <= limit:
             runs[-1].append(i)
         else:
             runs.append([i])
@@ -240,8 +278,8 @@ def _windows(order: list[int], ats: dict[int, float], seconds: float) -> list[li
 def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, seconds: float,
               fit: str = "stretch", shared: Shared | None = None) -> Clip:
     """Decode one entry into a Clip of `seconds` at the model's geometry (frames resized as read_video's `fit`:
-    "stretch" to the model's size, or "crop": aspect kept, center-cropped). `shared`: the sound of some of its
-    files, read already (load_clips)."""
+    "stretch" to the model's size, or "crop": aspect kept, center-cropped). `shared`: its frames and the sound of
+    some of its files, read already with other clips' (load_clips)."""
     from harmony_rt.errors import MediaError
     from harmony_rt.media import read_audio, read_video
 
@@ -251,13 +289,16 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
     try:
         # read from the clip's start (a full read's frames and samples from there): a clip late in a long file
         # is not decoded from the file's beginning where the file can be sought (harmony_rt.media)
-        frames, _ = read_video(e.video, fps, height, width, max_frames=n_frames, start_frame=f0, fit=fit)
+        if shared is not None and shared.frames is not None:
+            frames = shared.frames  # cut from one read of the file for several clips (load_clips)
+        else:
+            frames, _ = read_video(e.video, fps, height, width, max_frames=n_frames, start_frame=f0, fit=fit)
         frames = _length(frames, n_frames, e.video.name, e, fps, seconds,
                          lambda: _duration(e.video, "video"))
 
         def sound(p: Path) -> np.ndarray:
-            if shared and p in shared:
-                at, w = shared[p]  # cut from one read of the file for all its clips (load_clips)
+            if shared is not None and p in shared.sound:
+                at, w = shared.sound[p]  # cut from one read of the file for several clips (load_clips)
             else:
                 at = t0 - (_audio_lead(p) if p == e.video else 0.0)  # seconds into the decoded sound
                 w = read_audio(p, sample_rate, max_seconds=seconds, start=max(0.0, at))
@@ -287,10 +328,13 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
 
 def load_clips(folder: str | Path, height: int, width: int, fps: float, sample_rate: int, seconds: float,
                streams: int = 1, fit: str = "stretch") -> list[Clip]:
-    """Every clip of the folder (read_index, then load_clip each), in the index's order; a file whose sound several
-    clips take and read_audio cannot seek is decoded once for them (_read_once)."""
+    """Every clip of the folder (read_index, then load_clip each), in the index's order; a file several clips
+    take their sound or frames from and that media cannot seek is decoded once for them (_sound_once,
+    _frames_once)."""
     entries = read_index(folder, streams)
-    shared = _read_once(entries, fps, sample_rate, seconds)
+    shared = [Shared() for _ in entries]
+    _frames_once(entries, height, width, fps, seconds, fit, shared)
+    _sound_once(entries, fps, sample_rate, seconds, shared)
     clips = [load_clip(e, height, width, fps, sample_rate, seconds, fit, s) for e, s in zip(entries, shared)]
     log.info("%s: %d clips of %g s", folder, len(clips), seconds)
     return clips
