@@ -687,7 +687,7 @@ def _center(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _check_fit(fit: object) -> None:
-    if fit not in FITS:
+    if not isinstance(fit, str) or fit not in FITS:
         raise MediaError(_one_line(f"fit must be one of {', '.join(FITS)}, got {fit!r:.40}"))
 
 

@@ -433,7 +433,7 @@ class Pipeline:
         """The clip's length (argument, given media, or the bundle default) and the given media fitted to it
         (files' frames resized as `fit` says: media.FITS)."""
         g, sp = self.geometry, self.bundle.sampling
-        if fit not in media.FITS:
+        if not isinstance(fit, str) or fit not in media.FITS:
             raise HarmonyError(f"unknown fit {fit!r:.40}; choose one of {', '.join(media.FITS)}")
         if sum(x is not None for x in (audio, video)) > 1:
             raise HarmonyError("give at most one of audio (A2V) and video (V2A)")

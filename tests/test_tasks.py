@@ -88,8 +88,9 @@ def test_v2a_and_i2av_files_are_fitted_as_fit_says(pipe, tmp_path, monkeypatch):
     assert seen == ["crop"] and any("center-cropped" in n for n in i.notes), i.notes
     arr = pipe.generate("x", video=want, steps=1, fit="crop")
     assert "fit 'crop' has no effect without a video or image file" in arr.notes
-    with pytest.raises(HarmonyError, match="unknown fit 'zoom'; choose one of stretch, crop"):
-        pipe.generate("x", video=path, steps=1, fit="zoom")
+    for bad in ("zoom", np.array([1, 2]), None):  # an array is not compared elementwise
+        with pytest.raises(HarmonyError, match="unknown fit .*; choose one of stretch, crop"):
+            pipe.generate("x", video=path, steps=1, fit=bad)
 
 
 def test_a2v_and_v2a_steps_run_two_rows_per_sample_not_three(tiny_bundle, monkeypatch):
