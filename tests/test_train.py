@@ -1,7 +1,9 @@
 """Training core: CTS loss decreases on a fixed batch, checkpoints round-trip exactly, resume continues."""
 
+import logging
 import os
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -245,6 +247,40 @@ def test_autoencoder_frame_crops(monkeypatch):
     fp = clips[0].frames.shape[0]
     assert [s[2] for s in shapes[:3]] == [2, 2, 2]  # training steps
     assert shapes[-1][2] == fp  # latent normalisation on whole clips
+
+
+def test_dark_clips_do_not_collapse_the_video_decoder(caplog):
+    """A user's dark footage (background at pixel 30): AdamW drove the tanh decoder's pre-activations to -740 in
+    tens of steps and every generated frame came out black (a new user's folder, session 17). The penalty past
+    LIVE_RANGE keeps them where tanh learns; a collapsed decoder is warned about at the end of the stage."""
+    import dataclasses
+
+    from train import train as tr
+
+    cfg = get_config("tiny")
+    tc = tr.TrainConfig(size="tiny", clips=4, ae_steps=40, batch=4, kinds=("ambient",))
+    clips = []
+    for i, c in enumerate(tr.make_clips(tc, cfg)):
+        frames = np.full_like(c.frames, 30)  # [FP, H, W, 3] dark, a bright square moving across
+        for t in range(len(frames)):
+            x = (3 * t + 5 * i) % (cfg.width - 8)
+            frames[t, 8:16, x:x + 8] = (240, 60, 150)
+        clips.append(dataclasses.replace(c, frames=frames))
+    model = HarmonyModel(cfg)
+    pre = []
+    model.video_ae.decoder.register_forward_hook(lambda mod, args, out: pre.append(float(out.detach().abs().max())))
+    with caplog.at_level(logging.WARNING, logger="train.train"):
+        tr.train_autoencoders(model, clips, tc, torch.Generator().manual_seed(0))
+    assert max(pre) < 3 * tr.LIVE_RANGE, max(pre)  # without the penalty: hundreds by step 40
+    x = torch.stack([tr._clip_arrays(c, cfg)[0] for c in clips])
+    with torch.no_grad():
+        y = model.video_ae.decode(model.video_ae.encode(x))
+    assert float(y.std()) > 0.2 * float(x.std())  # a picture, not flat black
+    assert not [r for r in caplog.records if "flat" in r.getMessage()]
+    with torch.no_grad():  # a decoder driven into saturation: the stage says so
+        model.video_ae.decoder[-1].bias.fill_(-500.0)
+    tr._flat_decoder_warning(model, x, torch.zeros(2, tr._clip_arrays(clips[0], cfg)[1].shape[-1]))  # silence: no say
+    assert any("video autoencoder's reconstructions are flat" in r.getMessage() for r in caplog.records)
 
 
 def test_text_conditions_are_also_dropped_together():

@@ -259,6 +259,33 @@ def stft_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+# The decoders end in tanh. Where a target sits near -1 or 1 (dark footage, a clipped sound) AdamW drove the
+# pre-activations far past tanh's live range within tens of steps (-740 on a folder of dark clips) and they never
+# came back: tanh's gradient there is ~0 while Adam's normalised step is not, so the video decoder wrote black
+# frames for every input. A penalty on pre-activations beyond LIVE_RANGE keeps them where tanh still learns;
+# tanh(4) = 0.9993, so every 8-bit level (255 included) stays reachable, and it is 0 inside the range.
+LIVE_RANGE = 4.0
+
+
+def _out_of_range(pre: torch.Tensor) -> torch.Tensor:
+    """Mean squared excess of decoder pre-activations over LIVE_RANGE (0 inside it)."""
+    return F.relu(pre.abs() - LIVE_RANGE).square().mean()
+
+
+def _flat_decoder_warning(model: HarmonyModel, frames: torch.Tensor, wavs: torch.Tensor) -> None:
+    """Warn when an autoencoder's reconstructions of the first clips hardly vary while the clips do: a collapsed
+    decoder (every generated video black, or silence) should not pass unnoticed into the denoiser stage."""
+    with torch.no_grad():
+        pairs = (("video", frames[:4], lambda x: model.video_ae.decode(model.video_ae.encode(x))),
+                 ("audio", wavs[:4], lambda x: model.audio_ae.decode(model.audio_ae.encode(x))))
+        for name, x, rec in pairs:
+            got, want = float(rec(x).std()), float(x.std())
+            if want > 1e-3 and got < 0.01 * want:  # a barely trained audio decoder sits at ~3 % after 40 steps
+                log.warning("the %s autoencoder's reconstructions are flat (std %.3g against %.3g in its clips): its "
+                            "decoder has collapsed or barely trained; more --ae-steps, or a lower --ae-lr", name, got,
+                            want)
+
+
 def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.Generator,
                        should_stop: Callable[[], bool] | None = None) -> dict:
     cfg, dev = model.cfg, _device(model)
@@ -277,15 +304,16 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
             f0 = int(torch.randint((fr.shape[2] - n) // cfg.video_t_stride + 1, (1,),
                                    generator=gen)) * cfg.video_t_stride
             fr = fr[:, :, f0 : f0 + n]
-        rec_v = model.video_ae.decoder(model.video_ae.encoder(fr))
+        rec_v = model.video_ae.decoder(model.video_ae.encoder(fr))  # [B, 3, FP, H, W] before the tanh
         lv = F.mse_loss(torch.tanh(rec_v), fr)
         widx = to_device(torch.randint(len(wavs), (min(tc.batch, len(wavs)),), generator=gen), dev)
         off = int(torch.randint(max(1, wavs.shape[1] - seg) // cfg.audio_hop, (1,), generator=gen)) * cfg.audio_hop
         w = wavs[widx, off : off + seg]
-        rec_a = torch.tanh(model.audio_ae.decoder(model.audio_ae.encoder(w[:, None]))[:, 0])
+        pre_a = model.audio_ae.decoder(model.audio_ae.encoder(w[:, None]))[:, 0]  # [B, seg] before the tanh
+        rec_a = torch.tanh(pre_a)
         la = (rec_a - w).abs().mean() + 0.1 * stft_loss(rec_a, w)
         opt.zero_grad()
-        (lv + la).backward()
+        (lv + la + _out_of_range(rec_v) + _out_of_range(pre_a)).backward()
         _sync_grads(params)
         _check_finite(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]), step,
                       "autoencoders", lv + la)
@@ -298,6 +326,7 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
     with torch.no_grad():
         fit_latent_norm(model.video_ae, model.video_ae.encoder(frames), channel_dim=1)
         fit_latent_norm(model.audio_ae, model.audio_ae.encoder(wavs[:, None]).transpose(1, 2), channel_dim=2)
+    _flat_decoder_warning(model, frames, wavs)
     if torch.distributed.is_initialized():  # every rank uses rank 0's latent normalisation
         for buf in (model.video_ae.shift, model.video_ae.scale, model.audio_ae.shift, model.audio_ae.scale):
             torch.distributed.broadcast(buf, 0)
