@@ -226,7 +226,8 @@ def _check_stems(stems: Path, kw: dict) -> None:
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle folder (default: the shipped demo).")
 @click.option("--speech", default="",
-              help="Transcript to speak (English or Chinese; at most the bundle's max_speech_chars).")
+              help="Transcript to speak (English or Chinese; at most the bundle's limit, as `harmony-rt info` "
+                   "shows it).")
 @click.option("--video-caption", default=None, help="Caption for the picture (default: PROMPT).")
 @click.option("--audio-caption", default=None, help="Caption for the sound (default: PROMPT).")
 @click.option("--seconds", type=float, default=None,
@@ -347,8 +348,12 @@ def info(bundle):
     _say("geometry " + json.dumps(m["geometry"]))
     _say("sampling " + json.dumps({k: v for k, v in m["sampling"].items() if k != "time"}))
     g = b.geometry
-    _say(f"limits   clip <= {g.max_latent_frames * g.video_t_stride / g.fps:g} s, prompt <= {g.max_text_tokens} "
-         f"tokens, transcript <= {g.max_speech_chars} characters, reference voice: first "
+    from .text import TextTokenizer
+
+    room = [TextTokenizer(b.file_path(f"tokenizer_{k}"), n, k).room  # the model's length less [BOS]
+            for k, n in (("text", g.max_text_tokens), ("speech", g.max_speech_chars))]
+    _say(f"limits   clip <= {g.max_latent_frames * g.video_t_stride / g.fps:g} s, prompt <= {room[0]} "
+         f"tokens, transcript <= {room[1]} characters, reference voice: first "
          f"{m['sampling'].get('max_ref_seconds', 3.0):g} s used")
     for name, c in m["components"].items():
         size = b.component_path(name).stat().st_size

@@ -270,7 +270,8 @@ class Pipeline:
             self.backend, precision = backend, getattr(backend, "precision", None)
         self.precision = precision
         self.text_tok = TextTokenizer(bundle.file_path("tokenizer_text"), g.max_text_tokens, "caption")
-        self.speech_tok = TextTokenizer(bundle.file_path("tokenizer_speech"), g.max_speech_chars, "transcript")
+        self.speech_tok = TextTokenizer(bundle.file_path("tokenizer_speech"), g.max_speech_chars, "transcript",
+                                        "characters")
         self.split = split
         self._guided: dict[tuple, GuidedDenoiser] = {}  # (mode, held) -> its denoiser, split decisions inside
         self._lock = threading.Lock()

@@ -27,24 +27,27 @@ def pad_ids(seqs: list[list[int]], max_len: int | None = None) -> tuple[np.ndarr
 
 
 class TextTokenizer:
-    """Encodes strings to ids int64 [B, L] and mask float32 [B, L] (L = longest, at most `max_len`)."""
+    """Encodes strings to ids int64 [B, L] and mask float32 [B, L] (L = longest, at most `max_len`, the model's
+    sequence length: its special tokens ([BOS]) included, so a text has `room` = max_len - their count)."""
 
-    def __init__(self, path: Path, max_len: int, what: str):
+    def __init__(self, path: Path, max_len: int, what: str, unit: str = "tokens"):
         try:
             self.tok = Tokenizer.from_file(str(path))
         except Exception as e:  # the tokenizers library raises plain Exceptions on bad JSON
             raise BundleError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
-        self.max_len, self.what = max_len, what
+        self.max_len, self.what, self.unit = max_len, what, unit
         self.unk_id = self.tok.token_to_id("[UNK]")
+        post = self.tok.post_processor
+        self.special = post.num_special_tokens_to_add(False) if post is not None else 0
+        self.room = max_len - self.special
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         encs = self.tok.encode_batch(list(texts))
         warned = set()
         for text, enc in zip(texts, encs):
             if len(enc.ids) > self.max_len:
-                raise HarmonyError(
-                    f"{self.what} is too long: {len(enc.ids)} tokens, the bundle allows {self.max_len}: {text[:40]!r}"
-                )
+                raise HarmonyError(f"{self.what} is too long: {len(enc.ids) - self.special} {self.unit}, the bundle "
+                                   f"allows {self.room}: {text[:40]!r}")
             # the words behind [UNK] ids, each once; a text given twice (video and audio caption) warns once
             unknown = list(dict.fromkeys(text[a:b] for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id))
             if unknown and text not in warned:

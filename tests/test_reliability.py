@@ -454,6 +454,32 @@ def test_unknown_words_warn_once_by_name(caplog):
     assert len(msg) < 400 and "q" * 32 + "..." in msg and "(and " in msg and "\n" not in msg, msg
 
 
+def test_the_advertised_text_limits_are_the_usable_ones(tiny_bundle):
+    """The model's sequence length counts the [BOS] token the tokenizers add: a transcript of the
+    max_speech_chars that `info` and --help promised was refused ("65 tokens, the bundle allows 64"). The limit
+    shown and enforced is now what a text may hold; a text of exactly that length is taken."""
+    from click.testing import CliRunner
+
+    from harmony_rt.bundle import Bundle
+    from harmony_rt.cli import main
+    from harmony_rt.text import TextTokenizer
+
+    b = Bundle.load(tiny_bundle, verify=False)
+    g = b.geometry
+    sp = TextTokenizer(b.file_path("tokenizer_speech"), g.max_speech_chars, "transcript", "characters")
+    cap = TextTokenizer(b.file_path("tokenizer_text"), g.max_text_tokens, "caption")
+    assert (sp.room, cap.room) == (g.max_speech_chars - 1, g.max_text_tokens - 1)
+    ids, mask = sp.encode(["a" * sp.room])
+    assert ids.shape[1] == g.max_speech_chars and mask.all()
+    with pytest.raises(HarmonyError, match=f"transcript is too long: {sp.room + 1} characters, the bundle allows "
+                                           f"{sp.room}: "):
+        sp.encode(["a" * (sp.room + 1)])
+    with pytest.raises(HarmonyError, match=f"caption is too long: {cap.room + 1} tokens, the bundle allows {cap.room}"):
+        cap.encode(["a " * (cap.room + 1)])
+    r = CliRunner().invoke(main, ["info", str(tiny_bundle)])
+    assert r.exit_code == 0 and f"prompt <= {cap.room} tokens, transcript <= {sp.room} characters" in r.output
+
+
 def test_long_audio_files_are_read_only_as_far_as_used(pipe, tmp_path, monkeypatch):
     """A2V with a 10-minute file takes its head (as from a full read); a 10-minute reference voice is refused
     as too long without decoding all of it."""
