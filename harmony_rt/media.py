@@ -75,6 +75,9 @@ def _converting(path: Path, action: str) -> Iterator[None]:
         yield
     except MediaError:
         raise
+    except av.InvalidDataError as e:  # FFmpeg's own words: "[Errno 1094995529] Invalid data found when ..."
+        raise MediaError(_one_line(f"cannot {action} {path}: not a media file FFmpeg can decode "
+                                   f"({e.strerror or e})")) from e
     except _LIB_ERRORS as e:
         raise MediaError(_one_line(f"cannot {action} {path}: {type(e).__name__}: {e}")) from e
 

@@ -544,6 +544,19 @@ def test_read_image_fit_crop_keeps_the_aspect_and_takes_the_center(tmp_path):
     expect_error(media.read_image, tmp_path / "tall.png", 32, 32, fit="zoom", match="fit must be one of stretch, crop")
 
 
+def test_a_file_that_is_not_media_is_said_so_in_words(tmp_path):
+    """FFmpeg's InvalidDataError read "InvalidDataError: [Errno 1094995529] Invalid data found when processing
+    input": a user who passed a text file as --image gets a sentence instead."""
+    p = tmp_path / "clips.jsonl"  # (a .txt is read: FFmpeg renders text files as ANSI art video)
+    p.write_text("not a picture\n" * 50)
+    for read in (lambda: media.read_image(p, 8, 8), lambda: media.read_video(p, 8, 8, 8),
+                 lambda: media.read_audio(p, 16000)):
+        with pytest.raises(MediaError) as e:
+            read()
+        assert str(e.value).endswith("clips.jsonl: not a media file FFmpeg can decode (Invalid data found when "
+                                     "processing input)"), str(e.value)
+
+
 def test_read_video_turns_a_rotated_stream_upright(tmp_path):
     """A phone's portrait video: landscape frames and a display matrix turning them 90 degrees clockwise."""
     frames = np.zeros((8, 16, 32, 3), np.uint8)
