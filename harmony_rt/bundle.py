@@ -561,6 +561,9 @@ class Bundle:
             raise BundleError(f"{mpath}: manifest must not be a symlink")
         if not mpath.is_file():
             where = root.absolute() if str(root) == "." else root
+            if (root / "model.safetensors").is_file() and (root / "config.json").is_file():
+                raise BundleError(f"{where}: a training checkpoint, not a bundle: make one with `harmony-rt export "
+                                  f"{root} -o BUNDLE`")
             raise BundleError(f"{where}: no manifest.json in this folder (not a bundle, or an interrupted export)")
         if mpath.stat().st_size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{mpath}: manifest larger than {MAX_MANIFEST_BYTES} bytes")

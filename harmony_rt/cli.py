@@ -269,7 +269,7 @@ def _check_stems(stems: Path, kw: dict) -> None:
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="CPU threads for ONNX Runtime (default: ORT's choice, one per core). On a machine busy with "
                    "other work, fewer threads can be faster.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar (there is none where stderr is not a terminal).")
 @handle_errors
 def generate(prompt, output, bundle, stems, backend, precision, no_verify, threads, quiet, num_samples, **kw):
     """Generate a video with synchronized audio from PROMPT."""
@@ -291,7 +291,9 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     def progress(done, total):  # the bar starts with the first step, after the inputs were validated
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, disable=quiet or sys.stderr is None, unit="step", file=sys.stderr, leave=False)
+            # None: tqdm's own test, no bar where stderr is not a terminal (a log file gets no \r-redrawn lines)
+            bar = tqdm(total=total, disable=True if quiet or sys.stderr is None else None, unit="step",
+                       file=sys.stderr, leave=False)
         bar.update(done - bar.n)
 
     try:

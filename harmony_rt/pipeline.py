@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import inspect
 import logging
 import math
 import numbers
@@ -339,6 +340,9 @@ class Pipeline:
         """One clip; see `generate_batch` for the arguments (and for several samples in one run)."""
         if "num_samples" in kw:
             raise HarmonyError("generate makes one clip: use generate_batch(prompt, num_samples=N) for several")
+        unknown = [k for k in kw if k not in inspect.signature(self.generate_batch).parameters]
+        if unknown:  # Python would name generate_batch, which the caller never called
+            raise TypeError(f"generate() got an unexpected keyword argument {unknown[0]!r}")
         return self.generate_batch(prompt, num_samples=1, **kw)[0]
 
     def generate_batch(

@@ -1,6 +1,7 @@
 """The CLI as a user meets it: output files, one-line errors with exit code 2, no partial files,
 and no torch in the process."""
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -307,21 +308,30 @@ def test_undecodable_bytes_in_a_prompt_or_output_name(tiny_bundle, tmp_path):
 
 def test_sigterm_exits_143_and_leaves_nothing(tiny_bundle, tmp_path):
     """kill / timeout / docker stop send SIGTERM: cleaned up like Ctrl-C, one line, exit 128 + 15."""
+    import fcntl
+    import os
+    import pty
     import signal
+    import struct
+    import termios
     import threading
     import time
 
     out = tmp_path / "o.mp4"
+    term, stderr = pty.openpty()  # a terminal: the progress bar is drawn (not into a pipe)
+    fcntl.ioctl(stderr, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns (a new pty has 0)
     p = subprocess.Popen([PY, "-m", "harmony_rt.cli", "generate", "x", "--bundle", str(tiny_bundle), "--steps", "1000",
-                          "-o", str(out)], stderr=subprocess.PIPE, text=True,
+                          "-o", str(out)], stderr=stderr,
                          preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as under nohup
+    os.close(stderr)
     started, err = threading.Event(), []
 
     def read():
-        while ch := p.stderr.read(1):
-            err.append(ch)
-            if "%|" in "".join(err[-4:]):  # the progress bar: the command is running
-                started.set()
+        with contextlib.suppress(OSError):  # EIO once the process has closed the terminal
+            while ch := os.read(term, 1024).decode(errors="replace"):
+                err.append(ch)
+                if "%|" in "".join(err[-2:]):  # the progress bar: the command is running
+                    started.set()
 
     threading.Thread(target=read, daemon=True).start()
     assert started.wait(120), "".join(err)

@@ -480,6 +480,24 @@ def test_the_advertised_text_limits_are_the_usable_ones(tiny_bundle):
     assert r.exit_code == 0 and f"prompt <= {cap.room} tokens, transcript <= {sp.room} characters" in r.output
 
 
+def test_small_mistakes_name_what_the_user_called(pipe, tiny_checkpoint, tmp_path):
+    """A keyword typo in generate() names generate (Python named generate_batch, never called by the user); a
+    training checkpoint given as a bundle says to export it; no progress bar is drawn into a log file."""
+    import subprocess
+    import sys
+
+    from harmony_rt.bundle import Bundle
+    from harmony_rt.errors import BundleError
+
+    with pytest.raises(TypeError, match=r"^generate\(\) got an unexpected keyword argument 'step'$"):
+        pipe.generate("x", step=2)
+    with pytest.raises(BundleError, match="a training checkpoint, not a bundle: make one with `harmony-rt export "):
+        Bundle.load(tiny_checkpoint)
+    r = subprocess.run([sys.executable, "-m", "harmony_rt.cli", "generate", "x", "--bundle", str(pipe.bundle.path),
+                        "--steps", "2", "-o", str(tmp_path / "o.mp4")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "\r" not in r.stderr and "step/s" not in r.stderr, r.stderr
+
+
 def test_long_audio_files_are_read_only_as_far_as_used(pipe, tmp_path, monkeypatch):
     """A2V with a 10-minute file takes its head (as from a full read); a 10-minute reference voice is refused
     as too long without decoding all of it."""
