@@ -236,6 +236,12 @@ def _foreign_entries(bundle: Path) -> list[str]:
     return sorted(p.name for p in bundle.iterdir() if p.name not in named)
 
 
+def _warn_untrained(checkpoint, state: dict) -> None:
+    """A run stopped after its autoencoders (--steps 0, or interrupted there) exports a random denoiser: say so."""
+    if not state.get("step"):
+        log.warning("%s: its denoiser has not trained (step 0): the bundle will generate noise", checkpoint)
+
+
 def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, tolerance: float = FP32_TOLERANCE,
                   precisions="fp32", custom_op: bool = False) -> Path:
     """Write a complete, verified bundle for `checkpoint` at `out` (replacing an existing one atomically).
@@ -261,6 +267,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
         raise ExportError(f"cannot read checkpoint {checkpoint}: {one_line(str(e) or type(e).__name__, 240)}") from None
     model.eval()
     _check_weights(checkpoint, model)
+    _warn_untrained(checkpoint, state)
     tokenizers = _read_tokenizers(checkpoint, model.cfg)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,18 @@ def test_onnx_matches_torch_at_a_new_shape(tiny_checkpoint, tiny_bundle):
     assert np.abs(got["audio_velocity"] - ref[1].numpy()).max() < 1e-4
 
 
+def test_export_warns_about_a_denoiser_that_never_trained(caplog):
+    """A run stopped after its autoencoders (--steps 0) exported a random denoiser without a word."""
+    from export.bundle_writer import _warn_untrained
+
+    with caplog.at_level("WARNING", logger="export.bundle_writer"):
+        _warn_untrained("runs/ae", {"ae_done": True, "step": 5})
+        assert not caplog.records
+        _warn_untrained("runs/ae", {"ae_done": True, "step": 0})
+    assert [r.getMessage() for r in caplog.records] == [
+        "runs/ae: its denoiser has not trained (step 0): the bundle will generate noise"]
+
+
 def test_export_is_atomic_and_refuses_a_bad_checkpoint(tmp_path):
     from export.bundle_writer import ExportError, export_bundle
 
