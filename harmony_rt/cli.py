@@ -255,6 +255,8 @@ def _check_stems(stems: Path, kw: dict) -> None:
 @click.option("--fit", type=click.Choice(("stretch", "crop")), default="stretch", show_default=True,
               help="How --video / --image frames of another aspect than the model's are resized: stretch (aspect "
                    "not kept) or crop (aspect kept, center-cropped).")
+@click.option("--start", type=float, default=0.0, show_default=True,
+              help="Seconds into the --audio / --video file where the driving part begins.")
 @click.option("--ref-audio", type=click.Path(path_type=Path), default=None,
               help="Voice to clone (0.5-10 s, or up to the bundle's max_ref_seconds where that is longer; "
                    "only its first max_ref_seconds are used).")

@@ -152,15 +152,16 @@ STEM_NAMES = ("speech", "sfx")  # Unison's audio streams; saved with "mix" (the 
 PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is accepted
 
 
-def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list[str] | None = None) -> np.ndarray:
-    """A path (read and resampled; a long file only as far as `max_seconds`, all that is used) or a float
+def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list[str] | None = None,
+                 start: float = 0.0) -> np.ndarray:
+    """A path (read and resampled from `start` s; a long file only as far as `max_seconds` past it) or a float
     waveform array [W] at the bundle's rate -> float32 [W]. A float file past full scale is scaled down to it;
     that and the file's resampling and mixing to mono are noted in `notes`. An array past full scale is
     refused (its caller chose the scale)."""
     is_file = isinstance(x, (str, Path))
     if is_file:
         read: list[str] = []
-        wav = media.read_audio(x, sample_rate, max_seconds=max_seconds, notes=read)
+        wav = media.read_audio(x, sample_rate, max_seconds=max_seconds, notes=read, start=start)
         if notes is not None:
             notes += [f"{name} {x}: {n}" for n in read]
     elif not isinstance(x, np.ndarray) or x.ndim != 1 or x.dtype.kind != "f":
@@ -368,6 +369,7 @@ class Pipeline:
         image: str | Path | np.ndarray | None = None,
         ref_audio: str | Path | np.ndarray | None = None,
         fit: str = "stretch",
+        start: float = 0.0,
         progress: Progress | None = None,
     ) -> list[GenerationResult]:
         """Generate `num_samples` clips in one batched run.
@@ -378,7 +380,9 @@ class Pipeline:
         `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 0.5-10 s, or up to the
         bundle's max_ref_seconds where longer; its first max_ref_seconds are used). `fit`: how a `video` /
         `image` file of another aspect than the model's is resized: "stretch" (aspect not kept) or "crop"
-        (aspect kept, center-cropped); arrays must already have the model's size. Sample i uses seed
+        (aspect kept, center-cropped); arrays must already have the model's size. `start`: seconds into an
+        `audio` / `video` file where the driving part begins (a clip from the middle of a recording; the video
+        from its frame nearest to it). Sample i uses seed
         (seed, sample + i): outputs do not depend on num_samples, and `generate(..., sample=i)` remakes sample
         i of a batch alone (its result's `sample`). `progress(done, total)` returning False cancels.
         `step_cache` (0-1, None: off): reuse the velocities on steps where they change slowly
@@ -391,7 +395,7 @@ class Pipeline:
         if progress is not None and not callable(progress):
             raise HarmonyError("progress must be a callable (done, total) -> bool | None")
         run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache, sample)
-        clip = self._clip(seconds, audio, video, image, fit)
+        clip = self._clip(seconds, audio, video, image, fit, start)
         cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B, clip.notes)
         held = self._held(clip, run.B, speech)
         z_v, z_a = self._sample(run, clip, held, cond, uncond, progress)
@@ -434,7 +438,7 @@ class Pipeline:
             step_cache=step_cache,
         )
 
-    def _clip(self, seconds, audio, video, image, fit="stretch") -> _Clip:
+    def _clip(self, seconds, audio, video, image, fit="stretch", start=0.0) -> _Clip:
         """The clip's length (argument, given media, or the bundle default) and the given media fitted to it
         (files' frames resized as `fit` says: media.FITS)."""
         g, sp = self.geometry, self.bundle.sampling
@@ -447,14 +451,18 @@ class Pipeline:
         notes: list[str] = []
         if fit != "stretch" and not any(isinstance(x, (str, Path)) for x in (video, image)):
             notes.append(f"fit {fit!r} has no effect without a video or image file")
+        start = _check_number("start", start, 0, 1e7)
+        if start and not any(isinstance(x, (str, Path)) for x in (audio, video)):
+            notes.append(f"start {start:g} s has no effect without a driving audio or video file")
         min_s, max_s = g.video_t_stride / g.fps, g.max_latent_frames * g.video_t_stride / g.fps
         if seconds is not None:  # checked before any media is read (it bounds how much is)
             seconds = _check_number("seconds", seconds, min_s, max_s)
         given_audio = given_frames = img = None
         if audio is not None:
-            given_audio = _audio_input("audio", audio, g.sample_rate, max_s, notes)
+            given_audio = _audio_input("audio", audio, g.sample_rate, max_s, notes, start)
             if given_audio.size == 0:
-                raise HarmonyError("the driving audio is empty")
+                raise HarmonyError(f"start {start:g} s is past the end of the driving audio" if start and
+                                   isinstance(audio, (str, Path)) else "the driving audio is empty")
             dur = len(given_audio) / g.sample_rate
             if seconds is None and dur < min_s:
                 raise HarmonyError(f"the driving audio is {dur:.3g} s long; the model needs at least {min_s:g} s")
@@ -467,8 +475,10 @@ class Pipeline:
             else:
                 want = g.max_latent_frames if seconds is None else _latent_frames(seconds, g)
                 given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, want * g.video_t_stride,
-                                                         fit=fit)
+                                                         start_frame=round(start * g.fps), fit=fit)
                 notes += vnotes
+                if start and not len(given_frames):
+                    raise HarmonyError(f"start {start:g} s is past the end of the driving video")
             dur = given_frames.shape[0] / g.fps  # as a file
             if seconds is None and dur < min_s:
                 raise HarmonyError(f"the driving video is {dur:.3g} s long ({given_frames.shape[0]} frame(s) at the "
@@ -487,7 +497,8 @@ class Pipeline:
         if given_audio is not None:  # the clip's length in samples (at least the latent's)
             n_out, n_in = max(W, int(round(seconds * g.sample_rate))), len(given_audio)
             if n_in > n_out + g.sample_rate // 100:  # 10 ms either way: resampling's rounding is no news
-                notes.append(f"used the first {seconds:g} s of the audio ({FP} frames at {g.fps:g} fps)")
+                notes.append(f"used {'the first ' if not start else ''}{seconds:g} s of the audio"
+                             f"{f' from {start:g} s' if start else ''} ({FP} frames at {g.fps:g} fps)")
             elif n_in < n_out - g.sample_rate // 100:
                 notes.append(f"padded the audio with {(n_out - n_in) / g.sample_rate:.3g} s of silence to the "
                              f"clip's {seconds:g} s")

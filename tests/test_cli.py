@@ -155,12 +155,13 @@ def test_generate_fit_reaches_the_pipeline_and_lists_media_fits(tiny_bundle, tmp
     assert tuple(next(p for p in generate.params if p.name == "fit").type.choices) == media.FITS
     seen = []
     real = Pipeline.generate_batch
-    monkeypatch.setattr(Pipeline, "generate_batch", lambda self, *a, **k: seen.append(k["fit"]) or real(self, *a, **k))
+    monkeypatch.setattr(Pipeline, "generate_batch",
+                        lambda self, *a, **k: seen.append((k["fit"], k["start"])) or real(self, *a, **k))
     args = ["generate", "x", "--bundle", str(tiny_bundle), "--steps", "1", "--quiet"]
-    for extra, want in ((["--fit", "crop"], "crop"), ([], "stretch")):
+    for extra, want in ((["--fit", "crop", "--start", "0.5"], "crop"), ([], "stretch")):
         r = CliRunner().invoke(main, args + ["-o", str(tmp_path / f"{want}.mp4")] + extra)
         assert r.exit_code == 0, r.output
-    assert seen == ["crop", "stretch"]
+    assert seen == [("crop", 0.5), ("stretch", 0.0)]  # --start too
     r = CliRunner().invoke(main, args + ["-o", str(tmp_path / "z.mp4"), "--fit", "zoom"])
     assert r.exit_code == 2 and "--fit" in r.output
 

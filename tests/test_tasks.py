@@ -93,6 +93,33 @@ def test_v2a_and_i2av_files_are_fitted_as_fit_says(pipe, tmp_path, monkeypatch):
             pipe.generate("x", video=path, steps=1, fit=bad)
 
 
+def test_start_takes_the_driving_part_from_the_middle_of_a_file(pipe, tmp_path):
+    """start= (generate --start): A2V / V2A from a clip in the middle of a recording, without cutting it first:
+    what a read from that point gives (the video from its frame nearest to it); past the end is said so."""
+    g = pipe.geometry
+    rng = np.random.default_rng(4)
+    wav = np.clip(0.1 * rng.standard_normal(g.sample_rate * 6), -0.9, 0.9).astype(np.float32)
+    apath = tmp_path / "talk.wav"
+    sf.write(apath, wav, g.sample_rate, subtype="FLOAT")
+    r = pipe.generate("x", audio=apath, start=2.5, seconds=1.0, steps=1)
+    n = len(r.audio)
+    np.testing.assert_array_equal(r.audio, wav[int(2.5 * g.sample_rate):][:n])
+    assert any("from 2.5 s" in n_ for n_ in r.notes), r.notes
+    frames = rng.integers(0, 255, (6 * int(g.fps), g.height, g.width, 3), dtype=np.uint8)
+    vpath = tmp_path / "rec.mp4"
+    media.write_mp4(vpath, frames, g.fps)
+    later, _ = media.read_video(vpath, g.fps, g.height, g.width, start_frame=round(3.1 * g.fps))
+    v = pipe.generate("x", video=vpath, start=3.1, seconds=1.0, steps=1)
+    np.testing.assert_array_equal(v.frames, later[: len(v.frames)])
+    for kw in (dict(audio=apath), dict(video=vpath)):
+        with pytest.raises(HarmonyError, match=f"start 60 s is past the end of the driving {next(iter(kw))}"):
+            pipe.generate("x", start=60, steps=1, **kw)
+    with pytest.raises(HarmonyError, match="start must be a number in"):
+        pipe.generate("x", audio=apath, start=-1, steps=1)
+    arr = pipe.generate("x", audio=wav[:16000], start=1.0, steps=1)
+    assert "start 1 s has no effect without a driving audio or video file" in arr.notes
+
+
 def test_a2v_and_v2a_steps_run_two_rows_per_sample_not_three(tiny_bundle, monkeypatch):
     """With the audio (A2V) or the video (V2A) given, the anchor that guides only that modality is left out of
     the SyncCFG batch: 2 denoiser rows a step instead of 3, a third less work for the same guided output."""
