@@ -237,8 +237,9 @@ def _foreign_entries(bundle: Path) -> list[str]:
 
 
 def _warn_untrained(checkpoint, state: dict) -> None:
-    """A run stopped after its autoencoders (--steps 0, or interrupted there) exports a random denoiser: say so."""
-    if not state.get("step"):
+    """A run stopped after its autoencoders (--steps 0, or interrupted there) exports a random denoiser: say so
+    (not of a fine-tune's, --init-from: its weights are the source checkpoint's from step 0)."""
+    if not state.get("step") and not (state.get("train_config") or {}).get("init_from"):
         log.warning("%s: its denoiser has not trained (step 0): the bundle will generate noise", checkpoint)
 
 

@@ -75,9 +75,8 @@ def _converting(path: Path, action: str) -> Iterator[None]:
         yield
     except MediaError:
         raise
-    except av.InvalidDataError as e:  # FFmpeg's own words: "[Errno 1094995529] Invalid data found when ..."
-        raise MediaError(_one_line(f"cannot {action} {path}: not a media file FFmpeg can decode "
-                                   f"({e.strerror or e})")) from e
+    except av.InvalidDataError as e:  # a file that opened (see _open) and then failed: damaged, cut short, ...
+        raise MediaError(_one_line(f"cannot {action} {path}: damaged or unsupported data ({e.strerror or e})")) from e
     except _LIB_ERRORS as e:
         raise MediaError(_one_line(f"cannot {action} {path}: {type(e).__name__}: {e}")) from e
 
@@ -371,8 +370,13 @@ def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np
 
 
 def _open(path: Path) -> av.container.InputContainer:
-    with _converting(path, "read"):
+    try:
         return av.open(str(path), mode="r")
+    except av.InvalidDataError as e:  # FFmpeg: "[Errno 1094995529] Invalid data found when processing input"
+        raise MediaError(_one_line(f"cannot read {path}: not a media file FFmpeg can open ({e.strerror or e})")) \
+            from e
+    except _LIB_ERRORS as e:
+        raise MediaError(_one_line(f"cannot read {path}: {type(e).__name__}: {e}")) from e
 
 
 def _chain(first, rest: Iterator) -> Iterator:
@@ -780,7 +784,8 @@ def _source_rate(stream: av.video.stream.VideoStream, rate: Fraction) -> tuple[F
 def video_seekable(path: os.PathLike | str, fps: float) -> bool:
     """Whether read_video(path, fps, ..., start_frame=) seeks near start_frame (mp4 / mov / Matroska; at the
     source's own rate only where its index lists every frame at one spacing) rather than decoding the video
-    from the file's beginning (avi, MPEG-TS, variable-rate video at its own rate ...: see read_video)."""
+    from the file's beginning (avi, MPEG-TS; at its own rate Matroska, whose index lists keyframes only, and
+    variable-rate video ...: see read_video)."""
     p = _check_readable(path)
     rate = _rate(fps, "fps")
     with _open(p) as c, _converting(p, "read video from"):

@@ -465,7 +465,9 @@ class Pipeline:
                                    isinstance(audio, (str, Path)) else "the driving audio is empty")
             dur = len(given_audio) / g.sample_rate
             if seconds is None and dur < min_s:
-                raise HarmonyError(f"the driving audio is {dur:.3g} s long; the model needs at least {min_s:g} s")
+                held = f"has {dur:.3g} s from start {start:g} s" if start and isinstance(audio, (str, Path)) else \
+                    f"is {dur:.3g} s long"
+                raise HarmonyError(f"the driving audio {held}; the model needs at least {min_s:g} s")
             seconds = seconds if seconds is not None else min(max_s, dur)
         if video is not None:
             if not isinstance(video, (str, Path)):
@@ -481,8 +483,10 @@ class Pipeline:
                     raise HarmonyError(f"start {start:g} s is past the end of the driving video")
             dur = given_frames.shape[0] / g.fps  # as a file
             if seconds is None and dur < min_s:
-                raise HarmonyError(f"the driving video is {dur:.3g} s long ({given_frames.shape[0]} frame(s) at the "
-                                   f"model's {g.fps:g} fps); the model needs at least {min_s:g} s")
+                held = f"has {dur:.3g} s from start {start:g} s" if start and isinstance(video, (str, Path)) else \
+                    f"is {dur:.3g} s long"
+                raise HarmonyError(f"the driving video {held} ({given_frames.shape[0]} frame(s) at the model's "
+                                   f"{g.fps:g} fps); the model needs at least {min_s:g} s")
             seconds = seconds if seconds is not None else min(max_s, dur)
         if seconds is None:
             seconds = sp.get("seconds", max_s)

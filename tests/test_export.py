@@ -71,6 +71,8 @@ def test_export_warns_about_a_denoiser_that_never_trained(caplog):
     with caplog.at_level("WARNING", logger="export.bundle_writer"):
         _warn_untrained("runs/ae", {"ae_done": True, "step": 5})
         assert not caplog.records
+        _warn_untrained("runs/ft", {"step": 0, "train_config": {"init_from": "runs/base"}})  # a fine-tune's start
+        assert not caplog.records
         _warn_untrained("runs/ae", {"ae_done": True, "step": 0})
     assert [r.getMessage() for r in caplog.records] == [
         "runs/ae: its denoiser has not trained (step 0): the bundle will generate noise"]

@@ -546,15 +546,27 @@ def test_read_image_fit_crop_keeps_the_aspect_and_takes_the_center(tmp_path):
 
 def test_a_file_that_is_not_media_is_said_so_in_words(tmp_path):
     """FFmpeg's InvalidDataError read "InvalidDataError: [Errno 1094995529] Invalid data found when processing
-    input": a user who passed a text file as --image gets a sentence instead."""
+    input": a user who passed a text file as --image gets a sentence instead, and a damaged recording (it opens,
+    then fails to decode) another one."""
     p = tmp_path / "clips.jsonl"  # (a .txt is read: FFmpeg renders text files as ANSI art video)
     p.write_text("not a picture\n" * 50)
     for read in (lambda: media.read_image(p, 8, 8), lambda: media.read_video(p, 8, 8, 8),
                  lambda: media.read_audio(p, 16000)):
         with pytest.raises(MediaError) as e:
             read()
-        assert str(e.value).endswith("clips.jsonl: not a media file FFmpeg can decode (Invalid data found when "
+        assert str(e.value).endswith("clips.jsonl: not a media file FFmpeg can open (Invalid data found when "
                                      "processing input)"), str(e.value)
+    ok = tmp_path / "ok.mp4"  # a recording damaged in its middle opens: it is not called "not a media file"
+    media.write_mp4(ok, np.random.default_rng(0).integers(0, 255, (40, 64, 64, 3), dtype=np.uint8), 8,
+                    audio=(0.3 * np.sin(np.arange(80000) / 5.0)).astype(np.float32), sample_rate=16000)
+    data = bytearray(ok.read_bytes())
+    n = len(data)
+    data[n // 4:n // 2] = np.random.default_rng(1).integers(0, 256, n // 2 - n // 4, dtype=np.uint8).tobytes()
+    (tmp_path / "bad.mp4").write_bytes(data)
+    for read in (lambda: media.read_video(tmp_path / "bad.mp4", 8, 64, 64),
+                 lambda: media.read_audio(tmp_path / "bad.mp4", 16000)):
+        with pytest.raises(MediaError, match="bad.mp4: damaged or unsupported data"):
+            read()
 
 
 def test_read_video_turns_a_rotated_stream_upright(tmp_path):

@@ -72,7 +72,6 @@ def test_v2a_and_i2av_files_are_fitted_as_fit_says(pipe, tmp_path, monkeypatch):
     assert any("center-cropped" in n for n in r.notes), r.notes
     plain = pipe.generate("x", video=path, steps=1)
     assert not np.array_equal(plain.frames, r.frames) and not any("center-cropped" in n for n in plain.notes)
-    media.write_mp4  # noqa: B018  (the image is written with PyAV)
     import av
 
     img_path = tmp_path / "tall.png"
@@ -114,6 +113,8 @@ def test_start_takes_the_driving_part_from_the_middle_of_a_file(pipe, tmp_path):
     for kw in (dict(audio=apath), dict(video=vpath)):
         with pytest.raises(HarmonyError, match=f"start 60 s is past the end of the driving {next(iter(kw))}"):
             pipe.generate("x", start=60, steps=1, **kw)
+    with pytest.raises(HarmonyError, match="the driving audio has 0.01 s from start 5.99 s; the model needs at least"):
+        pipe.generate("x", audio=apath, start=5.99, steps=1)
     with pytest.raises(HarmonyError, match="start must be a number in"):
         pipe.generate("x", audio=apath, start=-1, steps=1)
     arr = pipe.generate("x", audio=wav[:16000], start=1.0, steps=1)

@@ -281,6 +281,10 @@ def test_dark_clips_do_not_collapse_the_video_decoder(caplog):
         model.video_ae.decoder[-1].bias.fill_(-500.0)
     tr._flat_decoder_warning(model, x, torch.zeros(2, tr._clip_arrays(clips[0], cfg)[1].shape[-1]))  # silence: no say
     assert any("video autoencoder's reconstructions are flat" in r.getMessage() for r in caplog.records)
+    from train.cli import resolve_train, train_parser  # the --ae-lr the warning names exists
+
+    a = train_parser().parse_args(["-o", "unused", "--ae-lr", "5e-4"])
+    assert resolve_train(a, torch.device("cpu"))[0].ae_lr == 5e-4
 
 
 def test_text_conditions_are_also_dropped_together():

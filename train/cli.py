@@ -275,6 +275,7 @@ class StopOnSignal:
 # option dest -> TrainConfig field, for the settings a resumed run may change
 _TRAIN_FIELDS = {
     "clips": "clips", "seconds": "seconds", "kinds": "kinds", "ae_steps": "ae_steps", "ae_frames": "ae_frames",
+    "ae_lr": "ae_lr",
     "steps": "steps", "batch": "batch", "lr": "lr", "warmup": "warmup", "ema": "ema_decay",
     "stages": "stage_fractions", "cts_frac": "cts_frac", "seed": "seed", "ckpt_every": "ckpt_every",
     "keep_every": "keep_every", "stop_after": "stop_after", "precision": "precision", "data": "data",
@@ -305,6 +306,7 @@ def train_parser() -> Parser:
     opt("--kinds", type=_kinds, help="comma list of ambient,speech,complex (default: ambient)")
     opt("--ae-steps", type=integer(0), help=f"autoencoder steps (default: {d.ae_steps})")
     opt("--ae-frames", type=integer(0), help="video AE on random crops of N frames (default: 0, whole clips)")
+    opt("--ae-lr", type=number(0, lo_open=True), help=f"learning rate of the autoencoders (default: {d.ae_lr:g})")
     opt("--steps", type=integer(0), help=f"denoiser steps; 0: autoencoders only (default: {d.steps})")
     opt("--batch", type=integer(1), help=f"clips per step (default: {d.batch})")
     opt("--lr", type=number(0, lo_open=True), help=f"peak learning rate of the denoiser (default: {d.lr:g})")
@@ -483,8 +485,8 @@ def resolve_train(a: argparse.Namespace, dev=None):
         import torch
 
         _check_model_data(cfg, tc, dev if dev is not None else torch.device("cpu"))
-    if tc.init_from and ("ae_steps" in given or "ae_frames" in given):
-        log.warning("--init-from keeps the checkpoint's autoencoders: --ae-steps / --ae-frames are not used")
+    if tc.init_from and any(k in given for k in ("ae_steps", "ae_frames", "ae_lr")):
+        log.warning("--init-from keeps the checkpoint's autoencoders: --ae-steps / --ae-frames / --ae-lr are not used")
     world = launcher("WORLD_SIZE")
     if tc.data:
         from .data.folder import DataError, read_index

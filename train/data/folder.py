@@ -19,9 +19,10 @@ DIR/clips.jsonl holds one JSON object per line, one training clip each:
 Each line is one clip of the run's --seconds from `start`. Frames are resampled to the model's fps and
 stretched to its size as the runtime reads `--video`, or with the run's `--fit crop` resized with their aspect
 kept and center-cropped (harmony_rt.media read_video's `fit`); sound is
-mixed to mono and resampled to its rate (harmony_rt.media). Every clip is decoded into memory once; a sound
-file several clips take their sound from, in a format read_audio cannot seek (AAC, mp3, Opus), is decoded once
-for all of them.
+mixed to mono and resampled to its rate (harmony_rt.media). Every clip is decoded into memory once; a file
+several clips take their sound or frames from, where media cannot seek (AAC / mp3 / Opus sound; avi, MPEG-TS,
+Matroska or variable-rate video at its own rate), is decoded once for them (in runs of 300 s of sound, 512 MB
+of frames), each clip cut from that read.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ def _sound_once(entries: list[Entry], fps: float, sample_rate: int, seconds: flo
 def _frames_once(entries: list[Entry], height: int, width: int, fps: float, seconds: float, fit: str,
                  shared: list[Shared]) -> None:
     """Per entry, its frames where two or more entries take them from a video read_video does not seek
-    (harmony_rt.media.video_seekable: avi, MPEG-TS, variable-rate video at its own rate ... are decoded from their
+    (harmony_rt.media.video_seekable: avi, MPEG-TS, Matroska or VFR video at its own rate ... are decoded from their
     start for every clip): such a file is decoded once per run of clips holding SHARED_FRAMES_BYTES of frames at
     most (read_video(start_frame=) of the run: exactly a full read's frames from there), each clip's frames cut
     from it. A file that fails here is left to load_clip."""
@@ -335,7 +336,10 @@ def load_clips(folder: str | Path, height: int, width: int, fps: float, sample_r
     shared = [Shared() for _ in entries]
     _frames_once(entries, height, width, fps, seconds, fit, shared)
     _sound_once(entries, fps, sample_rate, seconds, shared)
-    clips = [load_clip(e, height, width, fps, sample_rate, seconds, fit, s) for e, s in zip(entries, shared)]
+    clips = []
+    for i, e in enumerate(entries):
+        clips.append(load_clip(e, height, width, fps, sample_rate, seconds, fit, shared[i]))
+        shared[i] = None  # its frames and sound live on in the clip alone
     log.info("%s: %d clips of %g s", folder, len(clips), seconds)
     return clips
 
