@@ -365,3 +365,28 @@ def test_fit_crop_reads_frames_with_their_aspect_kept(folder, tmp_path):
     assert tc.fit == "crop"
     a = train_parser().parse_args(["-o", str(tmp_path / "run"), "--data", str(folder)])
     assert resolve_train(a, torch.device("cpu"))[0].fit == "stretch"
+
+
+def test_cut_texts_are_counted_as_the_runtime_counts_them(caplog, tmp_path):
+    """A transcript as long as the runtime takes (max_speech_chars less [BOS]) trains whole and is not named; one
+    character more is named, counted without [BOS], as `generate` counts it when it refuses it."""
+    from pathlib import Path
+
+    from train.configs import get_config
+    from train.data.folder import Entry
+    from train.train import _warn_cut_texts, build_tokenizers
+
+    cfg = get_config("tiny")
+    toks = build_tokenizers(cfg)
+    room = cfg.max_speech_chars - 1
+
+    def entry(line, transcript):
+        return Entry(f"clips.jsonl:{line}", Path("v.mp4"), "a ball", "", transcript, None, 0.0, None, None, None)
+
+    with caplog.at_level("WARNING", logger="train.train"):
+        _warn_cut_texts([entry(1, "a" * room)], toks, cfg)
+        assert not caplog.records
+        _warn_cut_texts([entry(1, "a" * room), entry(2, "a" * (room + 1))], toks, cfg)
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert msg.startswith(f"1 transcript(s) have more tokens than the model reads ({room}: its max_speech_chars "
+                          f"{cfg.max_speech_chars} less [BOS])") and msg.endswith(f"clips.jsonl:2 ({room + 1} tokens)")

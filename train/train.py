@@ -215,19 +215,21 @@ def run_tokenizers(tc: TrainConfig, cfg: HarmonyConfig, resume: str | Path | Non
 
 def _warn_cut_texts(entries, toks, cfg: HarmonyConfig) -> None:
     """Name the clips whose captions / transcript have more tokens than the model reads (max_text_tokens,
-    max_speech_chars, [BOS] included): training cuts them there without a word, and `harmony-rt generate`
-    refuses such a text."""
+    max_speech_chars, less the tokenizer's [BOS]): training cuts them there without a word, and `harmony-rt
+    generate` refuses such a text. Counted as the runtime counts them (harmony_rt.text.TextTokenizer.room)."""
     cap, sp = toks
     for what, tok, limit, flag, texts in (
         ("caption", cap, cfg.max_text_tokens, "max_text_tokens", lambda e: (e.caption, e.audio_caption)),
         ("transcript", sp, cfg.max_speech_chars, "max_speech_chars", lambda e: (e.transcript,)),
     ):
+        special = tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor is not None else 0
+        room = limit - special
         cut = [f"{e.where} ({n} tokens)" for e in entries
-               for n in dict.fromkeys(len(x.ids) for x in tok.encode_batch(list(texts(e)))) if n > limit]
+               for n in dict.fromkeys(len(x.ids) - special for x in tok.encode_batch(list(texts(e)))) if n > room]
         if cut:
-            log.warning("%d %s(s) have more tokens than the model's %s %d and train cut to it (the runtime refuses "
-                        "them; a new run may --set %s=N): %s", len(cut), what, flag, limit, flag,
-                        ", ".join(cut[:5]) + (" ..." if len(cut) > 5 else ""))
+            log.warning("%d %s(s) have more tokens than the model reads (%d: its %s %d less [BOS]) and train cut to "
+                        "it (the runtime refuses them; a new run may --set %s=N): %s", len(cut), what, room, flag,
+                        limit, flag, ", ".join(cut[:5]) + (" ..." if len(cut) > 5 else ""))
 
 
 def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
