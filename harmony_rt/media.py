@@ -370,13 +370,12 @@ def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np
 
 
 def _open(path: Path) -> av.container.InputContainer:
-    try:
-        return av.open(str(path), mode="r")
-    except av.InvalidDataError as e:  # FFmpeg: "[Errno 1094995529] Invalid data found when processing input"
-        raise MediaError(_one_line(f"cannot read {path}: not a media file FFmpeg can open ({e.strerror or e})")) \
-            from e
-    except _LIB_ERRORS as e:
-        raise MediaError(_one_line(f"cannot read {path}: {type(e).__name__}: {e}")) from e
+    with _converting(path, "read"):
+        try:
+            return av.open(str(path), mode="r")
+        except av.InvalidDataError as e:  # FFmpeg: "[Errno 1094995529] Invalid data found when processing input"
+            raise MediaError(_one_line(f"cannot read {path}: not a media file FFmpeg can open "
+                                       f"({e.strerror or e})")) from e
 
 
 def _chain(first, rest: Iterator) -> Iterator:
@@ -652,8 +651,11 @@ def _shown_size(frame: av.VideoFrame) -> tuple[int, int, int, bool]:
 FITS = ("stretch", "crop")  # read_video(fit=): resize to the size asked, or cover it (aspect kept) and center-crop
 
 
-def _cover(shown: tuple[int, int, int, bool], height: int, width: int) -> tuple[int, int]:
-    """(h, w) of the upright frame scaled, aspect kept, to the smallest size covering (height, width)."""
+def _cover(shown: tuple[int, int, int, bool], height: int, width: int, fit: str = "crop") -> tuple[int, int]:
+    """(h, w) the upright frame is resized to: for "crop", scaled (aspect kept) to the smallest size covering
+    (height, width); for "stretch", (height, width) itself."""
+    if fit != "crop":
+        return height, width
     w, h = shown[:2]
     s = max(width / w, height / h)
     return max(height, round(h * s)), max(width, round(w * s))
@@ -668,7 +670,7 @@ def _size_notes(shown: tuple[int, int, int, bool], height: int, width: int, fit:
                  + ", as its orientation metadata says"]
     else:
         notes = [f"rotated {(4 - k) * 90} degrees clockwise, as its orientation metadata says"] if k else []
-    ch, cw = _cover(shown, height, width) if fit == "crop" else (height, width)
+    ch, cw = _cover(shown, height, width, fit)
     if (ch, cw) != (height, width):
         return notes + [f"resized {w}x{h} -> {cw}x{ch} (aspect kept), center-cropped to {width}x{height}"]
     return notes + ([f"resized {w}x{h} -> {width}x{height}"] if (w, h) != (width, height) else [])
@@ -680,7 +682,7 @@ def _to_rgb(frame: av.VideoFrame, height: int, width: int, shown: tuple[int, int
     stream's first frame: its display matrix, read once) says; no resize when the size already matches.
     fit "crop": resized with its aspect kept to cover (height, width), then its center cut out."""
     k, mirrored = shown[2:]
-    ch, cw = _cover(shown, height, width) if fit == "crop" else (height, width)  # upright size after resizing
+    ch, cw = _cover(shown, height, width, fit)  # upright size after resizing
     h, w = (cw, ch) if k % 2 else (ch, cw)  # the size before turning
     rgb = frame.to_ndarray(format="rgb24") if (frame.width, frame.height) == (w, h) else _resize(frame, h, w)
     rgb = _upright(rgb, k, mirrored) if k or mirrored else rgb
@@ -911,7 +913,7 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
             changed.append(f"dropped the alpha channel ({fmt})")  # only where it hides something: GIFs decode as bgra
         shown = _shown_size(frame)
         rgb = _upright(rgb, *shown[2:])  # upright and unmirrored: a photo's EXIF orientation
-        ch, cw = _cover(shown, height, width) if fit == "crop" else (height, width)  # size after resizing
+        ch, cw = _cover(shown, height, width, fit)  # size after resizing
         if rgb.shape[:2] != (ch, cw):
             rgb = _resize(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), ch, cw)
         rgb = _center(rgb, height, width)

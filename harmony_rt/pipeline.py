@@ -452,8 +452,14 @@ class Pipeline:
         if fit != "stretch" and not any(isinstance(x, (str, Path)) for x in (video, image)):
             notes.append(f"fit {fit!r} has no effect without a video or image file")
         start = _check_number("start", start, 0, 1e7)
-        if start and not any(isinstance(x, (str, Path)) for x in (audio, video)):
+        # where the driving file is read from (the one of audio / video given, as a file; arrays are taken whole)
+        file_start = start if any(isinstance(x, (str, Path)) for x in (audio, video)) else 0.0
+        if start and not file_start:
             notes.append(f"start {start:g} s has no effect without a driving audio or video file")
+
+        def length(dur: float) -> str:  # of the driving media, for the message when it is too short
+            return f"has {dur:.3g} s from start {file_start:g} s" if file_start else f"is {dur:.3g} s long"
+
         min_s, max_s = g.video_t_stride / g.fps, g.max_latent_frames * g.video_t_stride / g.fps
         if seconds is not None:  # checked before any media is read (it bounds how much is)
             seconds = _check_number("seconds", seconds, min_s, max_s)
@@ -461,13 +467,11 @@ class Pipeline:
         if audio is not None:
             given_audio = _audio_input("audio", audio, g.sample_rate, max_s, notes, start)
             if given_audio.size == 0:
-                raise HarmonyError(f"start {start:g} s is past the end of the driving audio" if start and
-                                   isinstance(audio, (str, Path)) else "the driving audio is empty")
+                raise HarmonyError(f"start {start:g} s is past the end of the driving audio" if file_start
+                                   else "the driving audio is empty")
             dur = len(given_audio) / g.sample_rate
             if seconds is None and dur < min_s:
-                held = f"has {dur:.3g} s from start {start:g} s" if start and isinstance(audio, (str, Path)) else \
-                    f"is {dur:.3g} s long"
-                raise HarmonyError(f"the driving audio {held}; the model needs at least {min_s:g} s")
+                raise HarmonyError(f"the driving audio {length(dur)}; the model needs at least {min_s:g} s")
             seconds = seconds if seconds is not None else min(max_s, dur)
         if video is not None:
             if not isinstance(video, (str, Path)):
@@ -483,9 +487,7 @@ class Pipeline:
                     raise HarmonyError(f"start {start:g} s is past the end of the driving video")
             dur = given_frames.shape[0] / g.fps  # as a file
             if seconds is None and dur < min_s:
-                held = f"has {dur:.3g} s from start {start:g} s" if start and isinstance(video, (str, Path)) else \
-                    f"is {dur:.3g} s long"
-                raise HarmonyError(f"the driving video {held} ({given_frames.shape[0]} frame(s) at the model's "
+                raise HarmonyError(f"the driving video {length(dur)} ({given_frames.shape[0]} frame(s) at the model's "
                                    f"{g.fps:g} fps); the model needs at least {min_s:g} s")
             seconds = seconds if seconds is not None else min(max_s, dur)
         if seconds is None:

@@ -26,6 +26,12 @@ def pad_ids(seqs: list[list[int]], max_len: int | None = None) -> tuple[np.ndarr
     return ids, mask
 
 
+def special_tokens(tok: Tokenizer) -> int:
+    """Tokens the tokenizer adds to every text ([BOS]): they count against the model's sequence length."""
+    post = tok.post_processor
+    return post.num_special_tokens_to_add(False) if post is not None else 0
+
+
 class TextTokenizer:
     """Encodes strings to ids int64 [B, L] and mask float32 [B, L] (L = longest, at most `max_len`, the model's
     sequence length: its special tokens ([BOS]) included, so a text has `room` = max_len - their count)."""
@@ -37,8 +43,7 @@ class TextTokenizer:
             raise BundleError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
         self.max_len, self.what, self.unit = max_len, what, unit
         self.unk_id = self.tok.token_to_id("[UNK]")
-        post = self.tok.post_processor
-        self.special = post.num_special_tokens_to_add(False) if post is not None else 0
+        self.special = special_tokens(self.tok)
         self.room = max_len - self.special
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

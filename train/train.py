@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harmony_rt.text import pad_ids
+from harmony_rt.text import pad_ids, special_tokens
 
 from .checkpoints import TOKENIZER_FILES, load_checkpoint, load_ema, save_checkpoint
 from .configs import HarmonyConfig, get_config, within
@@ -216,13 +216,13 @@ def run_tokenizers(tc: TrainConfig, cfg: HarmonyConfig, resume: str | Path | Non
 def _warn_cut_texts(entries, toks, cfg: HarmonyConfig) -> None:
     """Name the clips whose captions / transcript have more tokens than the model reads (max_text_tokens,
     max_speech_chars, less the tokenizer's [BOS]): training cuts them there without a word, and `harmony-rt
-    generate` refuses such a text. Counted as the runtime counts them (harmony_rt.text.TextTokenizer.room)."""
+    generate` refuses such a text. Counted as the runtime counts them (harmony_rt.text.special_tokens)."""
     cap, sp = toks
     for what, tok, limit, flag, texts in (
         ("caption", cap, cfg.max_text_tokens, "max_text_tokens", lambda e: (e.caption, e.audio_caption)),
         ("transcript", sp, cfg.max_speech_chars, "max_speech_chars", lambda e: (e.transcript,)),
     ):
-        special = tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor is not None else 0
+        special = special_tokens(tok)
         room = limit - special
         cut = [f"{e.where} ({n} tokens)" for e in entries
                for n in dict.fromkeys(len(x.ids) - special for x in tok.encode_batch(list(texts(e)))) if n > room]

@@ -182,6 +182,11 @@ class Shared:
     frames: np.ndarray | None = None  # [<= n_frames, H, W, 3] from the clip's first frame
 
 
+def _first_frame(e: Entry, fps: float) -> int:
+    """The index of the clip's first frame on the file's frame grid (its sound starts where that is shown)."""
+    return int(round(e.start * fps))
+
+
 def _sound_files(e: Entry) -> tuple[Path, ...]:
     """The files load_clip reads `e`'s sound from: the stems, and the mix (`audio`, else the video's own track)
     where there are no stems or `audio` is given."""
@@ -215,7 +220,7 @@ def _sound_once(entries: list[Entry], fps: float, sample_rate: int, seconds: flo
                 continue
             lead = _audio_lead(p) if any(entries[i].video == p for i in ii) else 0.0
             # as load_clip: the clip's first frame on the fps grid, less the lead where p is the video's own track
-            ats = {i: int(round(entries[i].start * fps)) / fps - (lead if p == entries[i].video else 0.0) for i in ii}
+            ats = {i: _first_frame(entries[i], fps) / fps - (lead if p == entries[i].video else 0.0) for i in ii}
             pos = {i: max(0.0, at) for i, at in ats.items()}  # where its samples start in the sound
             for run in _runs(pos, seconds, SHARED_WINDOW_S):
                 a = pos[run[0]]
@@ -246,7 +251,7 @@ def _frames_once(entries: list[Entry], height: int, width: int, fps: float, seco
         try:
             if video_seekable(p, fps):
                 continue
-            pos = {i: int(round(entries[i].start * fps)) for i in ii}  # as load_clip's f0
+            pos = {i: _first_frame(entries[i], fps) for i in ii}
             for run in _runs(pos, n, max(n, SHARED_FRAMES_BYTES // (height * width * 3))):
                 a = pos[run[0]]
                 frames, _ = read_video(p, fps, height, width, max_frames=pos[run[-1]] - a + n, start_frame=a, fit=fit)
@@ -285,7 +290,7 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
     from harmony_rt.media import read_audio, read_video
 
     n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * sample_rate))
-    f0 = int(round(e.start * fps))
+    f0 = _first_frame(e, fps)
     t0 = f0 / fps  # the clip starts on the frame grid: the sound starts where its first frame is shown
     try:
         # read from the clip's start (a full read's frames and samples from there): a clip late in a long file
