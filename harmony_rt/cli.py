@@ -174,11 +174,18 @@ def main(debug: bool, verbose: int):
 def _check_output(path: Path) -> None:
     if path.suffix.lower() != ".mp4":
         raise HarmonyError(f"output must be an .mp4 file, got {path}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise HarmonyError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise HarmonyError(f"cannot write {path}: folder {parent} is not writable")
+    _check_folder(f"cannot write {path}", path.parent)
+
+
+def _check_folder(what: str, folder: Path) -> None:
+    """`folder` exists or can be made (as `mkdir -p`): its nearest existing ancestor is a writable folder."""
+    for p in (folder, *folder.absolute().parents):
+        if p.exists():
+            if not p.is_dir():
+                raise HarmonyError(f"{what}: {p} is not a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise HarmonyError(f"{what}: folder {p} is not writable")
+            return
 
 
 def _check_targets(output: Path, stems: Path | None, n: int, kw: dict) -> None:
@@ -210,19 +217,13 @@ def _check_stems(stems: Path, kw: dict) -> None:
     """--stems names a folder that exists or can be made (every existing ancestor a writable folder)."""
     if kw.get("audio") is not None:
         raise HarmonyError("--stems: with --audio the sound is given, not generated; there are no stems")
-    for p in (stems, *stems.absolute().parents):
-        if p.exists():
-            if not p.is_dir():
-                raise HarmonyError(f"--stems {stems}: {p} is not a folder")
-            if not os.access(p, os.W_OK):
-                raise HarmonyError(f"--stems {stems}: folder {p} is not writable")
-            return
+    _check_folder(f"--stems {stems}", stems)
 
 
 @main.command()
 @click.argument("prompt")
 @click.option("-o", "--output", "output", type=click.Path(path_type=Path), default=Path("out.mp4"), show_default=True,
-              help="Output .mp4 (a .wav is written beside it).")
+              help="Output .mp4 (a .wav is written beside it; missing folders are made).")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle folder (default: the shipped demo).")
 @click.option("--speech", default="",

@@ -97,15 +97,15 @@ def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True
 
     All or nothing (media.atomic_outputs): each file is written to a temp name beside its target, and only
     once all were written are they renamed into place, so an error or an interrupt leaves no half of a pair
-    or batch (a SIGKILL can leave `.<name>.<random>.<ext>` temp files).
+    or batch (a SIGKILL can leave `.<name>.<random>.<ext>` temp files). Missing folders of `path` and
+    `stems_dir` are made (and removed again if the write fails), as `mkdir -p`.
     """
     if Path(path).suffix.lower() != ".mp4":  # checked here too, so the message names `path`, not a temp name
         raise MediaError(f"cannot write {path}: an mp4 file's name must end in .mp4")
-    jobs, folders = [], []
-    for res, (p, sd) in zip(results, output_paths(path, len(results), stems_dir)):
-        jobs += res.writes(p, wav, sd)
-        folders += [sd] if sd is not None and res.stems else []
-    made: list[Path] = []  # stems folders this call makes, deepest first: removed again if it fails
+    jobs = [job for res, (p, sd) in zip(results, output_paths(path, len(results), stems_dir))
+            for job in res.writes(p, wav, sd)]
+    folders = list(dict.fromkeys(target.parent for target, _ in jobs))
+    made: list[Path] = []  # folders this call makes (-o's, stems'), deepest first: removed again if it fails
     try:
         for d in folders:
             made[:0] = [p for p in (d, *d.parents) if not p.exists()]

@@ -82,8 +82,14 @@ def test_bad_arguments(tiny_bundle, tmp_path, args, needle):
 
 
 def test_unwritable_output(tiny_bundle, tmp_path):
-    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "missing_dir" / "o.mp4")
-    _assert_clean_error(r, tmp_path, "does not exist")
+    """A file where -o needs a folder is refused before generating; a missing folder is made (as --stems)."""
+    (tmp_path / "f").write_text("x")
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "f" / "sub" / "o.mp4")
+    _assert_clean_error(r, tmp_path, f"{tmp_path / 'f'} is not a folder")
+    assert (tmp_path / "f").read_text() == "x"
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "missing_dir" / "o.mp4", "--steps", "1")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "missing_dir").iterdir()) == ["o.mp4", "o.wav"]
 
 
 @pytest.mark.parametrize("where", ["-o", "-o folder", "--audio", "--bundle", "info"])

@@ -169,6 +169,30 @@ def test_save_all_writes_every_file_or_none(pipe, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o_0.mp4", "o_0.wav", "o_1.mp4", "o_1.wav"]
 
 
+def test_save_makes_missing_folders_and_removes_them_if_it_fails(pipe, tmp_path, monkeypatch):
+    """As --stems and export -o do (`mkdir -p`): a clip saved into a folder that does not exist yet makes it;
+    a write that fails leaves no folder behind it."""
+    from harmony_rt import media
+    from harmony_rt.errors import MediaError
+
+    clip = pipe.generate("a red ball", steps=1, seconds=1.0)
+    real = media.write_wav
+
+    def failing(path, *a, **kw):
+        raise MediaError("disk full (simulated)")
+
+    monkeypatch.setattr(media, "write_wav", failing)
+    with pytest.raises(MediaError, match="simulated"):
+        clip.save(tmp_path / "runs" / "day1" / "o.mp4")
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(media, "write_wav", real)
+    out = clip.save(tmp_path / "runs" / "day1" / "o.mp4")
+    assert out.is_file() and out.with_suffix(".wav").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MediaError, match="cannot make folder"):
+        clip.save(tmp_path / "file" / "o.mp4")
+
+
 def test_numpy_scalars_are_numbers(pipe):
     a = pipe.generate("a red ball", steps=np.int64(2), seed=np.int64(3), seconds=np.float32(1.0))
     b = pipe.generate("a red ball", steps=2, seed=3, seconds=1.0)
