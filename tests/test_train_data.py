@@ -390,3 +390,29 @@ def test_cut_texts_are_counted_as_the_runtime_counts_them(caplog, tmp_path):
     (msg,) = [r.getMessage() for r in caplog.records]
     assert msg.startswith(f"1 transcript(s) have more tokens than the model reads ({room}: its max_speech_chars "
                           f"{cfg.max_speech_chars} less [BOS])") and msg.endswith(f"clips.jsonl:2 ({room + 1} tokens)")
+
+
+def test_a_silent_clip_trains_as_silence_when_the_line_says_so(folder, tmp_path):
+    """A video without an audio track was an error naming only FFmpeg's "no audio stream"; `"silent": true`
+    takes it as silence, and the error says so."""
+    d = tmp_path / "s"
+    d.mkdir()
+    frames = np.full((25, 40, 48, 3), 90, np.uint8)
+    media.write_mp4(d / "quiet.mp4", frames, FPS)  # no audio track
+    os.link(folder / "c0.mp4", d / "c0.mp4")
+    _index(d, {"video": "quiet.mp4", "caption": "a still lake"}, {"video": "c0.mp4", "caption": "a zebra"})
+    with pytest.raises(DataError, match=r'clips.jsonl:1: .*no audio stream; give its sound as "audio", or '
+                                        r'"silent": true'):
+        load_clips(d, 32, 32, 8, 16000, 2.0)
+    _index(d, {"video": "quiet.mp4", "caption": "a still lake", "silent": True},
+           {"video": "c0.mp4", "caption": "a zebra", "silent": False})
+    quiet, loud = load_clips(d, 32, 32, 8, 16000, 2.0)
+    assert quiet.frames.shape == (16, 32, 32, 3) and abs(int(quiet.frames.mean()) - 90) <= 3
+    assert quiet.audio.shape == quiet.speech.shape == quiet.sfx.shape == (32000,) and not quiet.audio.any()
+    assert quiet.kind == "ambient" and np.abs(loud.audio).max() > 0.01
+    for line, words in [({"silent": "yes"}, "silent must be true or false"),
+                        ({"silent": True, "transcript": "hi"}, "a silent clip has no transcript"),
+                        ({"silent": True, "audio": "c0.mp4"}, "a silent clip has no audio")]:
+        _index(d, {"video": "quiet.mp4", "caption": "a still lake", **line})
+        with pytest.raises(DataError, match=words):
+            read_index(d)

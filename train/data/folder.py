@@ -10,6 +10,8 @@ DIR/clips.jsonl holds one JSON object per line, one training clip each:
 - caption (required): what the clip shows; also what it sounds like unless `audio_caption` is given.
 - transcript: the words spoken ("" or absent: no speech). speaker: clips that share it give each other voice
   references in the timbre stage. start: seconds into the files (default 0).
+- silent: true for a clip without sound (a video with no audio track): it trains as silence; such a clip has
+  no audio, stems or transcript.
 - audio: the sound from another file. speech, sfx: the stems (both), for a Unison model: its two streams. A
   Unison clip without stems is taken as all sound effects when it has no transcript; with a transcript it
   needs them (speech and background cannot be told apart in a mix). With stems and no `audio`, the clip's
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 INDEX = "clips.jsonl"
 FILE_FIELDS = ("video", "audio", "speech", "sfx")
 TEXT_FIELDS = ("caption", "audio_caption", "transcript", "speaker")
-FIELDS = (*FILE_FIELDS, *TEXT_FIELDS, "start")
+FIELDS = (*FILE_FIELDS, *TEXT_FIELDS, "start", "silent")
 MAX_START = 1e7  # seconds (115 days): start * sample_rate stays a finite float (1e308 would not)
 
 
@@ -65,6 +67,7 @@ class Entry:
     audio: Path | None
     speech: Path | None
     sfx: Path | None
+    silent: bool = False  # no sound: trains as silence
 
 
 def _entry(folder: Path, where: str, d) -> Entry:
@@ -82,6 +85,11 @@ def _entry(folder: Path, where: str, d) -> Entry:
             raise DataError(f"{where}: {k} must be a string, got {d[k]!r:.40}")
     if bool(d.get("speech")) != bool(d.get("sfx")):
         raise DataError(f"{where}: give both stems (speech and sfx) or neither")
+    silent = d.get("silent", False)
+    if not isinstance(silent, bool):
+        raise DataError(f"{where}: silent must be true or false, got {silent!r:.40}")
+    if silent and (clash := [k for k in ("audio", "speech", "sfx", "transcript") if d.get(k)]):
+        raise DataError(f"{where}: a silent clip has no {clash[0]}")
     start = d.get("start", 0)
     if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 <= start <= MAX_START:  # NaN fails too
         raise DataError(f"{where}: start must be a number of seconds >= 0 (at most {MAX_START:g}), got {start!r:.40}")
@@ -99,7 +107,7 @@ def _entry(folder: Path, where: str, d) -> Entry:
     return Entry(where, video=files["video"], caption=d["caption"],
                  audio_caption=d.get("audio_caption") or d["caption"], transcript=d.get("transcript") or "",
                  speaker=d.get("speaker") or None, start=float(start),
-                 audio=files["audio"], speech=files["speech"], sfx=files["sfx"])
+                 audio=files["audio"], speech=files["speech"], sfx=files["sfx"], silent=silent)
 
 
 def read_index(folder: str | Path, streams: int = 1) -> list[Entry]:
@@ -162,6 +170,17 @@ def _duration(path: Path, kind: str) -> float | None:
     return None if info is None else info["duration"]
 
 
+def _no_sound(path: Path) -> bool:
+    """`path` opens and has no audio stream."""
+    from harmony_rt.errors import MediaError
+    from harmony_rt.media import probe
+
+    try:
+        return probe(path)["audio"] is None
+    except MediaError:
+        return False
+
+
 def _audio_lead(path: Path) -> float:
     """Seconds the first decoded audio sample of `path` comes after its first decoded video frame (negative:
     before; harmony_rt.media.first_times); 0 where the file lacks either stream or timestamps. read_video counts
@@ -189,7 +208,9 @@ def _first_frame(e: Entry, fps: float) -> int:
 
 def _sound_files(e: Entry) -> tuple[Path, ...]:
     """The files load_clip reads `e`'s sound from: the stems, and the mix (`audio`, else the video's own track)
-    where there are no stems or `audio` is given."""
+    where there are no stems or `audio` is given; none for a silent clip."""
+    if e.silent:
+        return ()
     stems = (e.speech, e.sfx) if e.speech is not None else ()
     return (*stems, e.audio or e.video) if e.audio or e.speech is None else stems
 
@@ -321,9 +342,15 @@ def load_clip(e: Entry, height: int, width: int, fps: float, sample_rate: int, s
         speech = sfx = None
         if e.speech is not None:
             speech, sfx = sound(e.speech), sound(e.sfx)
-        audio = sound(e.audio or e.video) if e.audio or speech is None else speech + sfx
+        if e.silent:
+            audio = np.zeros(n_samples, np.float32)
+        else:
+            audio = sound(e.audio or e.video) if e.audio or speech is None else speech + sfx
     except MediaError as err:
-        raise DataError(f"{e.where}: {err}") from None
+        hint = ""
+        if not (e.silent or e.audio or e.speech) and _no_sound(e.video):
+            hint = '; give its sound as "audio", or "silent": true to train it as silence'
+        raise DataError(f"{e.where}: {err}{hint}") from None
     if speech is None:  # one stream: speech when there is a transcript, else sound effects
         silent = np.zeros_like(audio)
         speech, sfx = (audio, silent) if e.transcript else (silent, audio)
