@@ -328,7 +328,8 @@ class Pipeline:
         key = (mode, held)
         with self._lock:
             if key not in self._guided:
-                call = lambda feeds: self.backend.run("denoiser", feeds)  # noqa: E731
+                backend = self.backend  # not `self`: a pipeline holding itself is freed only by the cycle collector
+                call = lambda feeds: backend.run("denoiser", feeds)  # noqa: E731
                 store = SplitStore.default(self._split_context()) if self.split == "auto" else None
                 self._guided[key] = GuidedDenoiser(call, mode, split=self.split, store=store, held=held)
             guided = copy.copy(self._guided[key])
