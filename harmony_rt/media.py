@@ -327,7 +327,7 @@ def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np
     # at the default 1000 the audio could end up to 1 ms short.
     options = {"movflags": "+faststart", **({"movie_timescale": str(sr_out)} if sr_out else {})}
     with _target(path, atomic) as tmp, _converting(path, "write"):
-        with av.open(str(tmp), mode="w", format="mp4", options=options) as container:
+        with av.open(_url(tmp), mode="w", format="mp4", options=options) as container:
             vs = container.add_stream("libx264", rate=rate, options={"crf": str(int(crf)), "preset": "medium"})
             vs.width, vs.height, vs.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
             vs.codec_context.time_base = 1 / rate
@@ -369,10 +369,16 @@ def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np
 # ---------------------------------------------------------------------------------------------- reading
 
 
+def _url(path: Path) -> str:
+    """`path` as FFmpeg must be given it: absolute, so a name with a colon ("take:2.mp4") is not taken for a
+    protocol ("take:")."""
+    return os.fspath(Path(path).absolute())
+
+
 def _open(path: Path) -> av.container.InputContainer:
     with _converting(path, "read"):
         try:
-            return av.open(str(path), mode="r")
+            return av.open(_url(path), mode="r")
         except av.InvalidDataError as e:  # FFmpeg: "[Errno 1094995529] Invalid data found when processing input"
             raise MediaError(_one_line(f"cannot read {path}: not a media file FFmpeg can open "
                                        f"({e.strerror or e})")) from e

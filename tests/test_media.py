@@ -602,3 +602,17 @@ def test_read_video_fit_crop_keeps_the_aspect_and_takes_the_center(tmp_path):
     wide, _ = media.read_video(p, 8, 16, 32, fit="crop")  # covering a wide size: the middle band of the frame
     assert wide.shape == (6, 16, 32, 3)
     expect_error(media.read_video, p, 8, 32, 32, fit="zoom", match="fit must be one of stretch, crop")
+
+
+def test_names_with_a_colon_are_files_not_protocols(tmp_path, monkeypatch):
+    """FFmpeg took "take:2.mp4" (and a temp ".take:2.<token>.mp4") for a URL of protocol "take": reads and writes
+    of such relative names failed with "Protocol not found"."""
+    monkeypatch.chdir(tmp_path)
+    media.write_mp4("take:2.mp4", smooth_frames(), 8, tone(seconds=2.0), SR)
+    frames, _ = media.read_video("take:2.mp4", 8, 32, 32)
+    assert frames.shape == (16, 32, 32, 3)
+    assert media.read_audio("take:2.mp4", SR).shape[0] > SR
+    write_png_pyav(tmp_path / "i:1.png", smooth_frames(1)[0], "rgb24")
+    assert media.read_image("i:1.png", 32, 32).shape == (32, 32, 3)
+    assert media.probe("take:2.mp4")["video"]["frames"] == 16
+    expect_error(media.read_video, "gone:1.mp4", 8, 32, 32, match="gone:1.mp4")
