@@ -775,8 +775,10 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
             secs = _stream_seconds(container, stream)
             total = (stream.frames if passthrough and stream.frames else
                      round(secs * rate) if secs else None)
-            notes.append(f"trimmed {total} -> {max_frames} frames" if total and total > max_frames
-                         else f"trimmed to {max_frames} frames")
+            total = total - start_frame if total else None  # the frames from start_frame on
+            note = f"trimmed {total} -> {max_frames} frames" if total and total > max_frames else \
+                f"trimmed to {max_frames} frames"
+            notes.append(note + (f" from frame {start_frame}" if start_frame else ""))
     for n in notes:
         log.info("%s: %s", p, n)
     return np.stack(out), notes

@@ -155,9 +155,9 @@ PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is acce
 def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list[str] | None = None,
                  start: float = 0.0) -> np.ndarray:
     """A path (read and resampled from `start` s; a long file only as far as `max_seconds` past it) or a float
-    waveform array [W] at the bundle's rate -> float32 [W]. A float file past full scale is scaled down to it;
-    that and the file's resampling and mixing to mono are noted in `notes`. An array past full scale is
-    refused (its caller chose the scale)."""
+    waveform array [W] at the bundle's rate (taken from `start` s) -> float32 [W]. A float file past full scale
+    is scaled down to it; that and the file's resampling and mixing to mono are noted in `notes`. An array past
+    full scale is refused (its caller chose the scale)."""
     is_file = isinstance(x, (str, Path))
     if is_file:
         read: list[str] = []
@@ -168,7 +168,7 @@ def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list
         what = f"array of shape {x.shape} and dtype {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
         raise HarmonyError(f"{name} must be a file path or a mono float waveform [samples], got {what}")
     else:
-        wav = x
+        wav = x[int(round(start * sample_rate)):]
     if not np.isfinite(wav).all():  # a float wav file can hold them too
         raise HarmonyError(f"{name} {x} contains NaN or infinite samples" if is_file
                            else f"{name} contains NaN or infinite samples")
@@ -381,9 +381,9 @@ class Pipeline:
         `image` (I2AV: first latent frame held), `ref_audio` (voice clone, 0.5-10 s, or up to the
         bundle's max_ref_seconds where longer; its first max_ref_seconds are used). `fit`: how a `video` /
         `image` file of another aspect than the model's is resized: "stretch" (aspect not kept) or "crop"
-        (aspect kept, center-cropped); arrays must already have the model's size. `start`: seconds into an
-        `audio` / `video` file where the driving part begins (a clip from the middle of a recording; the video
-        from its frame nearest to it). Sample i uses seed
+        (aspect kept, center-cropped); arrays must already have the model's size. `start`: seconds into the
+        `audio` / `video` (a file, or an array at the bundle's rate / fps) where the driving part begins (a clip
+        from the middle of a recording; the video from its frame nearest to it). Sample i uses seed
         (seed, sample + i): outputs do not depend on num_samples, and `generate(..., sample=i)` remakes sample
         i of a batch alone (its result's `sample`). `progress(done, total)` returning False cancels.
         `step_cache` (0-1, None: off): reuse the velocities on steps where they change slowly
@@ -453,22 +453,22 @@ class Pipeline:
         if fit != "stretch" and not any(isinstance(x, (str, Path)) for x in (video, image)):
             notes.append(f"fit {fit!r} has no effect without a video or image file")
         start = _check_number("start", start, 0, 1e7)
-        # where the driving file is read from (the one of audio / video given, as a file; arrays are taken whole)
-        file_start = start if any(isinstance(x, (str, Path)) for x in (audio, video)) else 0.0
-        if start and not file_start:
-            notes.append(f"start {start:g} s has no effect without a driving audio or video file")
+        if start and audio is None and video is None:
+            notes.append(f"start {start:g} s has no effect without a driving audio or video")
 
-        def length(dur: float) -> str:  # of the driving media, for the message when it is too short
-            return f"has {dur:.3g} s from start {file_start:g} s" if file_start else f"is {dur:.3g} s long"
+        def length(dur: float) -> str:  # of the driving media (from `start`), for the message when it is too short
+            return f"has {dur:.3g} s from start {start:g} s" if start else f"is {dur:.3g} s long"
 
         min_s, max_s = g.video_t_stride / g.fps, g.max_latent_frames * g.video_t_stride / g.fps
+        default_s = sp.get("seconds", max_s)
+        asked = seconds is not None
         if seconds is not None:  # checked before any media is read (it bounds how much is)
             seconds = _check_number("seconds", seconds, min_s, max_s)
         given_audio = given_frames = img = None
         if audio is not None:
             given_audio = _audio_input("audio", audio, g.sample_rate, max_s, notes, start)
             if given_audio.size == 0:
-                raise HarmonyError(f"start {start:g} s is past the end of the driving audio" if file_start
+                raise HarmonyError(f"start {start:g} s is past the end of the driving audio" if start
                                    else "the driving audio is empty")
             dur = len(given_audio) / g.sample_rate
             if seconds is None and dur < min_s:
@@ -479,21 +479,26 @@ class Pipeline:
                 given_frames = _frames_input("video", video, (g.height, g.width, 3))
                 if given_frames.ndim != 4:
                     raise HarmonyError(f"video must be frames [T, H, W, 3], got shape {given_frames.shape}")
+                given_frames = given_frames[round(start * g.fps):]  # frames at the model's fps
             else:
                 want = g.max_latent_frames if seconds is None else _latent_frames(seconds, g)
                 given_frames, vnotes = media.read_video(video, g.fps, g.height, g.width, want * g.video_t_stride,
                                                          start_frame=round(start * g.fps), fit=fit)
                 notes += vnotes
-                if start and not len(given_frames):
-                    raise HarmonyError(f"start {start:g} s is past the end of the driving video")
+            if start and not len(given_frames):
+                raise HarmonyError(f"start {start:g} s is past the end of the driving video")
             dur = given_frames.shape[0] / g.fps  # as a file
             if seconds is None and dur < min_s:
                 raise HarmonyError(f"the driving video {length(dur)} ({given_frames.shape[0]} frame(s) at the model's "
                                    f"{g.fps:g} fps); the model needs at least {min_s:g} s")
             seconds = seconds if seconds is not None else min(max_s, dur)
         if seconds is None:
-            seconds = sp.get("seconds", max_s)
+            seconds = default_s
         seconds = _check_number("seconds", seconds, min_s, max_s)  # as derived from the media or the default
+        if not asked and seconds < min(default_s, max_s) - 0.5 / g.fps:  # shorter than the clip asked of none
+            driving = "audio" if given_audio is not None else "video"
+            notes.append(f"the clip is {seconds:.3g} s, the length of the driving {driving}"
+                         f"{f' from {start:g} s' if start else ''} (the bundle's clips: {default_s:g} s)")
         F = _latent_frames(seconds, g)
         T = g.audio_frames_for(F)
         FP, W = F * g.video_t_stride, T * g.audio_hop

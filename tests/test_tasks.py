@@ -117,8 +117,29 @@ def test_start_takes_the_driving_part_from_the_middle_of_a_file(pipe, tmp_path):
         pipe.generate("x", audio=apath, start=5.99, steps=1)
     with pytest.raises(HarmonyError, match="start must be a number in"):
         pipe.generate("x", audio=apath, start=-1, steps=1)
-    arr = pipe.generate("x", audio=wav[:16000], start=1.0, steps=1)
-    assert "start 1 s has no effect without a driving audio or video file" in arr.notes
+    # arrays are taken from `start` as files are (they were taken whole, with a note saying start did nothing
+    # beside one saying the audio was used from it)
+    arr = pipe.generate("x", audio=wav, start=2.5, seconds=1.0, steps=1)
+    np.testing.assert_array_equal(arr.audio, r.audio)
+    assert not any("no effect" in n_ for n_ in arr.notes), arr.notes
+    va = pipe.generate("x", video=frames, start=3.1, seconds=1.0, steps=1)
+    np.testing.assert_array_equal(va.frames, frames[round(3.1 * g.fps):][: len(va.frames)])
+    with pytest.raises(HarmonyError, match="start 7 s is past the end of the driving video"):
+        pipe.generate("x", video=frames, start=7, steps=1)
+    assert "start 1 s has no effect without a driving audio or video" in pipe.generate("x", start=1.0, steps=1).notes
+    # a clip shorter than the bundle's, because its driving part is, says so
+    short = pipe.generate("x", audio=apath, start=5.0, steps=1)
+    assert "the clip is 1 s, the length of the driving audio from 5 s (the bundle's clips: " in " ".join(short.notes)
+    assert len(short.frames) == int(g.fps) and len(pipe.generate("x", audio=apath, steps=1).notes) == 1  # used 2 s
+
+
+def test_a_trim_note_counts_the_frames_from_start(pipe, tmp_path):
+    """V2A from `start` said "trimmed <all the file's frames> -> n" whatever the start."""
+    g = pipe.geometry
+    frames = np.random.default_rng(5).integers(0, 255, (6 * int(g.fps), g.height, g.width, 3), dtype=np.uint8)
+    media.write_mp4(tmp_path / "rec.mp4", frames, g.fps)
+    v = pipe.generate("x", video=tmp_path / "rec.mp4", start=3.0, seconds=1.0, steps=1)
+    assert f"trimmed {3 * int(g.fps)} -> {int(g.fps)} frames from frame {3 * int(g.fps)}" in v.notes, v.notes
 
 
 def test_a2v_and_v2a_steps_run_two_rows_per_sample_not_three(tiny_bundle, monkeypatch):
