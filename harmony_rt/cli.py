@@ -192,7 +192,7 @@ def _check_targets(output: Path, stems: Path | None, n: int, kw: dict) -> None:
     """Every file the run will write: a writable name, no folder in the way, none of the inputs."""
     from .pipeline import clip_files, output_paths
 
-    targets = [f for p, sd in output_paths(output, n, stems) for f in clip_files(p, True, sd)]
+    targets = [f for p, sd in output_paths(output, n, stems, kw.get("sample") or 0) for f in clip_files(p, True, sd)]
     inputs = {k: Path(v) for k, v in kw.items() if k in ("audio", "video", "image", "ref_audio") and v is not None}
     for t in targets:
         try:
@@ -249,7 +249,7 @@ def _check_stems(stems: Path, kw: dict) -> None:
               help="Variations in one batched run; N > 1 writes OUT_0.mp4 ... (and STEMS/0/ ...).")
 @click.option("--sample", type=int, default=0, show_default=True,
               help="Index of the first sample: the same --seed with --sample I remakes sample I of a "
-                   "--num-samples run (OUT_I.mp4) alone.")
+                   "--num-samples run (OUT_I.mp4) alone; with --num-samples N, samples I..I+N-1 (OUT_I.mp4 ...).")
 @click.option("--audio", "audio", type=click.Path(path_type=Path), default=None, help="A2V: driving audio.")
 @click.option("--video", "video", type=click.Path(path_type=Path), default=None, help="V2A: driving video.")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="I2AV: first frame.")
@@ -305,7 +305,7 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
         if bar is not None:
             bar.close()
     save_all(results, output, stems_dir=stems)  # all files or none
-    for res, (path, stem_dir) in zip(results, output_paths(output, len(results), stems)):
+    for res, (path, stem_dir) in zip(results, output_paths(output, len(results), stems, results[0].sample)):
         for note in res.notes:
             click.echo(f"note: {note}", err=True)
         also = f" and stems in {stem_dir}" if stem_dir is not None else ""

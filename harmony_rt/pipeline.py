@@ -73,14 +73,16 @@ class GenerationResult:
         return list(zip(clip_files(path, wav, stems_dir), writers, strict=True))
 
 
-def output_paths(path: str | Path, n: int, stems_dir: str | Path | None = None) -> list[tuple[Path, Path | None]]:
-    """(mp4, stems folder) of each of n clips as `save_all` writes them: `path` and `stems_dir` themselves for
-    one clip, else OUT_0.mp4, OUT_1.mp4, ... and STEMS/0, STEMS/1, ..."""
+def output_paths(path: str | Path, n: int, stems_dir: str | Path | None = None,
+                 first: int = 0) -> list[tuple[Path, Path | None]]:
+    """(mp4, stems folder) of each of n clips, samples first .. first + n - 1, as `save_all` writes them: `path`
+    and `stems_dir` themselves for one clip, else OUT_<sample>.mp4 and STEMS/<sample> (OUT_0.mp4, OUT_1.mp4, ...
+    from sample 0), so runs of a seed split by `sample` do not overwrite each other."""
     path, stems = Path(path), None if stems_dir is None else Path(stems_dir)
     if n == 1:
         return [(path, stems)]
     return [(path.with_name(f"{path.stem}_{i}{path.suffix}"), None if stems is None else stems / str(i))
-            for i in range(n)]
+            for i in range(first, first + n)]
 
 
 def clip_files(path: Path, wav: bool, stems_dir: Path | None) -> list[Path]:
@@ -102,7 +104,8 @@ def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True
     """
     if Path(path).suffix.lower() != ".mp4":  # checked here too, so the message names `path`, not a temp name
         raise MediaError(f"cannot write {path}: an mp4 file's name must end in .mp4")
-    jobs = [job for res, (p, sd) in zip(results, output_paths(path, len(results), stems_dir))
+    first = results[0].sample if results else 0
+    jobs = [job for res, (p, sd) in zip(results, output_paths(path, len(results), stems_dir, first))
             for job in res.writes(p, wav, sd)]
     folders = list(dict.fromkeys(target.parent for target, _ in jobs))
     made: list[Path] = []  # folders this call makes (-o's, stems'), deepest first: removed again if it fails

@@ -404,6 +404,12 @@ def test_one_sample_of_a_batch_is_remade_by_seed_and_sample(tiny_bundle, tmp_pat
     assert r.returncode == 0 and r.stdout.rstrip().endswith("seed 5 sample 1)"), r.stdout
     a, b = sf.read(tmp_path / "o_1.wav")[0], sf.read(tmp_path / "one.wav")[0]
     assert a.shape == b.shape and abs(a - b).max() < 1e-3
+    # a run split in two by --sample: the second half is o_1 (it was named o_0 / o_1 from 0, overwriting)
+    split = tmp_path / "split"
+    r = cli(*base, "--sample", "1", "--num-samples", "2", "-o", split / "o.mp4")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in split.iterdir()) == ["o_1.mp4", "o_1.wav", "o_2.mp4", "o_2.wav"]
+    assert abs(sf.read(split / "o_1.wav")[0] - a).max() < 1e-3
 
 
 def test_ctrl_c_while_the_cli_is_still_importing_is_one_line():
