@@ -291,12 +291,12 @@ class Pipeline:
     def _run(self, component: str, **feeds) -> dict[str, np.ndarray]:
         return self.backend.run(component, feeds)
 
-    def _captions(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask = self.text_tok.encode(texts)
+    def _captions(self, texts: list[str], notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.text_tok.encode(texts, notes)
         return self._run("text_encoder", text_ids=ids, text_mask=mask)["text_emb"], mask
 
-    def _speech(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask = self.speech_tok.encode(texts)
+    def _speech(self, texts: list[str], notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.speech_tok.encode(texts, notes)
         return self._run("speech_encoder", speech_ids=ids, speech_mask=mask)["speech_emb"], mask
 
     def encode_audio(self, wav: np.ndarray) -> np.ndarray:
@@ -537,13 +537,13 @@ class Pipeline:
 
     def _conditions(self, prompt, speech, video_caption, audio_caption, ref_audio, B,
                     notes: list[str] | None = None) -> tuple[dict, dict]:
-        """Caption / transcript / reference encodings, once per generation: (cond, uncond), B rows each; what
-        was done to the reference file goes to `notes`."""
+        """Caption / transcript / reference encodings, once per generation: (cond, uncond), B rows each; words
+        the tokenizers lack and what was done to the reference file go to `notes`."""
         g, sp = self.geometry, self.bundle.sampling
         vcap = video_caption if video_caption is not None else prompt
         acap = audio_caption if audio_caption is not None else prompt
-        caps, cap_mask = self._captions([vcap, acap, ""])  # [3, L, D]: video caption, audio caption, empty
-        sp_emb, sp_mask = self._speech([speech, ""])  # [2, L, D]: transcript, empty
+        caps, cap_mask = self._captions([vcap, acap, ""], notes)  # [3, L, D]: video caption, audio caption, empty
+        sp_emb, sp_mask = self._speech([speech, ""], notes)  # [2, L, D]: transcript, empty
         ref, ref_mask = np.zeros((1, 1, g.C_a), np.float32), np.zeros((1, 1), np.float32)
         if ref_audio is not None:
             max_ref = float(sp.get("max_ref_seconds", 3.0))  # the longest reference the model was trained on

@@ -46,7 +46,9 @@ class TextTokenizer:
         self.special = special_tokens(self.tok)
         self.room = max_len - self.special
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, texts: list[str], notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`texts` -> (ids, mask); words the vocabulary lacks (encoded as [UNK]) are named once per text in
+        `notes`, or logged as a warning where there are none."""
         encs = self.tok.encode_batch(list(texts))
         warned = set()
         for text, enc in zip(texts, encs):
@@ -57,8 +59,11 @@ class TextTokenizer:
             unknown = list(dict.fromkeys(text[a:b] for (a, b), i in zip(enc.offsets, enc.ids) if i == self.unk_id))
             if unknown and text not in warned:
                 warned.add(text)
-                log.warning("%s: %d unknown token(s) the model has never seen: %s", self.what, len(unknown),
-                            _shown(unknown))
+                note = f"{self.what}: {len(unknown)} unknown token(s) the model has never seen: {_shown(unknown)}"
+                if notes is None:
+                    log.warning("%s", note)
+                else:
+                    notes.append(note)
         return pad_ids([e.ids for e in encs])
 
 

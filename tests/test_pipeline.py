@@ -282,3 +282,11 @@ def test_a_dropped_pipeline_is_freed_at_once(tiny_bundle):
         assert [r() is None for r in alive] == [True, True]
     finally:
         gc.enable()
+
+
+def test_unknown_words_are_in_the_clips_notes(pipe, caplog):
+    """They went only to the harmony_rt.text logger: a service showing its users `notes` never showed them."""
+    with caplog.at_level("WARNING", logger="harmony_rt.text"):
+        r = pipe.generate("a zyzzyva ball", steps=1, seconds=1.0)
+    assert "caption: 1 unknown token(s) the model has never seen: zyzzyva" in r.notes, r.notes
+    assert not caplog.records  # said once, in the notes (the CLI prints them)
