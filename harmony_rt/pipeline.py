@@ -63,7 +63,9 @@ class GenerationResult:
 
     def writes(self, path: Path, wav: bool, stems_dir: Path | None) -> list[tuple[Path, Callable[[Path], None]]]:
         """(target, writer of that file's bytes at a given temp path) for each file `save` makes."""
-        stems_dir = stems_dir if self.stems else None  # a one-stream clip has no stems to write
+        if stems_dir is not None and not self.stems:
+            raise HarmonyError(f"stems_dir {stems_dir}: this clip has one sound stream (stems come from a Unison "
+                               f"bundle); there are no stems to write")
         writers = [lambda p: media.write_mp4(p, self.frames, self.fps, self.audio, self.sample_rate, atomic=False)]
         if wav:
             writers.append(lambda p: media.write_wav(p, self.audio, self.sample_rate, atomic=False))
@@ -343,7 +345,8 @@ class Pipeline:
 
     def generate(self, prompt: str, **kw) -> GenerationResult:
         """One clip; see `generate_batch` for the arguments (and for several samples in one run)."""
-        if "num_samples" in kw:
+        n = kw.pop("num_samples", 1)
+        if isinstance(n, bool) or n != 1:  # 1 taken: callers forward one set of arguments to either
             raise HarmonyError("generate makes one clip: use generate_batch(prompt, num_samples=N) for several")
         unknown = [k for k in kw if k not in inspect.signature(self.generate_batch).parameters]
         if unknown:  # Python would name generate_batch, which the caller never called

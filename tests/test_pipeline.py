@@ -290,3 +290,17 @@ def test_unknown_words_are_in_the_clips_notes(pipe, caplog):
         r = pipe.generate("a zyzzyva ball", steps=1, seconds=1.0)
     assert "caption: 1 unknown token(s) the model has never seen: zyzzyva" in r.notes, r.notes
     assert not caplog.records  # said once, in the notes (the CLI prints them)
+
+
+def test_generate_takes_num_samples_1_and_save_refuses_stems_it_has_not(pipe, tmp_path):
+    """Forwarded arguments: num_samples=1 is what generate makes (it was refused); stems_dir on a one-stream
+    clip was silently ignored (no folder, no error), where the CLI's --stems is refused."""
+    a = pipe.generate("a red ball", steps=1, seconds=1.0, seed=2, num_samples=1)
+    b = pipe.generate("a red ball", steps=1, seconds=1.0, seed=2)
+    assert np.array_equal(a.frames, b.frames)
+    for n in (2, 0, True):
+        with pytest.raises(HarmonyError, match="generate makes one clip"):
+            pipe.generate("a red ball", steps=1, num_samples=n)
+    with pytest.raises(HarmonyError, match="one sound stream .* no stems to write"):
+        a.save(tmp_path / "o.mp4", stems_dir=tmp_path / "stems")
+    assert not list(tmp_path.iterdir())
