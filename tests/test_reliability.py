@@ -4,6 +4,7 @@ and outputs (mp4, bundles, checkpoints) that a SIGKILL leaves old, absent or com
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -517,3 +518,18 @@ def test_long_audio_files_are_read_only_as_far_as_used(pipe, tmp_path, monkeypat
     assert sum(decoded) < (max_s + media.HEAD_MARGIN_S + 1) * g.sample_rate  # not 600 s
     with pytest.raises(HarmonyError, match="got more than 10 s"):
         pipe.generate("a man speaks", ref_audio=str(f), steps=1)
+
+
+def test_onnx_runtime_telemetry_is_off_unless_the_user_chose(tmp_path):
+    """onnxruntime 1.32 (Linux) writes a device id under the user's cache folder and sends usage events unless
+    ORT_DISABLE_TELEMETRY=1 is set before it loads; with an unwritable cache it also printed an ANSI warning line
+    on every run, past the CLI's one-line stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME=str(tmp_path), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    code = "import harmony_rt, os, onnxruntime; print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "1\n", "")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no device id written
+    env["ORT_DISABLE_TELEMETRY"] = "0"  # the user's choice stands
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.stdout == "0\n"
