@@ -171,6 +171,12 @@ def main(debug: bool, verbose: int):
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _shown(path: Path) -> str:
+    """A path for one line of output: a newline or tab in a name as \\n, \\t."""
+    s = str(path)
+    return s if s.isprintable() else "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in s)
+
+
 def _check_output(path: Path) -> None:
     if path.suffix.lower() != ".mp4":
         raise HarmonyError(f"output must be an .mp4 file, got {path}")
@@ -308,8 +314,8 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     for res, (path, stem_dir) in zip(results, output_paths(output, len(results), stems, results[0].sample)):
         for note in res.notes:
             click.echo(f"note: {note}", err=True)
-        also = f" and stems in {stem_dir}" if stem_dir is not None else ""
-        _say(f"wrote {path} and {path.with_suffix('.wav')}{also} ({res.seconds:.2f} s, "
+        also = f" and stems in {_shown(stem_dir)}" if stem_dir is not None else ""
+        _say(f"wrote {_shown(path)} and {_shown(path.with_suffix('.wav'))}{also} ({res.seconds:.2f} s, "
              f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz"
              f"{f', seed {res.seed} sample {res.sample}' if res.sample or len(results) > 1 else ''})")
 
@@ -337,7 +343,7 @@ def export(checkpoint, output, precision, custom_op):
         raise HarmonyError(f"checkpoint folder not found: {checkpoint}")
     logging.getLogger("export").setLevel(logging.INFO)
     export_bundle(checkpoint, output, precisions=precision, custom_op=custom_op)
-    _say(f"wrote bundle {output}")
+    _say(f"wrote bundle {_shown(output)}")
 
 
 @main.command()

@@ -431,3 +431,11 @@ def test_generate_reads_precision_names_in_any_case(tmp_path):
     r = cli("generate", "x", "-o", tmp_path / "o.mp4", "--precision", "FP16", "--steps", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "no fp16 graphs" in r.stderr and "FP16" not in r.stderr, r.stderr
+
+
+def test_the_wrote_line_is_one_line_whatever_the_name(tiny_bundle, tmp_path):
+    """A newline in an output's name was printed raw: the "wrote" line split in two (errors escaped it)."""
+    r = cli("generate", "x", "--bundle", tiny_bundle, "--steps", "1", "-o", tmp_path / "take\n2.mp4")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 1 and "take\\n2.mp4" in r.stdout, r.stdout
+    assert (tmp_path / "take\n2.mp4").is_file()
