@@ -105,7 +105,8 @@ def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True
     `stems_dir` are made (and removed again if the write fails), as `mkdir -p`.
     """
     if Path(path).suffix.lower() != ".mp4":  # checked here too, so the message names `path`, not a temp name
-        raise MediaError(f"cannot write {path}: an mp4 file's name must end in .mp4")
+        raise MediaError(f"cannot write {path}: a clip is saved as an mp4 (a name ending in .mp4, the .wav beside "
+                         f"it); its sound alone: harmony_rt.media.write_wav(path, clip.audio, clip.sample_rate)")
     first = results[0].sample if results else 0
     jobs = [job for res, (p, sd) in zip(results, output_paths(path, len(results), stems_dir, first))
             for job in res.writes(p, wav, sd)]

@@ -303,4 +303,6 @@ def test_generate_takes_num_samples_1_and_save_refuses_stems_it_has_not(pipe, tm
             pipe.generate("a red ball", steps=1, num_samples=n)
     with pytest.raises(HarmonyError, match="one sound stream .* no stems to write"):
         a.save(tmp_path / "o.mp4", stems_dir=tmp_path / "stems")
+    with pytest.raises(HarmonyError, match=r"a clip is saved as an mp4 .* its sound alone: harmony_rt.media.write_wav"):
+        a.save(tmp_path / "o.wav")
     assert not list(tmp_path.iterdir())
