@@ -130,7 +130,8 @@ def test_start_takes_the_driving_part_from_the_middle_of_a_file(pipe, tmp_path):
     # a clip shorter than the bundle's, because its driving part is, says so
     short = pipe.generate("x", audio=apath, start=5.0, steps=1)
     assert "the clip is 1 s, the length of the driving audio from 5 s (the bundle's clips: " in " ".join(short.notes)
-    assert len(short.frames) == int(g.fps) and len(pipe.generate("x", audio=apath, steps=1).notes) == 1  # used 2 s
+    assert len(short.frames) == int(g.fps)
+    assert not any("the clip is" in n_ for n_ in pipe.generate("x", audio=apath, steps=1).notes)  # 2 s of 6 s
 
 
 def test_a_trim_note_counts_the_frames_from_start(pipe, tmp_path):
