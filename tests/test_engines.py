@@ -514,3 +514,39 @@ def test_cuda_graphs_replay_only_while_the_context_keeps_their_shapes():
         runs.append("replay" if calls == ["cudaGraphLaunch"] else "capture" if "cudaStreamBeginCapture" in calls
                     else "enqueue" if calls == ["enqueue"] else calls)
     assert runs == ["enqueue", "capture", "replay", "enqueue", "enqueue", "replay", "capture", "replay"]
+
+
+def test_a_failed_cuda_graph_capture_falls_back_to_plain_enqueues(caplog):
+    """A capture CUDA invalidates (a synchronizing call inside the enqueue) raised out of run() after the plain
+    enqueue had made the outputs, and was tried again on every later run of those shapes."""
+    calls = []
+
+    class Context:
+        def execute_async_v3(self, stream):
+            calls.append("enqueue")
+            return True
+
+    class Cudart:
+        class cudaStreamCaptureMode:
+            cudaStreamCaptureModeThreadLocal = 0
+
+        def cudaStreamEndCapture(self, stream):
+            calls.append("cudaStreamEndCapture")
+            return (901, None)  # cudaErrorStreamCaptureInvalidated: no graph
+
+        def __getattr__(self, name):
+            def call(*args):
+                calls.append(name)
+                return (0, f"{name}-handle")
+            return call
+
+    be = object.__new__(trt_backend.TensorRTBackend)
+    be._cudart, be.cuda_graphs = Cudart(), True
+    r = trt_backend._Runner(engine=None, context=Context(), stream=0, inputs=[], outputs=[])
+    with caplog.at_level("WARNING"):
+        for _ in range(4):
+            be._execute(r, "A")
+    assert calls.count("cudaStreamBeginCapture") == 1 and calls.count("enqueue") == 5  # 4 runs + 1 capture
+    assert "cudaGraphDestroy" not in calls and not r.graphs
+    assert [m for m in caplog.messages if "no CUDA graph" in m] == [
+        "TensorRT: no CUDA graph for input shapes A: the capture failed (CUDA error 901); plain enqueues for them"]

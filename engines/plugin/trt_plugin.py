@@ -9,7 +9,8 @@ The ONNX parser maps a node to this plugin when the node's op type is `RoPEAlign
 carries `plugin_namespace="harmony_rt"` and `aot=1` (engines/build.py adds both to a copy of the graph).
 
 AOT constraints honoured here (TensorRT AOT launch ABI): kernel arguments are (inputs..., int32
-scalars..., outputs...); Triton's hidden scratch pointers must be unused (TensorRT passes null); float
+scalars..., outputs...); Triton's two trailing hidden scratch pointers must be unused (that TensorRT's launch
+tolerates them is not documented: NVIDIA's own AOT sample compiles the same way; unverified on a GPU); float
 attributes are not passed at run time, so `window` and 1/sqrt(D) are compile-time constants; shared
 memory is kept <= 48 KiB (whether TensorRT raises the dynamic shared-memory limit is not documented).
 
@@ -120,7 +121,7 @@ def compile_aot(head_dim: int, window: float, dtype: str, arch: int | None = Non
             opts["ptx_version"] = ptx_version
         k = triton.compile(src, target=target, options=opts)
         md = k.metadata
-        if md.global_scratch_size or md.profile_scratch_size:
+        if getattr(md, "global_scratch_size", 0) or getattr(md, "profile_scratch_size", 0):  # Triton >= 3.3 / 3.4
             raise RuntimeError("Triton kernel needs scratch memory, which TensorRT AOT launches cannot provide")
         if md.num_ctas != 1 or getattr(md, "launch_cooperative_grid", False) or getattr(md, "launch_pdl", False):
             raise RuntimeError("Triton kernel needs a launch feature TensorRT AOT plugins do not support")

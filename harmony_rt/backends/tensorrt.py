@@ -157,12 +157,21 @@ class _Runner:
     buffers: dict[str, _Buffer] = field(default_factory=dict)
     graphs: dict[tuple, object] = field(default_factory=dict)  # input shapes -> cudaGraphExec_t
     warm: set = field(default_factory=set)  # input shapes run once since the last reallocation
+    uncapturable: set = field(default_factory=set)  # input shapes whose capture failed: plain enqueues only
     last: tuple | None = None  # input shapes of the context's last enqueue
+
+
+def _no_graph(r: _Runner, key: tuple, why: str) -> None:
+    """Shapes `key` of `r` run as plain enqueues from now on (this run's outputs came from the plain enqueue
+    before the capture)."""
+    r.uncapturable.add(key)
+    log.warning("TensorRT: no CUDA graph for input shapes %s: %s; plain enqueues for them", key, why)
 
 
 class TensorRTBackend:
     """Runs bundle components with TensorRT engines. Thread-safe: one context per engine behind a lock
-    (the GPU runs one enqueue at a time anyway; per-thread contexts would multiply activation memory).
+    (an execution context must not be enqueued from two threads at once; per-thread contexts would multiply
+    activation memory).
 
     precision: "fp16" | "fp8" | None (None: fp8 engines where built, else fp16, per component).
     cuda_graphs: capture one CUDA graph per input-shape set and replay it (saves launch overhead).
@@ -288,19 +297,29 @@ class TensorRTBackend:
         if not r.context.execute_async_v3(int(r.stream)):
             raise HarmonyError("TensorRT enqueue failed (see the TensorRT log above)")
         r.last = key
-        if not self.cuda_graphs or graph is not None:
+        if not self.cuda_graphs or graph is not None or key in r.uncapturable:
             return
         if key not in r.warm:  # TensorRT needs one plain enqueue after a shape change before capture
             r.warm.add(key)
             return
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         _ok(cudart.cudaStreamBeginCapture(r.stream, mode))
-        ok = r.context.execute_async_v3(int(r.stream))
-        g = _ok(cudart.cudaStreamEndCapture(r.stream))
-        if ok:
-            r.graphs[key] = _ok(cudart.cudaGraphInstantiate(g, 0))
-        _ok(cudart.cudaGraphDestroy(g))
-        log.debug("captured a CUDA graph for shapes %s", key)
+        try:
+            ok = r.context.execute_async_v3(int(r.stream))
+        finally:  # the capture ends whatever the enqueue did: the stream must leave capture mode
+            err, g = cudart.cudaStreamEndCapture(r.stream)
+        if int(err) != 0:  # invalidated (e.g. by a synchronizing call inside the enqueue): no graph was made
+            return _no_graph(r, key, f"the capture failed (CUDA error {int(err)})")
+        try:
+            if not ok:
+                return _no_graph(r, key, "the captured enqueue failed")
+            err, exe = cudart.cudaGraphInstantiate(g, 0)
+            if int(err) != 0:
+                return _no_graph(r, key, f"instantiating it failed (CUDA error {int(err)})")
+            r.graphs[key] = exe
+            log.debug("captured a CUDA graph for shapes %s", key)
+        finally:
+            _ok(cudart.cudaGraphDestroy(g))
 
     def close(self) -> None:
         """Free device buffers, graphs and streams (also safe to skip: process exit frees them)."""
