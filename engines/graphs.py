@@ -84,7 +84,9 @@ def select_graph(bundle, component: str, precision: str, plugin: bool = True) ->
             break
     else:
         want = comp.get("precision", "fp32")
-        log.warning("%s: no %s graph; building from the %s graph", component, precision, want)
+        log.warning("%s: no %s graph; building from the %s graph, which a strongly typed TensorRT computes in %s "
+                    "(the engine is named %s; `harmony-rt export --precision %s` writes the %s graph)", component,
+                    precision, want, want, precision, precision, precision)
     key, entry = plugins.get(want) or decomposed[want]
     label = want if key == MAIN else key
     path = safe_path(bundle.path, entry["file"], f"component {component} ({label})")

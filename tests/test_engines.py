@@ -550,3 +550,15 @@ def test_a_failed_cuda_graph_capture_falls_back_to_plain_enqueues(caplog):
     assert "cudaGraphDestroy" not in calls and not r.graphs
     assert [m for m in caplog.messages if "no CUDA graph" in m] == [
         "TensorRT: no CUDA graph for input shapes A: the capture failed (CUDA error 901); plain enqueues for them"]
+
+
+def test_an_engine_built_from_the_fp32_graph_says_it_computes_in_fp32(tiny_bundle, caplog):
+    """TensorRT 11 is strongly typed: an "fp16" engine built where the bundle has no fp16 graph runs fp32."""
+    from harmony_rt.bundle import Bundle
+
+    b = Bundle.load(tiny_bundle)
+    with caplog.at_level("WARNING"):
+        choice = graphs.select_graph(b, "video_decoder", "fp16")
+    assert choice.precision == "fp32"
+    assert any("strongly typed TensorRT computes in fp32" in m and "export --precision fp16" in m
+               for m in caplog.messages), caplog.messages
