@@ -1,0 +1,3 @@
+"""Checkpoint -> bundle: ONNX graphs checked against PyTorch, plus manifest.json."""
+
+import harmony_rt  # noqa: F401  (first: onnxruntime's telemetry off unless the user chose, harmony_rt/__init__.py)

@@ -171,10 +171,9 @@ def main(debug: bool, verbose: int):
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _shown(path: Path) -> str:
-    """A path for one line of output: a newline or tab in a name as \\n, \\t."""
-    s = str(path)
-    return s if s.isprintable() else "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in s)
+def _shown(text: Path | str) -> str:
+    """A path or note for one line of output: a newline or tab in it as \\n, \\t."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
 
 
 def _check_output(path: Path) -> None:
@@ -198,7 +197,8 @@ def _check_targets(output: Path, stems: Path | None, n: int, kw: dict) -> None:
     """Every file the run will write: a writable name, no folder in the way, none of the inputs."""
     from .pipeline import clip_files, output_paths
 
-    targets = [f for p, sd in output_paths(output, n, stems, kw.get("sample") or 0) for f in clip_files(p, True, sd)]
+    first = kw.get("sample") or 0
+    targets = [f for p, sd in output_paths(output, range(first, first + n), stems) for f in clip_files(p, True, sd)]
     inputs = {k: Path(v) for k, v in kw.items() if k in ("audio", "video", "image", "ref_audio") and v is not None}
     for t in targets:
         try:
@@ -295,11 +295,14 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     if stems is not None and pipe.geometry.S < 2:
         raise HarmonyError(f"--stems needs a Unison bundle (speech and sound streams); {pipe.bundle.path} has one "
                            "audio stream")
+    early = pipe.text_notes(prompt, kw["speech"], kw["video_caption"], kw["audio_caption"])
     bar = None
 
     def progress(done, total):  # the bar starts with the first step, after the inputs were validated
         nonlocal bar
         if bar is None:
+            for note in early:  # said as the run starts (a typo can be stopped), not after it
+                click.echo(f"note: {_shown(note)}", err=True)
             # None: tqdm's own test, no bar where stderr is not a terminal (a log file gets no \r-redrawn lines)
             bar = tqdm(total=total, disable=True if quiet or sys.stderr is None else None, unit="step",
                        file=sys.stderr, leave=False)
@@ -311,9 +314,9 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
         if bar is not None:
             bar.close()
     save_all(results, output, stems_dir=stems)  # all files or none
-    for res, (path, stem_dir) in zip(results, output_paths(output, len(results), stems, results[0].sample)):
-        for note in res.notes:
-            click.echo(f"note: {note}", err=True)
+    for note in dict.fromkeys(n for res in results for n in res.notes if n not in early):  # each once
+        click.echo(f"note: {_shown(note)}", err=True)
+    for res, (path, stem_dir) in zip(results, output_paths(output, [r.sample for r in results], stems)):
         also = f" and stems in {_shown(stem_dir)}" if stem_dir is not None else ""
         _say(f"wrote {_shown(path)} and {_shown(path.with_suffix('.wav'))}{also} ({res.seconds:.2f} s, "
              f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz"

@@ -16,9 +16,10 @@ import logging
 import math
 import numbers
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -64,8 +65,8 @@ class GenerationResult:
     def writes(self, path: Path, wav: bool, stems_dir: Path | None) -> list[tuple[Path, Callable[[Path], None]]]:
         """(target, writer of that file's bytes at a given temp path) for each file `save` makes."""
         if stems_dir is not None and not self.stems:
-            raise HarmonyError(f"stems_dir {stems_dir}: this clip has one sound stream (stems come from a Unison "
-                               f"bundle); there are no stems to write")
+            raise HarmonyError(f"stems_dir {stems_dir}: this clip has no stems to write (a Unison bundle generates "
+                               f"them; not from a one-stream bundle, nor when the audio was given)")
         writers = [lambda p: media.write_mp4(p, self.frames, self.fps, self.audio, self.sample_rate, atomic=False)]
         if wav:
             writers.append(lambda p: media.write_wav(p, self.audio, self.sample_rate, atomic=False))
@@ -75,16 +76,20 @@ class GenerationResult:
         return list(zip(clip_files(path, wav, stems_dir), writers, strict=True))
 
 
-def output_paths(path: str | Path, n: int, stems_dir: str | Path | None = None,
-                 first: int = 0) -> list[tuple[Path, Path | None]]:
-    """(mp4, stems folder) of each of n clips, samples first .. first + n - 1, as `save_all` writes them: `path`
-    and `stems_dir` themselves for one clip, else OUT_<sample>.mp4 and STEMS/<sample> (OUT_0.mp4, OUT_1.mp4, ...
-    from sample 0), so runs of a seed split by `sample` do not overwrite each other."""
+def output_paths(path: str | Path, samples: Sequence[int], stems_dir: str | Path | None = None,
+                 ) -> list[tuple[Path, Path | None]]:
+    """(mp4, stems folder) of the clips of `samples` (their sample numbers), as `save_all` writes them: `path` and
+    `stems_dir` themselves for one clip, else OUT_<sample>.mp4 and STEMS/<sample> (OUT_0.mp4, OUT_1.mp4, ... for
+    samples 0, 1, ...), so runs of a seed split by `sample` do not overwrite each other."""
     path, stems = Path(path), None if stems_dir is None else Path(stems_dir)
-    if n == 1:
+    if len(samples) == 1:
         return [(path, stems)]
+    repeated = [i for i, n in Counter(samples).items() if n > 1]
+    if repeated:
+        raise HarmonyError(f"cannot write {path}: two clips are sample {repeated[0]}; their files would have one name")
     return [(path.with_name(f"{path.stem}_{i}{path.suffix}"), None if stems is None else stems / str(i))
-            for i in range(first, first + n)]
+            for i in samples]
+
 
 
 def clip_files(path: Path, wav: bool, stems_dir: Path | None) -> list[Path]:
@@ -107,8 +112,7 @@ def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True
     if Path(path).suffix.lower() != ".mp4":  # checked here too, so the message names `path`, not a temp name
         raise MediaError(f"cannot write {path}: a clip is saved as an mp4 (a name ending in .mp4, the .wav beside "
                          f"it); its sound alone: harmony_rt.media.write_wav(path, clip.audio, clip.sample_rate)")
-    first = results[0].sample if results else 0
-    jobs = [job for res, (p, sd) in zip(results, output_paths(path, len(results), stems_dir, first))
+    jobs = [job for res, (p, sd) in zip(results, output_paths(path, [r.sample for r in results], stems_dir))
             for job in res.writes(p, wav, sd)]
     folders = list(dict.fromkeys(target.parent for target, _ in jobs))
     made: list[Path] = []  # folders this call makes (-o's, stems'), deepest first: removed again if it fails
@@ -293,6 +297,16 @@ class Pipeline:
 
     def _run(self, component: str, **feeds) -> dict[str, np.ndarray]:
         return self.backend.run(component, feeds)
+
+    def text_notes(self, prompt: str, speech: str = "", video_caption: str | None = None,
+                   audio_caption: str | None = None) -> list[str]:
+        """The notes a generation's texts give (words the tokenizers lack), found without running a model: for
+        a caller that shows them before a long run (the generation's own notes hold them too)."""
+        notes: list[str] = []
+        caps = [c if c is not None else prompt for c in (video_caption, audio_caption)]
+        self.text_tok.encode([_check_text("prompt", prompt), *caps], notes)
+        self.speech_tok.encode([_check_text("speech", speech)], notes)
+        return notes
 
     def _captions(self, texts: list[str], notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         ids, mask = self.text_tok.encode(texts, notes)
@@ -502,10 +516,6 @@ class Pipeline:
         if seconds is None:
             seconds = default_s
         seconds = _check_number("seconds", seconds, min_s, max_s)  # as derived from the media or the default
-        if not asked and seconds < min(default_s, max_s) - 0.5 / g.fps:  # shorter than the clip asked of none
-            driving = "audio" if given_audio is not None else "video"
-            notes.append(f"the clip is {seconds:.3g} s, the length of the driving {driving}"
-                         f"{f' from {start:g} s' if start else ''} (the bundle's clips: {default_s:g} s)")
         F = _latent_frames(seconds, g)
         T = g.audio_frames_for(F)
         FP, W = F * g.video_t_stride, T * g.audio_hop
@@ -513,6 +523,11 @@ class Pipeline:
         if given_audio is None and abs(on_grid - seconds) * g.sample_rate >= 1:
             notes.append(f"clip length {seconds:g} s -> {on_grid:g} s ({FP} frames at {g.fps:g} fps)")
         seconds = on_grid
+        default_grid = _latent_frames(min(default_s, max_s), g) * g.video_t_stride / g.fps
+        if not asked and seconds < default_grid:  # shorter than a clip asked of nothing, for its driving media's sake
+            driving = ("audio" if given_audio is not None else "video") + (f" from {start:g} s" if start else "")
+            notes.append(f"the clip is {seconds:.3g} s, as the driving {driving} is short (the bundle's clips: "
+                         f"{default_grid:g} s)")
         if given_audio is not None:  # the clip's length in samples (at least the latent's)
             n_out, n_in = max(W, int(round(seconds * g.sample_rate))), len(given_audio)
             if n_in > n_out + g.sample_rate // 100:  # 10 ms either way: resampling's rounding is no news
@@ -528,7 +543,8 @@ class Pipeline:
                 notes.append(f"padded {given_frames.shape[0]} -> {FP} frames by repeating the last one")
                 given_frames = np.concatenate([given_frames, pad])
             elif given_frames.shape[0] > FP:
-                notes.append(f"trimmed {given_frames.shape[0]} -> {FP} frames")
+                notes.append(f"trimmed {given_frames.shape[0]} -> {FP} frames"
+                             + (f" from frame {round(start * g.fps)}" if start else ""))
                 given_frames = given_frames[:FP]
         if image is not None:
             if isinstance(image, (str, Path)):

@@ -62,7 +62,7 @@ class TextTokenizer:
                 note = f"{self.what}: {len(unknown)} unknown token(s) the model has never seen: {_shown(unknown)}"
                 if notes is None:
                     log.warning("%s", note)
-                else:
+                elif note not in notes:  # two captions lacking the same word: one note
                     notes.append(note)
         return pad_ids([e.ids for e in encs])
 

@@ -439,3 +439,21 @@ def test_the_wrote_line_is_one_line_whatever_the_name(tiny_bundle, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("\n") == 1 and "take\\n2.mp4" in r.stdout, r.stdout
     assert (tmp_path / "take\n2.mp4").is_file()
+
+
+def test_notes_are_said_once_and_on_one_line_each(tiny_bundle, tmp_path):
+    """An unknown caption word is said before the run (as its warning was) and once for a batch (every clip
+    carries the notes); a note naming a file with a newline in its name stays one line."""
+    import numpy as np
+    import soundfile as sf
+
+    wav = tmp_path / "take\n1.wav"
+    sf.write(wav, np.zeros((44100, 2), np.float32) + 0.1, 44100)  # stereo at another rate: two notes on it
+    r = cli("generate", "a zyzzyva ball", "--bundle", tiny_bundle, "--steps", "1", "--num-samples", "2",
+            "--audio", wav, "-o", tmp_path / "o.mp4")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert all(ln.startswith("note: ") for ln in lines), lines
+    assert sum("unknown token(s) the model has never seen: zyzzyva" in ln for ln in lines) == 1, lines
+    assert any("take\\n1.wav" in ln and "mono" in ln for ln in lines), lines
+    assert len(lines) == len(set(lines))

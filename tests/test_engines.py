@@ -549,7 +549,21 @@ def test_a_failed_cuda_graph_capture_falls_back_to_plain_enqueues(caplog):
     assert calls.count("cudaStreamBeginCapture") == 1 and calls.count("enqueue") == 5  # 4 runs + 1 capture
     assert "cudaGraphDestroy" not in calls and not r.graphs
     assert [m for m in caplog.messages if "no CUDA graph" in m] == [
-        "TensorRT: no CUDA graph for input shapes A: the capture failed (CUDA error 901); plain enqueues for them"]
+        "TensorRT: no CUDA graph for input shapes A: the capture failed (CUDA error 901, 901); plain enqueues for them"]
+
+    class Raising(Context):  # the enqueue under capture raises: the capture still ends, its graph is destroyed
+        def execute_async_v3(self, stream):
+            if calls[-1:] == ["cudaStreamBeginCapture"]:
+                raise RuntimeError("enqueue under capture")
+            return super().execute_async_v3(stream)
+
+    Cudart.cudaStreamEndCapture = lambda self, stream: (calls.append("cudaStreamEndCapture"), (0, "graph"))[1]
+    calls.clear()
+    r = trt_backend._Runner(engine=None, context=Raising(), stream=0, inputs=[], outputs=[])
+    for _ in range(3):
+        be._execute(r, "B")
+    assert calls.count("cudaStreamBeginCapture") == 1 and calls.count("cudaGraphDestroy") == 1 and not r.graphs
+    assert "B" in r.uncapturable
 
 
 def test_an_engine_built_from_the_fp32_graph_says_it_computes_in_fp32(tiny_bundle, caplog):

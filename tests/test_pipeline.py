@@ -301,8 +301,20 @@ def test_generate_takes_num_samples_1_and_save_refuses_stems_it_has_not(pipe, tm
     for n in (2, 0, True):
         with pytest.raises(HarmonyError, match="generate makes one clip"):
             pipe.generate("a red ball", steps=1, num_samples=n)
-    with pytest.raises(HarmonyError, match="one sound stream .* no stems to write"):
+    with pytest.raises(HarmonyError, match="no stems to write .* nor when the audio was given"):
         a.save(tmp_path / "o.mp4", stems_dir=tmp_path / "stems")
     with pytest.raises(HarmonyError, match=r"a clip is saved as an mp4 .* its sound alone: harmony_rt.media.write_wav"):
         a.save(tmp_path / "o.wav")
     assert not list(tmp_path.iterdir())
+
+
+def test_save_all_names_each_clip_by_its_own_sample(pipe, tmp_path):
+    """save_all named a list OUT_<first + i>, as if its samples ran on from the first one."""
+    from harmony_rt.pipeline import save_all
+
+    a = pipe.generate("a red ball", steps=1, seconds=1.0, sample=2)
+    b = pipe.generate("a red ball", steps=1, seconds=1.0, sample=0)
+    assert [p.name for p in save_all([a, b], tmp_path / "o.mp4")] == ["o_2.mp4", "o_2.wav", "o_0.mp4", "o_0.wav"]
+    with pytest.raises(HarmonyError, match="two clips are sample 2"):
+        save_all([a, a], tmp_path / "again.mp4")
+    assert not list(tmp_path.glob("again*"))

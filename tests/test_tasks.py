@@ -123,14 +123,20 @@ def test_start_takes_the_driving_part_from_the_middle_of_a_file(pipe, tmp_path):
     assert not any("no effect" in n_ for n_ in arr.notes), arr.notes
     va = pipe.generate("x", video=frames, start=3.1, seconds=1.0, steps=1)
     np.testing.assert_array_equal(va.frames, frames[round(3.1 * g.fps):][: len(va.frames)])
+    n_from = len(frames) - round(3.1 * g.fps)
+    assert f"trimmed {n_from} -> {len(va.frames)} frames from frame {round(3.1 * g.fps)}" in va.notes, va.notes
     with pytest.raises(HarmonyError, match="start 7 s is past the end of the driving video"):
         pipe.generate("x", video=frames, start=7, steps=1)
     assert "start 1 s has no effect without a driving audio or video" in pipe.generate("x", start=1.0, steps=1).notes
     # a clip shorter than the bundle's, because its driving part is, says so
     short = pipe.generate("x", audio=apath, start=5.0, steps=1)
-    assert "the clip is 1 s, the length of the driving audio from 5 s (the bundle's clips: " in " ".join(short.notes)
+    assert "the clip is 1 s, as the driving audio from 5 s is short (the bundle's clips: " in " ".join(short.notes)
     assert len(short.frames) == int(g.fps)
     assert not any("the clip is" in n_ for n_ in pipe.generate("x", audio=apath, steps=1).notes)  # 2 s of 6 s
+    # a driving part that rounds up to the bundle's length on the latent grid is no shorter clip
+    full = pipe.bundle.sampling["seconds"]
+    near = pipe.generate("x", audio=wav[: int((full - 0.4 / g.fps) * g.sample_rate)], steps=1)
+    assert near.seconds == full and not any("the clip is" in n_ for n_ in near.notes), near.notes
 
 
 def test_a_trim_note_counts_the_frames_from_start(pipe, tmp_path):

@@ -157,7 +157,8 @@ class _Runner:
     buffers: dict[str, _Buffer] = field(default_factory=dict)
     graphs: dict[tuple, object] = field(default_factory=dict)  # input shapes -> cudaGraphExec_t
     warm: set = field(default_factory=set)  # input shapes run once since the last reallocation
-    uncapturable: set = field(default_factory=set)  # input shapes whose capture failed: plain enqueues only
+    uncapturable: set = field(default_factory=set)  # input shapes whose capture failed: plain enqueues only (kept
+    # across reallocations: what failed was the engine's enqueue under capture, not its buffers)
     last: tuple | None = None  # input shapes of the context's last enqueue
 
 
@@ -306,10 +307,13 @@ class TensorRTBackend:
         _ok(cudart.cudaStreamBeginCapture(r.stream, mode))
         try:
             ok = r.context.execute_async_v3(int(r.stream))
+        except Exception as e:  # the outputs came from the plain enqueue above: only the capture is lost
+            ok = False
+            log.debug("TensorRT: enqueue under capture raised %r", e)
         finally:  # the capture ends whatever the enqueue did: the stream must leave capture mode
             err, g = cudart.cudaStreamEndCapture(r.stream)
         if int(err) != 0:  # invalidated (e.g. by a synchronizing call inside the enqueue): no graph was made
-            return _no_graph(r, key, f"the capture failed (CUDA error {int(err)})")
+            return _no_graph(r, key, f"the capture failed (CUDA error {int(err)}, {getattr(err, 'name', err)})")
         try:
             if not ok:
                 return _no_graph(r, key, "the captured enqueue failed")
