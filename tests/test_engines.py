@@ -484,42 +484,10 @@ def test_tensorrt_available_never_raises(bundle, monkeypatch):
 
 
 
-def test_cuda_graphs_replay_only_while_the_context_keeps_their_shapes():
-    """A graph captured for shapes A is not replayed straight after a run of shapes B (the context was
-    reconfigured for B): that run is a plain enqueue, and the next A replays again. No GPU: a recording cudart."""
-    calls = []
-
-    class Context:
-        def execute_async_v3(self, stream):
-            calls.append("enqueue")
-            return True
-
-    class Cudart:
-        class cudaStreamCaptureMode:
-            cudaStreamCaptureModeThreadLocal = 0
-
-        def __getattr__(self, name):
-            def call(*args):
-                calls.append(name)
-                return (0, f"{name}-handle")
-            return call
-
-    be = object.__new__(trt_backend.TensorRTBackend)
-    be._cudart, be.cuda_graphs = Cudart(), True
-    r = trt_backend._Runner(engine=None, context=Context(), stream=0, inputs=[], outputs=[])
-    runs = []
-    for key in ("A", "A", "A", "B", "A", "A", "B", "B"):
-        calls.clear()
-        be._execute(r, key)
-        runs.append("replay" if calls == ["cudaGraphLaunch"] else "capture" if "cudaStreamBeginCapture" in calls
-                    else "enqueue" if calls == ["enqueue"] else calls)
-    assert runs == ["enqueue", "capture", "replay", "enqueue", "enqueue", "replay", "capture", "replay"]
-
-
-def test_a_failed_cuda_graph_capture_falls_back_to_plain_enqueues(caplog):
-    """A capture CUDA invalidates (a synchronizing call inside the enqueue) raised out of run() after the plain
-    enqueue had made the outputs, and was tried again on every later run of those shapes."""
-    calls = []
+def _recording_trt(calls: list, end_capture=(0, "graph")):
+    """(a TensorRTBackend with CUDA graphs on a recording cudart, a context class whose enqueues are recorded):
+    every call is appended to `calls`, so the CUDA-graph logic runs without a GPU. `end_capture`: what
+    cudaStreamEndCapture returns."""
 
     class Context:
         def execute_async_v3(self, stream):
@@ -532,7 +500,7 @@ def test_a_failed_cuda_graph_capture_falls_back_to_plain_enqueues(caplog):
 
         def cudaStreamEndCapture(self, stream):
             calls.append("cudaStreamEndCapture")
-            return (901, None)  # cudaErrorStreamCaptureInvalidated: no graph
+            return end_capture
 
         def __getattr__(self, name):
             def call(*args):
@@ -542,7 +510,33 @@ def test_a_failed_cuda_graph_capture_falls_back_to_plain_enqueues(caplog):
 
     be = object.__new__(trt_backend.TensorRTBackend)
     be._cudart, be.cuda_graphs = Cudart(), True
-    r = trt_backend._Runner(engine=None, context=Context(), stream=0, inputs=[], outputs=[])
+    return be, Context
+
+
+def _runner(context):
+    return trt_backend._Runner(engine=None, context=context, stream=0, inputs=[], outputs=[])
+
+
+def test_cuda_graphs_replay_only_while_the_context_keeps_their_shapes():
+    """A graph captured for shapes A is not replayed straight after a run of shapes B (the context was
+    reconfigured for B): that run is a plain enqueue, and the next A replays again."""
+    calls = []
+    be, Context = _recording_trt(calls)
+    r, runs = _runner(Context()), []
+    for key in ("A", "A", "A", "B", "A", "A", "B", "B"):
+        calls.clear()
+        be._execute(r, key)
+        runs.append("replay" if calls == ["cudaGraphLaunch"] else "capture" if "cudaStreamBeginCapture" in calls
+                    else "enqueue" if calls == ["enqueue"] else calls)
+    assert runs == ["enqueue", "capture", "replay", "enqueue", "enqueue", "replay", "capture", "replay"]
+
+
+def test_a_failed_cuda_graph_capture_falls_back_to_plain_enqueues(caplog):
+    """A capture CUDA invalidates (a synchronizing call inside the enqueue) raised out of run() after the plain
+    enqueue had made the outputs, and was tried again on every later run of those shapes."""
+    calls = []
+    be, Context = _recording_trt(calls, end_capture=(901, None))  # cudaErrorStreamCaptureInvalidated: no graph
+    r = _runner(Context())
     with caplog.at_level("WARNING"):
         for _ in range(4):
             be._execute(r, "A")
@@ -551,15 +545,16 @@ def test_a_failed_cuda_graph_capture_falls_back_to_plain_enqueues(caplog):
     assert [m for m in caplog.messages if "no CUDA graph" in m] == [
         "TensorRT: no CUDA graph for input shapes A: the capture failed (CUDA error 901, 901); plain enqueues for them"]
 
-    class Raising(Context):  # the enqueue under capture raises: the capture still ends, its graph is destroyed
+    calls.clear()  # the enqueue under capture raises: the capture still ends, its graph is destroyed
+    be, Context = _recording_trt(calls)
+
+    class Raising(Context):
         def execute_async_v3(self, stream):
             if calls[-1:] == ["cudaStreamBeginCapture"]:
                 raise RuntimeError("enqueue under capture")
             return super().execute_async_v3(stream)
 
-    Cudart.cudaStreamEndCapture = lambda self, stream: (calls.append("cudaStreamEndCapture"), (0, "graph"))[1]
-    calls.clear()
-    r = trt_backend._Runner(engine=None, context=Raising(), stream=0, inputs=[], outputs=[])
+    r = _runner(Raising())
     for _ in range(3):
         be._execute(r, "B")
     assert calls.count("cudaStreamBeginCapture") == 1 and calls.count("cudaGraphDestroy") == 1 and not r.graphs
