@@ -179,18 +179,18 @@ def _shown(text: Path | str) -> str:
 def _check_output(path: Path) -> None:
     if path.suffix.lower() != ".mp4":
         raise HarmonyError(f"output must be an .mp4 file, got {path}")
-    _check_folder(f"cannot write {path}", path.parent)
+    _check_folder(f"cannot write {path}", path)
 
 
-def _check_folder(what: str, folder: Path) -> None:
-    """`folder` exists or can be made (as `mkdir -p`): its nearest existing ancestor is a writable folder."""
-    for p in (folder, *folder.absolute().parents):
-        if p.exists():
-            if not p.is_dir():
-                raise HarmonyError(f"{what}: {p} is not a folder")
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise HarmonyError(f"{what}: folder {p} is not writable")
-            return
+def _check_folder(what: str, out: Path) -> None:
+    """The folder `out` goes in exists or can be made (as `mkdir -p`): harmony_rt.bundle.writable_parent."""
+    from .bundle import writable_parent
+
+    p, problem = writable_parent(out)
+    if isinstance(problem, NotADirectoryError):
+        raise HarmonyError(f"{what}: {p} is not a folder")
+    if problem is not None:
+        raise HarmonyError(f"{what}: folder {p} is not writable ({problem.strerror or problem})")
 
 
 def _check_targets(output: Path, stems: Path | None, n: int, kw: dict) -> None:
@@ -223,7 +223,7 @@ def _check_stems(stems: Path, kw: dict) -> None:
     """--stems names a folder that exists or can be made (every existing ancestor a writable folder)."""
     if kw.get("audio") is not None:
         raise HarmonyError("--stems: with --audio the sound is given, not generated; there are no stems")
-    _check_folder(f"--stems {stems}", stems)
+    _check_folder(f"--stems {stems}", stems / "mix.wav")  # a stem file: the folder is made for it
 
 
 @main.command()

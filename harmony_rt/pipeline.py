@@ -196,6 +196,11 @@ def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list
     return wav.astype(np.float32, copy=not is_file)  # an array: a copy of its own, the caller's left as it was
 
 
+def _caption_texts(prompt: str, video_caption: str | None, audio_caption: str | None) -> list[str]:
+    """[video caption, audio caption]: each the prompt where not given."""
+    return [c if c is not None else prompt for c in (video_caption, audio_caption)]
+
+
 def _latent_frames(seconds: float, g) -> int:
     """Video latent frames of a clip `seconds` long (at least one)."""
     return max(1, int(round(seconds * g.fps / g.video_t_stride)))
@@ -303,8 +308,8 @@ class Pipeline:
         """The notes a generation's texts give (words the tokenizers lack), found without running a model: for
         a caller that shows them before a long run (the generation's own notes hold them too)."""
         notes: list[str] = []
-        caps = [c if c is not None else prompt for c in (video_caption, audio_caption)]
-        self.text_tok.encode([_check_text("prompt", prompt), *caps], notes)
+        self.text_tok.encode([_check_text("prompt", prompt), *_caption_texts(prompt, video_caption, audio_caption)],
+                             notes)
         self.speech_tok.encode([_check_text("speech", speech)], notes)
         return notes
 
@@ -560,8 +565,7 @@ class Pipeline:
         """Caption / transcript / reference encodings, once per generation: (cond, uncond), B rows each; words
         the tokenizers lack and what was done to the reference file go to `notes`."""
         g, sp = self.geometry, self.bundle.sampling
-        vcap = video_caption if video_caption is not None else prompt
-        acap = audio_caption if audio_caption is not None else prompt
+        vcap, acap = _caption_texts(prompt, video_caption, audio_caption)
         caps, cap_mask = self._captions([vcap, acap, ""], notes)  # [3, L, D]: video caption, audio caption, empty
         sp_emb, sp_mask = self._speech([speech, ""], notes)  # [2, L, D]: transcript, empty
         ref, ref_mask = np.zeros((1, 1, g.C_a), np.float32), np.zeros((1, 1), np.float32)

@@ -87,6 +87,9 @@ def test_unwritable_output(tiny_bundle, tmp_path):
     r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "f" / "sub" / "o.mp4")
     _assert_clean_error(r, tmp_path, f"{tmp_path / 'f'} is not a folder")
     assert (tmp_path / "f").read_text() == "x"
+    # a folder no one can make an entry in (root passes os.access: a real mkdir tells), refused before generating
+    r = cli("generate", "x", "--bundle", tiny_bundle, "-o", "/proc/harmony_rt_none/o.mp4")
+    _assert_clean_error(r, tmp_path, "cannot write /proc/harmony_rt_none/o.mp4: folder /proc is not writable")
     r = cli("generate", "x", "--bundle", tiny_bundle, "-o", tmp_path / "missing_dir" / "o.mp4", "--steps", "1")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "missing_dir").iterdir()) == ["o.mp4", "o.wav"]
