@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -278,7 +279,8 @@ def _check_stems(stems: Path, kw: dict) -> None:
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="CPU threads for ONNX Runtime (default: ORT's choice, one per core). On a machine busy with "
                    "other work, fewer threads can be faster.")
-@click.option("--quiet", is_flag=True, help="No progress bar (there is none where stderr is not a terminal).")
+@click.option("--quiet", is_flag=True,
+              help="No progress (a bar on a terminal; where stderr is not a terminal, a line every 10 s).")
 @handle_errors
 def generate(prompt, output, bundle, stems, backend, precision, no_verify, threads, quiet, num_samples, **kw):
     """Generate a video with synchronized audio from PROMPT."""
@@ -297,6 +299,7 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
                            "audio stream")
     early = pipe.text_notes(prompt, kw["speech"], kw["video_caption"], kw["audio_caption"])
     bar = None
+    lines = _StepLines() if not quiet and sys.stderr is not None and not _is_terminal(sys.stderr) else None
 
     def progress(done, total):  # the bar starts with the first step, after the inputs were validated
         nonlocal bar
@@ -307,6 +310,8 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
             bar = tqdm(total=total, disable=True if quiet or sys.stderr is None else None, unit="step",
                        file=sys.stderr, leave=False)
         bar.update(done - bar.n)
+        if lines is not None:
+            lines(done, total)
 
     try:
         results = pipe.generate_batch(prompt, num_samples=num_samples, progress=progress, **kw)
@@ -321,6 +326,32 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
         _say(f"wrote {_shown(path)} and {_shown(path.with_suffix('.wav'))}{also} ({res.seconds:.2f} s, "
              f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz"
              f"{f', seed {res.seed} sample {res.sample}' if res.sample or len(results) > 1 else ''})")
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+class _StepLines:
+    """Progress where stderr is a log, not a terminal: a plain line at most every `every` seconds
+    ("step 12/40, 31 s, about 72 s left"), none for runs shorter than that."""
+
+    every = 10.0  # seconds
+
+    def __init__(self):
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every or done >= total:  # the last step: the "wrote" line follows
+            return
+        self.last = now
+        spent = now - self.start
+        click.echo(f"step {done}/{total}, {spent:.0f} s, about {spent / done * (total - done):.0f} s left",
+                   err=True)
 
 
 @main.command()

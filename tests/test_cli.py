@@ -460,3 +460,21 @@ def test_notes_are_said_once_and_on_one_line_each(tiny_bundle, tmp_path):
     assert sum("unknown token(s) the model has never seen: zyzzyva" in ln for ln in lines) == 1, lines
     assert any("take\\n1.wav" in ln and "mono" in ln for ln in lines), lines
     assert len(lines) == len(set(lines))
+
+
+def test_progress_lines_where_stderr_is_a_log(tiny_bundle, tmp_path, monkeypatch):
+    """stderr not a terminal (a log file, `2>&1 | tee`): no tqdm bar, a plain "step i/N" line at most every
+    _StepLines.every seconds, none for the last step (the "wrote" line follows); --quiet: none."""
+    from click.testing import CliRunner
+
+    from harmony_rt import cli
+
+    monkeypatch.setattr(cli._StepLines, "every", 0.0)
+    args = ["generate", "x", "--bundle", str(tiny_bundle), "--steps", "3"]
+    r = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "a.mp4")])
+    assert r.exit_code == 0, r.output
+    steps = [ln for ln in r.stderr.splitlines() if ln.startswith("step ")]
+    assert [s.split(",")[0] for s in steps] == ["step 1/3", "step 2/3"], r.stderr
+    assert "s left" in steps[0] and "\r" not in r.stderr and "%|" not in r.stderr
+    r = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "b.mp4"), "--quiet"])
+    assert r.exit_code == 0 and "step " not in r.stderr, r.stderr
