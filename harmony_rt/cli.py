@@ -301,7 +301,7 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     bar = None
     lines = _StepLines() if not quiet and sys.stderr is not None and not _is_terminal(sys.stderr) else None
 
-    def progress(done, total):  # the bar starts with the first step, after the inputs were validated
+    def progress(done, total):  # the bar starts at (0, total), once the inputs were validated and encoded
         nonlocal bar
         if bar is None:
             for note in early:  # said as the run starts (a typo can be stopped), not after it
@@ -346,7 +346,7 @@ class _StepLines:
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if now - self.last < self.every or done >= total:  # the last step: the "wrote" line follows
+        if now - self.last < self.every or not 0 < done < total:  # the last step: the "wrote" line follows
             return
         self.last = now
         spent = now - self.start

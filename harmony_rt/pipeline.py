@@ -411,7 +411,8 @@ class Pipeline:
         `audio` / `video` (a file, or an array at the bundle's rate / fps) where the driving part begins (a clip
         from the middle of a recording; the video from its frame nearest to it). Sample i uses seed
         (seed, sample + i): outputs do not depend on num_samples, and `generate(..., sample=i)` remakes sample
-        i of a batch alone (its result's `sample`). `progress(done, total)` returning False cancels.
+        i of a batch alone (its result's `sample`). `progress(done, total)` is called with done = 0 once the
+        inputs are encoded, then after every ODE step; returning False cancels.
         `step_cache` (0-1, None: off): reuse the velocities on steps where they change slowly
         (harmony_rt.stepcache; Euler only), a note says how many steps called the denoiser.
         """
@@ -645,6 +646,8 @@ class Pipeline:
         given = "audio" if held.audio is not None else "video" if held.video is not None else None  # A2V / V2A
         guided = self._guided_for(run.mode, run.scales, given)
         cache = StepCache(run.steps, run.step_cache) if run.step_cache else None
+        if progress is not None and _cancels(progress(0, run.steps)):  # inputs ready: an app may stop here
+            raise Cancelled(f"cancelled before the first of {run.steps} steps")
         for i in range(run.steps):
             t = float(sched_v.sigmas[i])
             t_v = np.full(B, 0.0 if held.video is not None else t, np.float32)

@@ -91,7 +91,17 @@ def test_cancel_from_progress_callback(pipe):
     seen = []
     with pytest.raises(Cancelled):
         pipe.generate("x", steps=5, seconds=1.0, progress=lambda d, t: seen.append(d) or d < 2)
-    assert seen == [1, 2]
+    assert seen == [0, 1, 2]  # (0, total) once the inputs are encoded, then after every step
+
+
+def test_cancel_before_the_first_step(pipe, monkeypatch):
+    """progress(0, total) comes before any denoiser call: an app can stop a long first step from starting."""
+    calls = []
+    real = pipe.backend.run
+    monkeypatch.setattr(pipe.backend, "run", lambda name, *a, **k: calls.append(name) or real(name, *a, **k))
+    with pytest.raises(Cancelled, match="^cancelled before the first of 4 steps$"):
+        pipe.generate("x", steps=4, seconds=1.0, progress=lambda d, t: d > 0)
+    assert "denoiser" not in calls and calls  # the encoders ran, the denoiser did not
 
 
 @pytest.mark.parametrize("kw", [dict(steps=0), dict(steps=-3), dict(guidance="louder"), dict(seconds=100.0),

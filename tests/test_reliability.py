@@ -72,7 +72,7 @@ def test_cancel_in_one_thread_does_not_disturb_another(pipe):
 
     def cancelled():
         with pytest.raises(HarmonyError, match="cancelled after 1 of 2 steps"):
-            pipe.generate("wind", steps=2, seconds=1.0, progress=lambda d, t: False)
+            pipe.generate("wind", steps=2, seconds=1.0, progress=lambda d, t: d < 1)
         return True
 
     with ThreadPoolExecutor(max_workers=2) as ex:
