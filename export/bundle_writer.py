@@ -1,7 +1,10 @@
 """Checkpoint -> bundle: export every component to ONNX, check each against PyTorch, write the manifest.
 
-The bundle is assembled in a temp folder beside the target and renamed into place, so an interrupted
-export leaves the old bundle (or nothing), never a half-written one. The manifest is written last.
+The bundle is assembled in a hidden temp folder beside the target (`.<name>.<random>`) and renamed into place,
+so an interrupted export leaves the old bundle (or nothing), never a half-written one. A failed export removes
+its temp folder; one killed outright (SIGKILL, power loss) cannot, and the next export to the same place names
+what was left. A target that is a symlink is followed (the folder it names is replaced, the link kept); a
+mount point cannot be replaced and is refused.
 
 Precision variants (`add_variants`) sit beside each fp32 main graph as `<component>.<precision>.onnx`,
 listed under the component's `variants` with their error vs fp32 measured on a held-out real sampler run;
@@ -189,6 +192,9 @@ def check_target(checkpoint: Path, out: Path) -> None:
     """Refuse an `out` whose replacement would destroy something other than an old bundle: the checkpoint
     (or a folder holding it, or a folder inside it), a file, a non-empty folder without a manifest."""
     ck, dst = checkpoint.resolve(), out.resolve()
+    if os.path.ismount(out):  # a volume (docker -v, k8s): cannot be renamed over, found after the whole export
+        raise ExportError(f"{out} is a mount point, which the export cannot replace (it swaps whole folders): "
+                          f"write the bundle into a folder inside it, e.g. -o {out / 'bundle'}")
     if dst == ck or dst.is_relative_to(ck) or ck.is_relative_to(dst):
         raise ExportError(f"{out}: the bundle would overlap the checkpoint {checkpoint} (the same folder or one "
                           "inside the other); refusing to replace it")
@@ -254,6 +260,9 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
     custom_op: also write the denoiser with RoPEAlignedAttention nodes (variant `fp32-plugin`).
     """
     checkpoint, out = Path(checkpoint), Path(out)
+    if out.is_symlink():  # `current -> v3`: v3 is replaced, the link stays (renaming over it dropped the link)
+        link, out = out, Path(os.path.realpath(out))
+        log.info("%s is a symlink: writing the bundle it names, %s", link, out)
     check_target(checkpoint, out)
     try:
         extra = precision.parse_precisions(precisions)
@@ -265,13 +274,20 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
     try:
         model, _, state = load_checkpoint(checkpoint, optimizer=False)  # export needs no optimizer state
     except Exception as e:  # truncated weights, a config that does not fit them, ...: one line, not a traceback
-        raise ExportError(f"cannot read checkpoint {checkpoint}: {one_line(str(e) or type(e).__name__, 240)}") from None
+        if (checkpoint / MANIFEST).is_file():  # a bundle given where its checkpoint belongs
+            raise ExportError(f"{checkpoint} is a bundle (it has {MANIFEST}), not a training checkpoint; export "
+                              "reads the checkpoint folder `python -m train.train -o` wrote") from None
+        why = one_line(str(e) or type(e).__name__, 240)
+        if not why.startswith(str(checkpoint)):  # the checkpoint's own errors name it already
+            why = f"{checkpoint}: {why}"
+        raise ExportError(f"cannot read checkpoint {why}") from None
     model.eval()
     _check_weights(checkpoint, model)
     _warn_untrained(checkpoint, state)
     tokenizers = _read_tokenizers(checkpoint, model.cfg)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        _warn_leftovers(out)
         tmp = temp_dir(out.parent, out.name)
     except OSError as e:
         raise ExportError(f"cannot write the bundle {out}: {e.strerror or e}") from None
@@ -306,11 +322,28 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
         if extra:
             add_variants(tmp, extra)
         replace_dir(tmp, out)
+    except OSError as e:  # a full disk, a quota, an I/O error while writing: the bundle's name, not a bug report
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"cannot write the bundle {out}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("bundle written to %s", out)
     return out
+
+
+def _warn_leftovers(out: Path) -> None:
+    """Name temp folders of earlier exports to `out` that were killed before they could remove them (each may
+    hold gigabytes); they are not removed here, since another export may be writing one now."""
+    prefix = f".{out.name}."
+    try:
+        left = sorted(p.name for p in out.parent.iterdir() if p.name.startswith(prefix) and p.is_dir())
+    except OSError:
+        return
+    if left:
+        log.warning("%s holds %s, left by an interrupted export to %s (or one running now): remove %s once no "
+                    "export is running", out.parent, ", ".join(left[:5]) + (" ..." if len(left) > 5 else ""),
+                    out.name, "them" if len(left) > 1 else "it")
 
 
 # ------------------------------------------------------------------------------------------------ variants

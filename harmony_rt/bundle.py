@@ -57,7 +57,8 @@ def safe_path(root: Path, rel: str, what: str) -> Path:
     except (OSError, RuntimeError) as e:  # symlink loops
         raise BundleError(f"{what}: path {rel!r} cannot be resolved ({e})") from None
     if root_r != full and root_r not in full.parents:
-        raise BundleError(f"{what}: path {rel!r} resolves outside the bundle folder")
+        raise BundleError(f"{what}: path {rel!r} resolves outside the bundle folder {root} (a symlink? a bundle "
+                          "of symlinks, as a Hugging Face cache snapshot, can be copied whole with `cp -rL`)")
     return full
 
 
@@ -373,6 +374,23 @@ def _check_geometry(mpath: Path, raw) -> Geometry:
     return Geometry.from_dict(raw)
 
 
+_MODEL_KEYS = {"S": "audio_streams"}  # geometry key -> its name in model_config, where they differ
+
+
+def _check_model_config(mpath: Path, raw, geometry: Geometry) -> None:
+    """Where the manifest carries the model's own config (export writes it), its geometry must agree with it:
+    the graphs were traced at the model's sizes, so a geometry edited alone feeds them what they cannot take
+    (a longer caption than the text encoder's table, audio at another rate)."""
+    if raw is None:
+        return
+    raw = _object(mpath, "'model_config'", raw)
+    for key, value in geometry.to_dict().items():
+        mkey = _MODEL_KEYS.get(key, key)
+        if mkey in raw and raw[mkey] != value and not (key == "patch" and list(raw[mkey]) == list(value)):
+            raise _bad(mpath, f"geometry.{key} {value!r:.40} disagrees with model_config.{mkey} {raw[mkey]!r:.40} "
+                              "(the model the graphs were exported from)")
+
+
 def _check_sampling(mpath: Path, raw, geometry: Geometry) -> None:
     from .guidance import MODES  # numpy-only modules; imported here to keep bundle.py's imports light
     from .schedulers import SCHEDULERS
@@ -430,6 +448,7 @@ def _check_manifest(mpath: Path, manifest) -> tuple[Geometry, dict]:
     if "variant" in manifest:
         _value(mpath, "'variant'", manifest["variant"], str)
     geometry = _check_geometry(mpath, manifest.get("geometry"))
+    _check_model_config(mpath, manifest.get("model_config"), geometry)
     _check_sampling(mpath, manifest.get("sampling"), geometry)
     comps = _object(mpath, "'components'", manifest.get("components"))
     for name, comp in comps.items():
@@ -552,13 +571,18 @@ class Bundle:
     def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
         """Read and check a bundle. `verify=False` skips the sha256 pass (paths and graph I/O are always checked)."""
         root = Path(path)
+        try:
+            str(root.absolute()).encode("utf-8")
+        except UnicodeEncodeError:  # ONNX Runtime and tokenizers take UTF-8 paths only
+            raise BundleError(f"{str(root)!a}: the bundle's path is not valid UTF-8; rename or move it") from None
         if root.exists() and not root.is_dir():
             raise BundleError(f"{root}: not a folder (a bundle is a folder with manifest.json)")
         if not root.is_dir():
             raise BundleError(f"bundle folder not found: {root}")
         mpath = root / MANIFEST
         if mpath.is_symlink():
-            raise BundleError(f"{mpath}: manifest must not be a symlink")
+            raise BundleError(f"{mpath}: manifest must not be a symlink (a bundle of symlinks, as a Hugging Face "
+                              "cache snapshot, can be copied whole with `cp -rL`)")
         if not mpath.is_file():
             where = root.absolute() if str(root) == "." else root
             if (root / "model.safetensors").is_file() and (root / "config.json").is_file():

@@ -274,7 +274,8 @@ def _check_stems(stems: Path, kw: dict) -> None:
               help="auto | ort | tensorrt (auto: TensorRT when engines are built for the bundle, else ORT).")
 @click.option("--precision", default=None,
               help="Graph variant: fp16 | int8 | int8-dynamic | fp8 (ORT), fp16 | fp8 (TensorRT); components "
-                   "without it run fp32 (default: the main graphs).")
+                   "without it run fp32 (default: the main graphs). On a CPU only int8 is faster than fp32; fp16 "
+                   "and fp8 are for GPUs (ORT's CPU kernels run them slower).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the bundle files used (faster first load).")
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="CPU threads for ONNX Runtime (default: ORT's choice, one per core). On a machine busy with "
@@ -326,6 +327,11 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
         _say(f"wrote {_shown(path)} and {_shown(path.with_suffix('.wav'))}{also} ({res.seconds:.2f} s, "
              f"{res.frames.shape[2]}x{res.frames.shape[1]} @ {res.fps:g} fps, audio {res.sample_rate} Hz"
              f"{f', seed {res.seed} sample {res.sample}' if res.sample or len(results) > 1 else ''})")
+
+
+def _numbers(entry: dict, *keys: str) -> bool:
+    """Whether every key of a manifest entry holds a number (hand-made manifests may lack them)."""
+    return all(isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool) for k in keys)
 
 
 def _is_terminal(stream) -> bool:
@@ -389,7 +395,7 @@ def info(bundle):
 
     b = Bundle.load(bundle or default_bundle_path()).verify_all()
     m = b.manifest
-    _say(f"bundle   {b.path}\nvariant  {b.variant}\nformat   {m['format_version']}")
+    _say(f"bundle   {_shown(b.path)}\nvariant  {b.variant}\nformat   {m['format_version']}")
     _say("geometry " + json.dumps(m["geometry"]))
     _say("sampling " + json.dumps({k: v for k, v in m["sampling"].items() if k != "time"}))
     g = b.geometry
@@ -400,13 +406,19 @@ def info(bundle):
     _say(f"limits   clip <= {g.max_latent_frames * g.video_t_stride / g.fps:g} s, prompt <= {room[0]} "
          f"tokens, transcript <= {room[1]} characters, reference voice: first "
          f"{m['sampling'].get('max_ref_seconds', 3.0):g} s used")
+    def megabytes(entry: dict) -> float:  # the graph and its external data (.onnx.data)
+        files = [entry["file"], *(x["file"] for x in entry.get("external_data", []))]
+        return sum((b.path / f).stat().st_size for f in files) / 1e6
+
+    _say("components (size with external data; parity: max abs error vs PyTorch; variants: max abs / relative "
+         "error vs fp32)")
     for name, c in m["components"].items():
-        size = b.component_path(name).stat().st_size
-        _say(f"  {name:15s} {c['precision']:12s} {size / 1e6:7.2f} MB  "
+        _say(f"  {name:15s} {c['precision']:12s} {megabytes(c):7.2f} MB  "
              f"parity {c.get('parity_max_abs_err', float('nan')):.1e}")
-        for prec in list(c.get("variants") or {}):
-            vsize = b.component_path(name, prec).stat().st_size
-            _say(f"  {'':15s} {prec:12s} {vsize / 1e6:7.2f} MB  (variant)")
+        for prec, v in (c.get("variants") or {}).items():
+            err = (f"error {v['max_abs_err']:.1e} / {v['max_rel_err']:.1e}" if _numbers(v, "max_abs_err", "max_rel_err")
+                   else "(variant)")
+            _say(f"  {'':15s} {prec:12s} {megabytes(v):7.2f} MB  {err}{'  TensorRT plugin' if v.get('plugin') else ''}")
     entries = [e for c in m["components"].values() for e in (c, *(c.get("variants") or {}).values())]
     n = len(entries) + sum(len(e.get("external_data", [])) for e in entries) + len(m.get("files", {}))
     _say(f"verified sha256 of all {n} files")

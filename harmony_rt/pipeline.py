@@ -286,9 +286,11 @@ class Pipeline:
                 raise HarmonyError("backend must be auto, ort, tensorrt or a backend made for this bundle")
             self.backend, precision = backend, getattr(backend, "precision", None)
         self.precision = precision
-        self.text_tok = TextTokenizer(bundle.file_path("tokenizer_text"), g.max_text_tokens, "caption")
+        model = bundle.manifest.get("model_config") or {}  # export writes it; vocabularies checked where known
+        self.text_tok = TextTokenizer(bundle.file_path("tokenizer_text"), g.max_text_tokens, "caption",
+                                      vocab=model.get("text_vocab"))
         self.speech_tok = TextTokenizer(bundle.file_path("tokenizer_speech"), g.max_speech_chars, "transcript",
-                                        "characters")
+                                        "characters", vocab=model.get("speech_vocab"))
         self.split = split
         self._guided: dict[tuple, GuidedDenoiser] = {}  # (mode, held) -> its denoiser, split decisions inside
         self._lock = threading.Lock()

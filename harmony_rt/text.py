@@ -36,11 +36,14 @@ class TextTokenizer:
     """Encodes strings to ids int64 [B, L] and mask float32 [B, L] (L = longest, at most `max_len`, the model's
     sequence length: its special tokens ([BOS]) included, so a text has `room` = max_len - their count)."""
 
-    def __init__(self, path: Path, max_len: int, what: str, unit: str = "tokens"):
+    def __init__(self, path: Path, max_len: int, what: str, unit: str = "tokens", vocab: int | None = None):
         try:
             self.tok = Tokenizer.from_file(str(path))
         except Exception as e:  # the tokenizers library raises plain Exceptions on bad JSON
             raise BundleError(f"{path}: cannot load tokenizer ({str(e).splitlines()[0]})") from None
+        top = max(self.tok.get_vocab(with_added_tokens=True).values(), default=-1)
+        if vocab is not None and top >= vocab:  # an id past the model's embedding table fails inside the graph
+            raise BundleError(f"{path}: the tokenizer has id {top}, past the model's {what} vocabulary of {vocab}")
         self.max_len, self.what, self.unit = max_len, what, unit
         self.unk_id = self.tok.token_to_id("[UNK]")
         self.special = special_tokens(self.tok)

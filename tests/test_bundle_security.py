@@ -76,8 +76,8 @@ def test_symlink_out_of_the_bundle(bundle, tmp_path):
     shutil.copyfile(bundle / "denoiser.onnx", outside)
     (bundle / "denoiser.onnx").unlink()
     (bundle / "denoiser.onnx").symlink_to(outside)  # same bytes, same sha256: only the location is wrong
-    msg = _refused(bundle, "resolves outside the bundle folder")
-    assert "denoiser" in msg
+    msg = _refused(bundle, f"resolves outside the bundle folder {bundle} (a symlink? ")
+    assert "denoiser" in msg and "cp -rL" in msg  # a Hugging Face snapshot is such a bundle: how to use it
 
 
 def test_symlink_inside_the_bundle_is_fine(bundle):
@@ -301,9 +301,10 @@ def test_manifest_io_edited_to_disagree(bundle):
 
 
 def test_geometry_edited_to_disagree_with_the_graphs(bundle):
-    """A consistent hand edit (geometry and every declared io) still disagrees with the graphs' fixed dims."""
+    """A consistent hand edit (geometry, model_config and every declared io) still disagrees with the graphs'
+    fixed dims."""
     m = _manifest(bundle)
-    m["geometry"]["text_dim"] = 65
+    m["geometry"]["text_dim"] = m["model_config"]["text_dim"] = 65
     from harmony_rt.contract import Geometry, resolve
 
     specs = resolve(Geometry.from_dict(m["geometry"]).to_dict())
@@ -408,3 +409,57 @@ def test_no_pickle_in_the_runtime():
             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not hits, hits
     assert not [p for p in root.rglob("*") if p.suffix in (".pkl", ".pickle", ".pt", ".pth", ".npy", ".npz")]
+
+
+@pytest.mark.parametrize("key,value", [("max_text_tokens", 4096), ("sample_rate", 48000), ("S", 2)])
+def test_geometry_edited_apart_from_the_model_config(bundle, key, value):
+    """The graphs were traced at the model's sizes: a geometry edited alone (a longer caption than the text
+    encoder's position table, audio at another rate) was accepted and failed inside ONNX Runtime, or ran."""
+    m = _manifest(bundle)
+    m["geometry"][key] = value
+    _write_manifest(bundle, m)
+    mkey = "audio_streams" if key == "S" else key
+    _refused(bundle, f"geometry.{key} {value} disagrees with model_config.{mkey}")
+    del m["model_config"]  # a manifest without the model's config (not export's) is checked as before
+    m["geometry"][key] = _manifest(bundle)["model_config"][mkey]
+    _write_manifest(bundle, m)
+    Bundle.load(bundle)
+
+
+def test_tokenizer_with_ids_past_the_model_vocabulary(bundle):
+    """Ids the text encoder's table lacks: refused when the pipeline loads, not an ONNX Runtime Gather error."""
+    from harmony_rt.pipeline import Pipeline
+
+    m = _manifest(bundle)
+    tok = json.loads((bundle / "tokenizer_text.json").read_text())
+    vocab = m["model_config"]["text_vocab"]
+    tok["model"]["vocab"]["zzw590"] = vocab + 78
+    (bundle / "tokenizer_text.json").write_text(json.dumps(tok))
+    m["files"]["tokenizer_text"]["sha256"] = _sha(bundle / "tokenizer_text.json")
+    _write_manifest(bundle, m)
+    with pytest.raises(BundleError, match=f"tokenizer has id {vocab + 78}, past the model's caption vocabulary "
+                                          f"of {vocab}"):
+        Pipeline.from_bundle(bundle)
+
+
+def test_onnxruntime_failure_at_run_is_one_bundle_error(bundle, capfd):
+    """A graph failing on its inputs (here: ids past its table, as an edited tokenizer fed it) raised ORT's own
+    exception, after ORT printed a multi-line coloured log: one BundleError naming the graph, nothing printed."""
+    from harmony_rt.backends.ort import OrtBackend
+
+    backend = OrtBackend(Bundle.load(bundle))
+    ids = np.full((1, 4), 10_000, np.int64)
+    with pytest.raises(BundleError, match=r"text_encoder.onnx: ONNX Runtime failed running text_encoder \(.*Gather"):
+        backend.run("text_encoder", {"text_ids": ids, "text_mask": np.ones((1, 4), np.float32)})
+    assert "onnxruntime" not in capfd.readouterr().err
+    with pytest.raises(ValueError, match="missing from input feed"):  # a caller's bug: raised as it is
+        backend.run("text_encoder", {"text_ids": None})
+
+
+def test_bundle_path_not_utf8(bundle, tmp_path):
+    """A folder name with bytes that are not UTF-8 loaded, then failed in the tokenizer / ORT path handling."""
+    import os
+
+    bad = Path(os.fsdecode(bytes(tmp_path) + b"/bad\xffdir"))
+    shutil.copytree(bundle, bad)
+    _refused(bad, "the bundle's path is not valid UTF-8")

@@ -172,7 +172,7 @@ def test_export_reports_a_damaged_checkpoint_on_one_line(tiny_checkpoint, tmp_pa
 
     ck = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
     damage(ck)
-    with pytest.raises(ExportError, match=f"^cannot read checkpoint {re.escape(str(ck))}: ") as e:
+    with pytest.raises(ExportError, match=f"^cannot read checkpoint {re.escape(str(ck))}[:/]") as e:
         export_bundle(ck, tmp_path / "b")
     assert "\n" not in str(e.value) and len(str(e.value)) < 400, str(e.value)
     assert getattr(damage, "file", "") in str(e.value)  # a damaged JSON file is named
@@ -286,6 +286,18 @@ def test_large_weights_go_beside_the_graph(tiny_checkpoint, tiny_bundle, tmp_pat
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".data") == sorted(
         c["file"] + ".data" for c in entries)  # nothing left behind by the quantizer or the exporter
     Bundle.load(out).verify_all()
+    from click.testing import CliRunner
+
+    from harmony_rt.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(out)])  # sizes count the .data files; variants show their errors
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.split()[:2] == ["denoiser", "fp32"])
+    c = m["components"]["denoiser"]
+    mb = ((out / c["file"]).stat().st_size + (out / c["external_data"][0]["file"]).stat().st_size) / 1e6
+    assert f"{mb:7.2f} MB" in line, line
+    v = c["variants"]["int8-dynamic"]
+    assert f"error {v['max_abs_err']:.1e} / {v['max_rel_err']:.1e}" in r.output
 
     def run(path, **kw):
         return Pipeline.from_bundle(path, backend="ort", **kw).generate("a red ball", steps=2, seed=3)
@@ -488,3 +500,70 @@ def test_style_attention_is_skipped_without_a_reference(tiny_checkpoint, tiny_bu
     assert counts["reference"]["MatMul"] - counts["none"]["MatMul"] == 4 * len(ifs)
     assert counts["reference"]["Attention"] - counts["none"]["Attention"] == len(ifs)
     assert "If" not in counts["reference"]  # its time is its branch's nodes': not counted twice
+
+
+def test_export_refuses_a_mount_point_before_any_work(tiny_checkpoint, tmp_path, no_tracing, monkeypatch):
+    """A volume (docker -v, k8s) as -o: the final swap failed with EBUSY after the whole export, as an internal
+    error; refused up front, naming a folder inside it."""
+    from export.bundle_writer import ExportError, export_bundle
+
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == os.fspath(vol) or real(p))
+    with pytest.raises(ExportError, match=f"^{vol} is a mount point, .* -o {vol}/bundle$"):
+        export_bundle(tiny_checkpoint, vol)
+
+
+def test_export_says_a_full_disk_in_one_line(tiny_checkpoint, tmp_path, monkeypatch):
+    """ENOSPC while writing the graphs was 'internal error: OSError ...' without the bundle's name."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from export import bundle_writer
+    from harmony_rt.cli import main
+
+    def full(name, module, spec, model, path):
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(bundle_writer, "export_component", full)
+    out = tmp_path / "b"
+    r = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert r.output == f"error: cannot write the bundle {out}: {os.strerror(errno.ENOSPC)}\n", r.output
+    assert list(tmp_path.iterdir()) == []  # the temp folder is gone
+
+
+def test_export_through_a_symlink_keeps_it_and_names_leftovers(tiny_checkpoint, tmp_path, caplog):
+    """`-o current` where current -> v1: v1 is replaced and the link kept (the link was replaced by a folder);
+    a temp folder a killed export left beside it is named in a warning (not removed)."""
+    from export.bundle_writer import export_bundle
+    from harmony_rt.bundle import Bundle
+
+    v1 = tmp_path / "v1"
+    _old_bundle(v1)
+    (tmp_path / "current").symlink_to("v1")
+    left = tmp_path / ".v1.0badcafe"
+    left.mkdir()
+    with caplog.at_level("WARNING", logger="export"):
+        export_bundle(tiny_checkpoint, tmp_path / "current")
+    assert (tmp_path / "current").is_symlink() and os.readlink(tmp_path / "current") == "v1"
+    Bundle.load(tmp_path / "current")
+    assert left.is_dir() and ".v1.0badcafe, left by an interrupted export to v1" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".v1.0badcafe", "current", "v1"]
+
+
+def test_export_given_a_bundle_or_a_plain_folder_says_so(tiny_bundle, tmp_path, no_tracing):
+    """A bundle where the checkpoint belongs is named as one; a plain folder's path is said once (it was
+    'cannot read checkpoint X: X: not a harmony-rt checkpoint')."""
+    from export.bundle_writer import ExportError, export_bundle
+
+    with pytest.raises(ExportError, match=f"^{tiny_bundle} is a bundle \\(it has manifest.json\\), not a training "):
+        export_bundle(tiny_bundle, tmp_path / "b")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ExportError) as e:
+        export_bundle(tmp_path / "plain", tmp_path / "b")
+    assert str(e.value) == f"cannot read checkpoint {tmp_path / 'plain'}: not a harmony-rt checkpoint " \
+                           "(model.safetensors + config.json)"

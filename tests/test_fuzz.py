@@ -246,9 +246,10 @@ def test_manifest_fuzz_cli(tiny_bundle, manifest, tmp_path, data):
 ])
 def test_geometry_that_disagrees_with_the_graphs(tiny_bundle, manifest, tmp_path, key, value, needle):
     """Well-typed geometry values the graphs contradict: strides are not visible in the graphs' I/O, so some are
-    only found while generating -- still as the clean error."""
+    only found while generating -- still as the clean error. The model_config is edited alike (alone, the
+    geometry is refused at load for disagreeing with it: test_bundle_security)."""
     m = copy.deepcopy(manifest)
-    m["geometry"][key] = value
+    m["geometry"][key] = m["model_config"]["audio_streams" if key == "S" else key] = value
     b = _bundle_copy(tiny_bundle, tmp_path, m)
     r = _run(["generate", "a red ball", "--bundle", str(b), "--steps", "1", "--seconds", "1", "--quiet",
               "-o", str(b / "o.mp4")])

@@ -100,7 +100,8 @@ class OrtBackend:
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         if self.threads:
             so.intra_op_num_threads = self.threads
-        so.log_severity_level = 3
+        # ORT's own error lines (colour codes, several lines) only under --debug: failures are raised as one line
+        so.log_severity_level = 3 if log.isEnabledFor(logging.DEBUG) else 4
         return so
 
     def has(self, component: str) -> bool:
@@ -129,5 +130,14 @@ class OrtBackend:
     def run(self, component: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sess = self.session(component)
         names = [o.name for o in sess.get_outputs()]
-        outs = sess.run(names, feeds)
+        try:
+            outs = sess.run(names, feeds)
+        except Exception as e:
+            if not type(e).__module__.startswith("onnxruntime"):  # ours (a wrong feed): a bug, not the bundle's
+                raise
+            # a graph that loaded and matches the contract, failing on the inputs its manifest sized (an edited
+            # manifest or tokenizer, a damaged graph run with --no-verify), or memory: one line, not ORT's log
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            path = self.bundle.component_path(component, self.graph_precision.get(component))
+            raise BundleError(f"{path}: ONNX Runtime failed running {component} ({msg})") from None
         return dict(zip(names, outs))
