@@ -285,3 +285,17 @@ def test_export_reads_no_optimizer_state(tiny_checkpoint, tmp_path, monkeypatch)
     with pytest.raises(ZeroDivisionError):
         bundle_writer.export_bundle(ck, tmp_path / "b")
     assert asked == [{"optimizer": False}]
+
+
+def test_running_train_py_as_a_file_says_how_to_run_it():
+    """`python train/train.py` put train/ first on sys.path, where train/tokenizers.py hid the tokenizers
+    package: an ImportError traceback. One line naming `python -m train.train`, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "train" / "train.py"), "--help"], capture_output=True, text=True,
+                       cwd=root, timeout=120)
+    assert r.returncode == 2 and r.stderr == "error: run training as a module from the repository root: python -m " \
+                                             "train.train ...\n", r.stderr

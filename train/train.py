@@ -16,6 +16,12 @@ residual streams and losses; the autoencoders always train (and encode) in fp32.
 
 from __future__ import annotations
 
+if __name__ == "__main__" and not __package__:  # `python train/train.py`: train/tokenizers.py would shadow the
+    import sys  # tokenizers package and the imports below fail with a traceback
+
+    print("error: run training as a module from the repository root: python -m train.train ...", file=sys.stderr)
+    sys.exit(2)
+
 import base64
 import contextlib
 import logging
@@ -288,6 +294,42 @@ def _flat_decoder_warning(model: HarmonyModel, frames: torch.Tensor, wavs: torch
                             want)
 
 
+AUDIO_CROP_TRIES = 4  # candidate crops per batch item; the loudest is trained on
+CROP_PEAKS = (0.25, 0.95)  # each sounding crop is scaled to a peak drawn from this range (quiet clips taught too)
+SILENT_PEAK = 1e-3  # a crop whose peak is below this counts as silence
+
+
+def _audio_crops(wavs: torch.Tensor, n: int, seg: int, hop: int, gen: torch.Generator) -> torch.Tensor:
+    """n crops [n, seg] of the waveforms wavs [C, W] for the audio autoencoder: each of a random clip, at its own
+    hop-aligned offset, the loudest of AUDIO_CROP_TRIES random ones, its peak scaled into CROP_PEAKS. With one
+    offset for the whole batch, no preference and the clips' own levels, a folder of sparse, quiet sound
+    (speech filling a third of each clip at RMS 0.04, a few clicks: ~75 % of crops silent) gave mostly silent
+    batches, and the autoencoder learned to output silence whatever it was given (its latents constant,
+    every generated clip silent: 6 of 6 runs on such a folder, before these crops and audio_ae_loss)."""
+    clips = torch.randint(len(wavs), (n,), generator=gen)
+    starts = torch.randint(max(1, wavs.shape[1] - seg) // hop, (n, AUDIO_CROP_TRIES), generator=gen) * hop
+    out = []
+    for c, offs in zip(clips.tolist(), starts.tolist()):
+        cands = torch.stack([wavs[c, o : o + seg] for o in offs])  # [tries, seg]
+        out.append(cands[cands.square().mean(1).argmax()])
+    w = torch.stack(out)  # [n, seg]
+    peak = w.abs().amax(1, keepdim=True)  # [n, 1]
+    target = torch.empty(n, 1).uniform_(*CROP_PEAKS, generator=gen).to(w.device)
+    return torch.where(peak > SILENT_PEAK, w * target / peak.clamp_min(SILENT_PEAK), w)
+
+
+def audio_ae_loss(rec: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """L1 on every crop [B, seg] + 0.1 x the STFT distance on the crops that sound. On a silent crop the
+    log-magnitude term measures the output against the 1e-5 floor: any output costs much, exact silence nothing,
+    and with a third of the crops silent it drove the whole autoencoder to output silence (L1 still teaches
+    silence -> silence)."""
+    loud = w.abs().amax(1) > SILENT_PEAK  # [B]
+    spectral = stft_loss(rec[loud], w[loud]) if bool(loud.any()) else rec.new_zeros(())
+    return (rec - w).abs().mean() + 0.1 * spectral
+
+
+
+
 def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.Generator,
                        should_stop: Callable[[], bool] | None = None) -> dict:
     cfg, dev = model.cfg, _device(model)
@@ -308,12 +350,10 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
             fr = fr[:, :, f0 : f0 + n]
         rec_v = model.video_ae.decoder(model.video_ae.encoder(fr))  # [B, 3, FP, H, W] before the tanh
         lv = F.mse_loss(torch.tanh(rec_v), fr)
-        widx = to_device(torch.randint(len(wavs), (min(tc.batch, len(wavs)),), generator=gen), dev)
-        off = int(torch.randint(max(1, wavs.shape[1] - seg) // cfg.audio_hop, (1,), generator=gen)) * cfg.audio_hop
-        w = wavs[widx, off : off + seg]
+        w = _audio_crops(wavs, min(tc.batch, len(wavs)), seg, cfg.audio_hop, gen)  # [B, seg]
         pre_a = model.audio_ae.decoder(model.audio_ae.encoder(w[:, None]))[:, 0]  # [B, seg] before the tanh
         rec_a = torch.tanh(pre_a)
-        la = (rec_a - w).abs().mean() + 0.1 * stft_loss(rec_a, w)
+        la = audio_ae_loss(rec_a, w)
         opt.zero_grad()
         (lv + la + _out_of_range(rec_v) + _out_of_range(pre_a)).backward()
         _sync_grads(params)
@@ -329,6 +369,13 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
         fit_latent_norm(model.video_ae, model.video_ae.encoder(frames), channel_dim=1)
         fit_latent_norm(model.audio_ae, model.audio_ae.encoder(wavs[:, None]).transpose(1, 2), channel_dim=2)
     _flat_decoder_warning(model, frames, wavs)
+    # latent spread against the sound's: ~0.1 where the encoder collapsed (it was never seen as a warning by the
+    # flat-decoder check in half such runs), 3-400 where it works (measured on sparse and procedural clips)
+    spread = float(model.audio_ae.scale.median()) / max(float(wavs.std()), 1e-6)
+    if spread < 0.3:
+        log.warning("the audio autoencoder's latents hardly vary (median spread %.3g of the sound's): its encoder "
+                    "has collapsed, and the model will make the same sound for every input; more --ae-steps, "
+                    "or louder clips", spread)
     if torch.distributed.is_initialized():  # every rank uses rank 0's latent normalisation
         for buf in (model.video_ae.shift, model.video_ae.scale, model.audio_ae.shift, model.audio_ae.scale):
             torch.distributed.broadcast(buf, 0)
