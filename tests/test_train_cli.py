@@ -299,3 +299,13 @@ def test_running_train_py_as_a_file_says_how_to_run_it():
                        cwd=root, timeout=120)
     assert r.returncode == 2 and r.stderr == "error: run training as a module from the repository root: python -m " \
                                              "train.train ...\n", r.stderr
+
+
+def test_a_vocabulary_too_small_names_which_one():
+    """It said 'tokenizer vocab (18, 25) exceeds the model's (512, 10)': which number was which?"""
+    from train.configs import get_config
+    from train.train import build_tokenizers
+
+    with pytest.raises(ValueError, match=r"\(transcript characters \d+ > speech_vocab 10\): raise it with --set "
+                                         r"speech_vocab=N$"):
+        build_tokenizers(get_config("tiny", speech_vocab=10))

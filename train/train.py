@@ -188,11 +188,13 @@ def build_tokenizers(cfg: HarmonyConfig, data: str | None = None):
         words, chars = caption_vocabulary(), transcript_charset()
     cap = caption_tokenizer(list(words) + list(",.;:!?'-"))
     sp = speech_tokenizer(chars + " ,.!?'-")
-    if cap.get_vocab_size() > cfg.text_vocab or sp.get_vocab_size() > cfg.speech_vocab:
-        raise ValueError(
-            f"tokenizer vocab ({cap.get_vocab_size()}, {sp.get_vocab_size()}) exceeds the model's "
-            f"({cfg.text_vocab}, {cfg.speech_vocab}): raise them with --set text_vocab=N --set speech_vocab=N"
-        )
+    sizes = (("caption tokens", cap.get_vocab_size(), "text_vocab", cfg.text_vocab),
+             ("transcript characters", sp.get_vocab_size(), "speech_vocab", cfg.speech_vocab))
+    over = [(what, n, key, limit) for what, n, key, limit in sizes if n > limit]
+    if over:
+        raise ValueError("the data needs more tokens than the model holds ("
+                         + "; ".join(f"{what} {n} > {key} {limit}" for what, n, key, limit in over)
+                         + "): raise it with " + " ".join(f"--set {key}=N" for _, _, key, _ in over))
     return cap, sp
 
 
