@@ -351,6 +351,8 @@ def _value(mpath: Path, where: str, value, kind, lo=None, hi=None):
 
 
 def _object(mpath: Path, where: str, value) -> dict:
+    if value is None:  # absent (manifest.get) or JSON null
+        raise _bad(mpath, f"{where} must be a JSON object, got none (missing or null)")
     if not isinstance(value, dict):
         raise _bad(mpath, f"{where} must be a JSON object, got {type(value).__name__}")
     return value
@@ -583,6 +585,8 @@ class Bundle:
         if mpath.is_symlink():
             raise BundleError(f"{mpath}: manifest must not be a symlink (a bundle of symlinks, as a Hugging Face "
                               "cache snapshot, can be copied whole with `cp -rL`)")
+        if mpath.exists() and not mpath.is_file():
+            raise BundleError(f"{mpath}: not a file (a bundle's manifest.json is a JSON file)")
         if not mpath.is_file():
             where = root.absolute() if str(root) == "." else root
             if (root / "model.safetensors").is_file() and (root / "config.json").is_file():

@@ -463,3 +463,15 @@ def test_bundle_path_not_utf8(bundle, tmp_path):
     bad = Path(os.fsdecode(bytes(tmp_path) + b"/bad\xffdir"))
     shutil.copytree(bundle, bad)
     _refused(bad, "the bundle's path is not valid UTF-8")
+
+
+def test_missing_section_or_manifest_folder_said_plainly(bundle, tmp_path):
+    """A missing 'sampling' said "... got NoneType" (Python's name for it); a manifest.json that is a
+    folder said "no manifest.json in this folder"."""
+    m = _manifest(bundle)
+    del m["sampling"]
+    _write_manifest(bundle, m)
+    _refused(bundle, "'sampling' must be a JSON object, got none (missing or null)")
+    other = tmp_path / "other"
+    (other / "manifest.json").mkdir(parents=True)
+    _refused(other, "manifest.json: not a file")
