@@ -258,15 +258,20 @@ def _clip_arrays(clip, cfg: HarmonyConfig):
 # ----------------------------------------------------------------------------- autoencoders
 
 
-def stft_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Multi-resolution log-magnitude STFT distance of waveforms [B, W]."""
-    loss = 0.0
+def stft_terms(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution log-magnitude STFT distance of waveforms [B, W], per waveform: [B]."""
+    loss = x.new_zeros(x.shape[0])
     for n_fft in (256, 512, 1024):
         win = torch.hann_window(n_fft, device=x.device)
         X = torch.stft(x, n_fft, n_fft // 4, window=win, return_complex=True).abs()
         Y = torch.stft(y, n_fft, n_fft // 4, window=win, return_complex=True).abs()
-        loss = loss + (torch.log(X + 1e-5) - torch.log(Y + 1e-5)).abs().mean() + (X - Y).abs().mean()
+        loss = loss + (torch.log(X + 1e-5) - torch.log(Y + 1e-5)).abs().mean((1, 2)) + (X - Y).abs().mean((1, 2))
     return loss
+
+
+def stft_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution log-magnitude STFT distance of waveforms [B, W] (the mean of stft_terms)."""
+    return stft_terms(x, y).mean()
 
 
 # The decoders end in tanh. Where a target sits near -1 or 1 (dark footage, a clipped sound) AdamW drove the
@@ -294,6 +299,13 @@ def _flat_decoder_warning(model: HarmonyModel, frames: torch.Tensor, wavs: torch
                 log.warning("the %s autoencoder's reconstructions are flat (std %.3g against %.3g in its clips): its "
                             "decoder has collapsed or barely trained; more --ae-steps, or a lower --ae-lr", name, got,
                             want)
+        # raw latent spread against the sound's: ~0.1 where the encoder collapsed (the check above missed half
+        # such runs), 3-170 where it works (measured on sparse own clips and the procedural ones)
+        spread = float(model.audio_ae.scale.median()) / max(float(wavs.std()), 1e-6)
+        if spread < 0.3:
+            log.warning("the audio autoencoder's latents hardly vary (median spread %.3g of the sound's): its "
+                        "encoder has collapsed, and the model will make the same sound for every input; more "
+                        "--ae-steps, or louder clips", spread)
 
 
 AUDIO_CROP_TRIES = 4  # candidate crops per batch item; the loudest is trained on
@@ -307,16 +319,17 @@ def _audio_crops(wavs: torch.Tensor, n: int, seg: int, hop: int, gen: torch.Gene
     offset for the whole batch, no preference and the clips' own levels, a folder of sparse, quiet sound
     (speech filling a third of each clip at RMS 0.04, a few clicks: ~75 % of crops silent) gave mostly silent
     batches, and the autoencoder learned to output silence whatever it was given (its latents constant,
-    every generated clip silent: 6 of 6 runs on such a folder, before these crops and audio_ae_loss)."""
-    clips = torch.randint(len(wavs), (n,), generator=gen)
-    starts = torch.randint(max(1, wavs.shape[1] - seg) // hop, (n, AUDIO_CROP_TRIES), generator=gen) * hop
-    out = []
-    for c, offs in zip(clips.tolist(), starts.tolist()):
-        cands = torch.stack([wavs[c, o : o + seg] for o in offs])  # [tries, seg]
-        out.append(cands[cands.square().mean(1).argmax()])
-    w = torch.stack(out)  # [n, seg]
+    every generated clip silent: 6 of 6 runs on such a folder, before these crops and audio_ae_loss).
+    Drawn on the CPU generator, indexed on the clips' device without a host sync."""
+    dev, tries = wavs.device, AUDIO_CROP_TRIES
+    clips = to_device(torch.randint(len(wavs), (n, 1, 1), generator=gen), dev)  # [n, 1, 1]
+    starts = torch.randint(max(1, wavs.shape[1] - seg) // hop, (n, tries, 1), generator=gen) * hop
+    idx = to_device(starts, dev) + torch.arange(seg, device=dev)  # [n, tries, seg]
+    cands = wavs[clips.expand(n, tries, seg), idx]  # [n, tries, seg]
+    best = cands.square().mean(2).argmax(1)  # [n]
+    w = cands[torch.arange(n, device=dev), best]  # [n, seg]
     peak = w.abs().amax(1, keepdim=True)  # [n, 1]
-    target = torch.empty(n, 1).uniform_(*CROP_PEAKS, generator=gen).to(w.device)
+    target = to_device(torch.empty(n, 1).uniform_(*CROP_PEAKS, generator=gen), dev)
     return torch.where(peak > SILENT_PEAK, w * target / peak.clamp_min(SILENT_PEAK), w)
 
 
@@ -325,8 +338,8 @@ def audio_ae_loss(rec: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     log-magnitude term measures the output against the 1e-5 floor: any output costs much, exact silence nothing,
     and with a third of the crops silent it drove the whole autoencoder to output silence (L1 still teaches
     silence -> silence)."""
-    loud = w.abs().amax(1) > SILENT_PEAK  # [B]
-    spectral = stft_loss(rec[loud], w[loud]) if bool(loud.any()) else rec.new_zeros(())
+    loud = (w.abs().amax(1) > SILENT_PEAK).to(rec.dtype)  # [B]; a mask, not an index: no host sync
+    spectral = (stft_terms(rec, w) * loud).sum() / loud.sum().clamp_min(1)
     return (rec - w).abs().mean() + 0.1 * spectral
 
 
@@ -371,13 +384,6 @@ def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.G
         fit_latent_norm(model.video_ae, model.video_ae.encoder(frames), channel_dim=1)
         fit_latent_norm(model.audio_ae, model.audio_ae.encoder(wavs[:, None]).transpose(1, 2), channel_dim=2)
     _flat_decoder_warning(model, frames, wavs)
-    # latent spread against the sound's: ~0.1 where the encoder collapsed (it was never seen as a warning by the
-    # flat-decoder check in half such runs), 3-400 where it works (measured on sparse and procedural clips)
-    spread = float(model.audio_ae.scale.median()) / max(float(wavs.std()), 1e-6)
-    if spread < 0.3:
-        log.warning("the audio autoencoder's latents hardly vary (median spread %.3g of the sound's): its encoder "
-                    "has collapsed, and the model will make the same sound for every input; more --ae-steps, "
-                    "or louder clips", spread)
     if torch.distributed.is_initialized():  # every rank uses rank 0's latent normalisation
         for buf in (model.video_ae.shift, model.video_ae.scale, model.audio_ae.shift, model.audio_ae.scale):
             torch.distributed.broadcast(buf, 0)
