@@ -52,7 +52,7 @@ def _resolve(argv):
     (["--seconds", "3"], ["--seconds 3", "0.5-2 s"]),
     (["--set", "audio_hop=1000"], ["power of two"]),
     (["--set", "audio_hop=131072"], ["audio_hop is 131072", "1..65536"]),
-    (["--set", "text_vocab=1"], ["tokenizer vocab"]),
+    (["--set", "text_vocab=1"], ["caption tokens", "> text_vocab 1", "--set text_vocab=N"]),
     (["--set", "max_latent_frames=1"], ["at least 2 latent frames"]),
     (["--set", "gldi_window=0"], ["gldi_window is 0", "half a latent frame"]),  # frames that attend nothing
     (["--set", "shift=Infinity"], ["shift is inf", "finite"]),  # trained on NaN and wrote invalid JSON

@@ -188,7 +188,8 @@ def test_cli_problems_are_one_line_before_training(folder, tmp_path, capsys):
     out = str(tmp_path / "o")
     _error(["--data", str(folder), "--clips", "4", "-o", out], capsys, "--clips", "--data")
     _error(["--data", str(tmp_path / "none"), "-o", out], capsys, "--data", "no such folder")
-    _error(["--data", str(folder), "--set", "text_vocab=8", "-o", out], capsys, "--data", "tokenizer vocab")
+    _error(["--data", str(folder), "--set", "text_vocab=8", "-o", out], capsys, "--data", "caption tokens",
+           "> text_vocab 8")
     _error(["--data", str(folder), "--unison", "-o", out], capsys, "--data", "clips.jsonl:2", "stems")
     d = tmp_path / "short"
     d.mkdir()
