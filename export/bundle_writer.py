@@ -34,7 +34,7 @@ from tokenizers import Tokenizer
 from torch.export import Dim
 
 from harmony_rt import __version__
-from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, temp_dir, writable_parent
+from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, temp_dir, temp_prefix, writable_parent
 from harmony_rt.contract import FILES, FORMAT_VERSION, TIME_CONVENTION, resolve
 from harmony_rt.digests import sha256_file
 from harmony_rt.errors import HarmonyError, one_line
@@ -335,7 +335,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
 def _warn_leftovers(out: Path) -> None:
     """Name temp folders of earlier exports to `out` that were killed before they could remove them (each may
     hold gigabytes); they are not removed here, since another export may be writing one now."""
-    prefix = f".{out.name}."
+    prefix = temp_prefix(out.name)  # as temp_dir names them (a long name is cut there)
     try:
         left = sorted(p.name for p in out.parent.iterdir() if p.name.startswith(prefix) and p.is_dir())
     except OSError:

@@ -62,11 +62,16 @@ def safe_path(root: Path, rel: str, what: str) -> Path:
     return full
 
 
+def temp_prefix(name: str) -> str:
+    """`.<name>.`: how temp files and folders made for `name` begin (`_fresh`)."""
+    return "." + os.fsencode(name)[:200].decode("utf-8", "ignore") + "."
+
+
 def _fresh(parent: Path, name: str, suffix: str, what: str, create):
     """(path, create(path)) at the first free `<parent>/.<name>.<random><suffix>`; `create` raises
     FileExistsError on a taken name. At most 200 bytes of `name` are used, so a long legal name gives a
     legal temp name."""
-    prefix = "." + os.fsencode(name)[:200].decode("utf-8", "ignore") + "."
+    prefix = temp_prefix(name)
     for _ in range(100):
         p = Path(parent) / f"{prefix}{secrets.token_hex(4)}{suffix}"
         try:

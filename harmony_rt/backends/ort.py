@@ -43,6 +43,12 @@ def check_io(session: ort.InferenceSession, spec: ComponentSpec, where: str) -> 
                     raise BundleError(f"{where}: {kind} {g.name} has shape {g.shape}, manifest says {list(w.shape)}")
 
 
+def _first_line(e: Exception) -> str:
+    """ORT's message for one line: its first line (the rest is its own context), at most 300 characters."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 class OrtBackend:
     """Runs bundle components with ONNX Runtime. `run` is thread-safe (ORT sessions are)."""
 
@@ -116,8 +122,7 @@ class OrtBackend:
                 try:
                     sess = ort.InferenceSession(str(path), so, providers=self.providers)
                 except Exception as e:  # ORT raises its own exception types for corrupt / truncated graphs
-                    msg = str(e).strip().splitlines()[0][:300]
-                    raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({msg})") from None
+                    raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({_first_line(e)})") from None
                 check_io(sess, self.bundle.specs[component], str(path))
                 self._sessions[component] = sess
                 log.debug("loaded %s with %s", path.name, sess.get_providers())
@@ -137,7 +142,6 @@ class OrtBackend:
                 raise
             # a graph that loaded and matches the contract, failing on the inputs its manifest sized (an edited
             # manifest or tokenizer, a damaged graph run with --no-verify), or memory: one line, not ORT's log
-            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             path = self.bundle.component_path(component, self.graph_precision.get(component))
-            raise BundleError(f"{path}: ONNX Runtime failed running {component} ({msg})") from None
+            raise BundleError(f"{path}: ONNX Runtime failed running {component} ({_first_line(e)})") from None
         return dict(zip(names, outs))
