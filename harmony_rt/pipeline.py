@@ -159,6 +159,7 @@ REF_SECONDS = (0.5, 10.0)  # reference voice lengths accepted (the encoder sees 
 
 
 STEM_NAMES = ("speech", "sfx")  # Unison's audio streams; saved with "mix" (the sum) as <name>.wav
+REF_SILENT_PEAK = 1e-3  # -60 dBFS: a voice reference quieter than this holds no voice
 PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is accepted
 
 
@@ -426,7 +427,8 @@ class Pipeline:
             raise HarmonyError("progress must be a callable (done, total) -> bool | None")
         run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache, sample)
         clip = self._clip(seconds, audio, video, image, fit, start)
-        cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B, clip.notes)
+        cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B, clip.notes,
+                                        audio_given=clip.audio is not None)
         held = self._held(clip, run.B, speech)
         z_v, z_a = self._sample(run, clip, held, cond, uncond, progress)
         return self._results(run, clip, z_v, z_a)
@@ -564,9 +566,10 @@ class Pipeline:
         return _Clip(seconds, F, T, FP, W, given_audio, given_frames, img, notes)
 
     def _conditions(self, prompt, speech, video_caption, audio_caption, ref_audio, B,
-                    notes: list[str] | None = None) -> tuple[dict, dict]:
+                    notes: list[str] | None = None, audio_given: bool = False) -> tuple[dict, dict]:
         """Caption / transcript / reference encodings, once per generation: (cond, uncond), B rows each; words
-        the tokenizers lack and what was done to the reference file go to `notes`."""
+        the tokenizers lack, what was done to the reference file and a reference with nothing to voice go to
+        `notes`; a silent reference is refused."""
         g, sp = self.geometry, self.bundle.sampling
         vcap, acap = _caption_texts(prompt, video_caption, audio_caption)
         caps, cap_mask = self._captions([vcap, acap, ""], notes)  # [3, L, D]: video caption, audio caption, empty
@@ -582,7 +585,18 @@ class Pipeline:
                 got = f"more than {hi:g} s" if cut else f"{dur:.2f} s"  # a file is read to hi + 1 s at most
                 raise HarmonyError(f"reference audio must be {lo:g}-{hi:g} s long (this model uses its first "
                                    f"{max_ref:g} s), got {got}")
-            ref = self.encode_audio(wav[: int(max_ref * g.sample_rate)])  # [1, T_ref, C_a]
+            wav = wav[: int(max_ref * g.sample_rate)]
+            peak = float(np.abs(wav).max(initial=0.0))
+            if peak < REF_SILENT_PEAK:  # a muted take or the wrong channel: it would clone silence
+                level = f"{20 * np.log10(peak):.0f} dBFS" if peak > 0 else "all zeros"
+                raise HarmonyError(f"reference audio is silent in the part this model uses (its first {max_ref:g} "
+                                   f"s peak at {level}): give a recording of the voice to clone")
+            if notes is not None and audio_given:
+                notes.append("ref_audio has no effect on the sound with audio given (A2V): the given audio is kept")
+            elif notes is not None and not speech.strip():
+                notes.append("ref_audio sets the voice of the transcript, and no speech is given: there are no "
+                             "words for it to voice")
+            ref = self.encode_audio(wav)  # [1, T_ref, C_a]
             ref_mask = np.ones(ref.shape[:2], np.float32)
         rows = functools.partial(_rows, B=B)
         cond = dict(

@@ -108,6 +108,8 @@ _G = dict(fps=8.0, height=32, width=32, sample_rate=16000)  # the tiny geometry
     (dict(prompt="a\udcff"), "prompt is not valid UTF-8"),
     (dict(speech="\ud800"), "speech is not valid UTF-8"),
     (dict(ref_audio=np.full(16000, -1.5, np.float32)), "peak of 1.5"),
+    (dict(ref_audio=np.zeros(16000, np.float32)), "reference audio is silent .* all zeros"),
+    (dict(ref_audio=np.full(16000, 5e-4, np.float32)), "reference audio is silent .* -66 dBFS"),
 ])
 def test_bad_arguments_are_harmony_errors(pipe, kw, needle):
     kw = {"prompt": "a red ball", "steps": 1, "seconds": 0.5, **kw}

@@ -219,6 +219,17 @@ def test_reference_audio_changes_output_and_is_reproducible(pipe, tmp_path):
     again = pipe.generate("someone speaks", speech="hello there", steps=2, seed=4, seconds=1.0)
     assert not np.array_equal(base.audio, cloned.audio)
     assert np.array_equal(base.audio, again.audio) and np.array_equal(base.frames, again.frames)
+    assert not any("ref_audio" in n for n in cloned.notes), cloned.notes  # a transcript to voice: no note
+
+
+def test_reference_audio_with_nothing_to_voice_says_so(pipe):
+    """A reference voices the transcript's words: without a transcript, or with the audio given (A2V: kept as
+    it is), it was taken without a word."""
+    voice = _tone(1.5, 16000, 220.0)
+    r = pipe.generate("someone speaks", ref_audio=voice, steps=1, seconds=0.5)
+    assert any("no speech is given" in n for n in r.notes), r.notes
+    r = pipe.generate("someone speaks", speech="hello", ref_audio=voice, audio=_tone(0.5, 16000, 330.0), steps=1)
+    assert any("no effect on the sound with audio given (A2V)" in n for n in r.notes), r.notes
 
 
 def test_english_and_chinese_transcripts_and_unknown_characters(pipe, caplog):
