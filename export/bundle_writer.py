@@ -33,8 +33,8 @@ from safetensors import safe_open
 from tokenizers import Tokenizer
 from torch.export import Dim
 
-from harmony_rt import __version__
-from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, temp_dir, temp_prefix, writable_parent
+from harmony_rt import __version__, publish
+from harmony_rt.bundle import MANIFEST, atomic_write_bytes, replace_dir, temp_dir
 from harmony_rt.contract import FILES, FORMAT_VERSION, TIME_CONVENTION, resolve
 from harmony_rt.digests import sha256_file
 from harmony_rt.errors import HarmonyError, one_line
@@ -189,57 +189,11 @@ def manifest_for(model: HarmonyModel, components: dict, files: dict, extra: dict
 
 
 def check_target(checkpoint: Path, out: Path) -> None:
-    """Refuse an `out` whose replacement would destroy something other than an old bundle: the checkpoint
-    (or a folder holding it, or a folder inside it), a file, a non-empty folder without a manifest."""
-    ck, dst = checkpoint.resolve(), out.resolve()
-    if os.path.ismount(out):  # a volume (docker -v, k8s): cannot be renamed over, found after the whole export
-        raise ExportError(f"{out} is a mount point, which the export cannot replace (it swaps whole folders): "
-                          f"write the bundle into a folder inside it, e.g. -o {out / 'bundle'}")
-    if dst == ck or dst.is_relative_to(ck) or ck.is_relative_to(dst):
-        raise ExportError(f"{out}: the bundle would overlap the checkpoint {checkpoint} (the same folder or one "
-                          "inside the other); refusing to replace it")
-    if out.exists() and not (out / MANIFEST).is_file():
-        if not out.is_dir():
-            raise ExportError(f"{out} exists and is not a folder; refusing to replace it")
-        if any(out.iterdir()):
-            raise ExportError(f"{out} exists and is not a bundle (no {MANIFEST}); refusing to replace it")
-    elif out.is_dir():
-        others = _foreign_entries(out)
-        if others:
-            raise ExportError(f"{out}: a bundle folder that also holds {', '.join(others[:3])}"
-                              f"{' ...' if len(others) > 3 else ''}; the export replaces the whole folder: move "
-                              "them out first")
-    _check_writable(out)
-
-
-def _check_writable(out: Path) -> None:
-    """The bundle's folder can be made: the nearest existing folder above `out` takes a new entry
-    (harmony_rt.bundle.writable_parent)."""
-    p, problem = writable_parent(out)
-    if isinstance(problem, NotADirectoryError):
-        raise ExportError(f"cannot write the bundle {out}: {p} is not a folder")
-    if problem is not None:
-        raise ExportError(f"cannot write the bundle {out}: folder {p} is not writable "
-                          f"({problem.strerror or problem})")
-
-
-def _foreign_entries(bundle: Path) -> list[str]:
-    """Entries of an existing bundle folder that its manifest does not name (nor engines/, which `harmony-rt
-    build` writes): somebody's files, which an export replacing the folder would delete."""
+    """harmony_rt.publish.check_target for an export of `checkpoint`, its refusals as ExportError."""
     try:
-        manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return [f"an unreadable {MANIFEST} (remove the folder yourself if it is an old bundle)"]
-    named = {MANIFEST, "engines"}
-    stack = [manifest]
-    while stack:  # every file a manifest names is the value of a "file" key, at any depth
-        v = stack.pop()
-        if isinstance(v, dict):
-            named.update(f.split("/")[0] for k, f in v.items() if k == "file" and isinstance(f, str))
-            stack += v.values()
-        elif isinstance(v, list):
-            stack += v
-    return sorted(p.name for p in bundle.iterdir() if p.name not in named)
+        publish.check_target(checkpoint, out, "checkpoint")
+    except HarmonyError as e:
+        raise ExportError(str(e)) from None
 
 
 def _warn_untrained(checkpoint, state: dict) -> None:
@@ -287,7 +241,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
     tokenizers = _read_tokenizers(checkpoint, model.cfg)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _warn_leftovers(out)
+        publish.warn_leftovers(out)
         tmp = temp_dir(out.parent, out.name)
     except OSError as e:
         raise ExportError(f"cannot write the bundle {out}: {e.strerror or e}") from None
@@ -330,20 +284,6 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike, toleran
         raise
     log.info("bundle written to %s", out)
     return out
-
-
-def _warn_leftovers(out: Path) -> None:
-    """Name temp folders of earlier exports to `out` that were killed before they could remove them (each may
-    hold gigabytes); they are not removed here, since another export may be writing one now."""
-    prefix = temp_prefix(out.name)  # as temp_dir names them (a long name is cut there)
-    try:
-        left = sorted(p.name for p in out.parent.iterdir() if p.name.startswith(prefix) and p.is_dir())
-    except OSError:
-        return
-    if left:
-        log.warning("%s holds %s, left by an interrupted export to %s (or one running now): remove %s once no "
-                    "export is running", out.parent, ", ".join(left[:5]) + (" ..." if len(left) > 5 else ""),
-                    out.name, "them" if len(left) > 1 else "it")
 
 
 # ------------------------------------------------------------------------------------------------ variants

@@ -17,6 +17,9 @@ when it is made, so a corrupt file is refused before a generation starts, not af
 (the TensorRT backend reads engines only). A graph that fails the structure checks at load is hashed
 first, so corruption is reported as a sha256 mismatch rather than by what its damaged bytes look like.
 Graphs are read with a minimal protobuf walker (`scan_onnx`), not the `onnx` package, and never unpickled.
+Precision variants are checked (presence, paths, I/O, then bytes) when first asked for: a bundle whose unused
+fp8 graph is missing or damaged runs in fp32 and int8 (`verify_all`, hence `harmony-rt info`, checks them all);
+`harmony-rt export BUNDLE -o OUT --precision LIST` copies a bundle with fewer variants (harmony_rt.publish).
 """
 
 from __future__ import annotations
@@ -502,6 +505,7 @@ class Bundle:
     # None: bytes not verified (load(verify=False)); made directly: hashed on every first use
     digests: DigestCache | None = field(default_factory=lambda: DigestCache(None), repr=False)
     _verified: set = field(default_factory=set, init=False, repr=False)
+    _checked: set = field(default_factory=set, init=False, repr=False)  # (component, precision) variants checked
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -529,7 +533,11 @@ class Bundle:
         if variant is None:
             have = ", ".join(self.precisions(name))
             raise BundleError(f"{self.path}: component {name} has no {precision} graph (has {have})")
-        return self._verified_path(f"component {name} ({precision})", variant)
+        what = f"component {name} ({precision})"
+        if (name, precision) not in self._checked:  # a variant no run asks for may be absent or damaged
+            self._check_entry(what, variant, self.specs.get(name), precision)
+            self._checked.add((name, precision))
+        return self._verified_path(what, variant)
 
     def file_path(self, key: str) -> Path:
         """A non-graph file listed in manifest['files'] (tokenizers, ...), its bytes verified."""
@@ -612,10 +620,8 @@ class Bundle:
             raise BundleError(f"{mpath}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
         geometry, specs = _check_manifest(mpath, manifest)
         bundle = cls(root, manifest, geometry, specs, DigestCache.default() if verify else None)
-        for name, comp in manifest["components"].items():
+        for name, comp in manifest["components"].items():  # variants: when first asked for (component_path)
             bundle._check_entry(f"component {name}", comp, specs[name], comp["precision"])
-            for prec, variant in comp.get("variants", {}).items():
-                bundle._check_entry(f"component {name} ({prec})", variant, specs[name], prec)
             declared = comp.get("io")
             if declared is not None and declared != specs[name].to_dict():
                 raise BundleError(f"{mpath}: component {name}: declared I/O disagrees with the contract")

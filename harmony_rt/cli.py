@@ -367,13 +367,23 @@ class _StepLines:
                    "anything else is refused).")
 @click.option("--precision", default="fp32", show_default=True,
               help="Comma list of fp32, fp16, int8 (writes int8 static and int8-dynamic), int8-dynamic, fp8; "
-                   "fp32 is always the main graph, the others become variants.")
+                   "fp32 is always the main graph, the others become variants. From a BUNDLE: the variants "
+                   "to keep.")
 @click.option("--custom-op", is_flag=True,
               help="Also write the denoiser with RoPEAlignedAttention plugin nodes (variant fp32-plugin; with "
-                   "--precision fp16 also fp16-plugin), which harmony-rt build uses by default.")
+                   "--precision fp16 also fp16-plugin), which harmony-rt build uses by default. From a BUNDLE: "
+                   "keep those of the kept precisions.")
 @handle_errors
 def export(checkpoint, output, precision, custom_op):
-    """Export a training CHECKPOINT to a bundle (ONNX graphs + manifest), checked against PyTorch."""
+    """Export a training CHECKPOINT to a bundle (ONNX graphs + manifest), checked against PyTorch; or copy a
+    BUNDLE with only the --precision variants (e.g. int8 for a CPU deployment; no torch needed)."""
+    if (Path(checkpoint) / "manifest.json").is_file():
+        from .publish import copy_bundle
+
+        logging.getLogger("harmony_rt.publish").setLevel(logging.INFO)
+        copy_bundle(checkpoint, output, precision, plugin=custom_op)
+        _say(f"wrote bundle {_shown(output)}")
+        return
     try:
         from export.bundle_writer import export_bundle
     except ImportError as e:

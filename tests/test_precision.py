@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from harmony_rt.backends.ort import OrtBackend  # noqa: E402
 from harmony_rt.bundle import Bundle  # noqa: E402
 from harmony_rt.contract import COMPONENTS  # noqa: E402
 from harmony_rt.digests import sha256_file  # noqa: E402
-from harmony_rt.errors import HarmonyError  # noqa: E402
+from harmony_rt.errors import BundleError, HarmonyError  # noqa: E402
 from harmony_rt.pipeline import Pipeline  # noqa: E402
 
 # int8: max rel err of the tiny model was < 5e-2 on an AVX-512 VNNI CPU but 6.8e-2 / 9.5e-2 (up to 0.103 on
@@ -309,3 +311,65 @@ def test_variants_are_made_from_the_graph_with_its_ifs_inlined(prec_bundle, fp32
             for m in (fp32_graph, inlined)]
     for a, c in zip(*runs):
         np.testing.assert_array_equal(a, c)
+
+
+def test_export_from_a_bundle_copies_it_with_the_asked_variants_only(prec_bundle, tmp_path):
+    """A CPU deployment keeps int8 and drops the GPU variants: there was no supported way to strip them."""
+    from click.testing import CliRunner
+
+    from harmony_rt.cli import main
+
+    out = tmp_path / "cpu"
+    r = CliRunner().invoke(main, ["export", str(prec_bundle), "-o", str(out), "--precision", "int8"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert set(m["components"]["denoiser"]["variants"]) == {"int8", "int8-dynamic"}  # int8: both, as export
+    assert not any("variants" in c for n, c in m["components"].items() if n != "denoiser")
+    src = json.loads((prec_bundle / "manifest.json").read_text())
+    assert m["components"]["denoiser"]["sha256"] == src["components"]["denoiser"]["sha256"]
+    for prec in ("fp16", "fp8"):
+        assert not (out / _variant(prec_bundle, "denoiser", prec)["file"]).exists()
+    b = Bundle.load(out).verify_all()
+    assert OrtBackend(b, precision="int8").graph_precision["denoiser"] == "int8"
+    r = CliRunner().invoke(main, ["export", str(prec_bundle), "-o", str(tmp_path / "main")])  # fp32: none kept
+    comps = json.loads((tmp_path / "main" / "manifest.json").read_text())["components"]
+    assert r.exit_code == 0 and not any("variants" in c for c in comps.values())
+    r = CliRunner().invoke(main, ["export", str(out), "-o", str(tmp_path / "x"), "--precision", "fp16"])
+    assert r.exit_code == 2 and "has no fp16 variant (its variants: int8, int8-dynamic)" in r.output, r.output
+    assert not (tmp_path / "x").exists()
+    r = CliRunner().invoke(main, ["export", str(prec_bundle), "-o", str(prec_bundle / "sub")])
+    assert r.exit_code == 2 and "would overlap the bundle" in r.output, r.output
+
+
+def test_copying_a_bundle_needs_no_torch(prec_bundle, tmp_path):
+    code = ("import sys; from harmony_rt.cli import main\n"
+            "try:\n    main([" + ", ".join(repr(a) for a in ["export", str(prec_bundle), "-o", str(tmp_path / "b"),
+                                                               "--precision", "fp16"]) + "])\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "assert 'torch' not in sys.modules and 'export' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads((tmp_path / "b" / "manifest.json").read_text())["components"]["denoiser"]["variants"]) == {
+        "fp16"}
+
+
+def test_a_missing_or_damaged_unused_variant_does_not_block_the_others(prec_bundle, tmp_path):
+    """Variants are checked when asked for: a missing fp8 graph blocked every load (a damaged one did not,
+    until used), so a bundle trimmed by hand could run in no precision at all."""
+    from click.testing import CliRunner
+
+    from harmony_rt.cli import main
+
+    path = tmp_path / "b"
+    shutil.copytree(prec_bundle, path)
+    fp8 = path / _variant(prec_bundle, "denoiser", "fp8")["file"]
+    fp8.unlink()
+    b = Bundle.load(path)
+    assert OrtBackend(b, precision="int8").graph_precision["denoiser"] == "int8"
+    with pytest.raises(BundleError, match=r"component denoiser \(fp8\) file is missing"):
+        OrtBackend(b, precision="fp8")
+    r = CliRunner().invoke(main, ["info", str(path)])  # info checks every file
+    assert r.exit_code == 2 and "component denoiser (fp8) file is missing" in r.output, r.output
+    fp8.write_bytes(b"\x08\x07" * 50)  # damaged: a sha256 mismatch when asked for
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        OrtBackend(Bundle.load(path), precision="fp8")
