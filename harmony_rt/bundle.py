@@ -585,6 +585,8 @@ class Bundle:
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
         """Read and check a bundle. `verify=False` skips the sha256 pass (paths and graph I/O are always checked)."""
+        if isinstance(path, (str, bytes)) and not path:  # Path("") is the current folder
+            raise BundleError("the bundle path is empty")
         root = Path(path)
         try:
             str(root.absolute()).encode("utf-8")

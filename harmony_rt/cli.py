@@ -290,7 +290,7 @@ def generate(prompt, output, bundle, stems, backend, precision, no_verify, threa
     from .pipeline import Pipeline, output_paths, save_all
 
     _check_output(output)
-    precision = precision.strip().lower() if precision else None  # as export reads its --precision: FP16 = fp16
+    precision = precision.strip().lower() if precision is not None else None  # as export reads it: FP16 = fp16
     if stems is not None:
         _check_stems(stems, kw)
     _check_targets(output, stems, num_samples, kw)

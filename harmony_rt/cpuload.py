@@ -53,10 +53,8 @@ def other_load(window: float = 0.04, sleep=time.sleep) -> float | None:
     return max(0.0, (b1 - b0) - (o1 - o0)) / max(w1 - w0, 1e-3)
 
 
-def choose_spinning(threads: int | None, cores: int | None = None, load=other_load) -> bool:
-    """Spin when the cores our threads need are free: other processes' load at most the cores our pool
-    leaves unused (threads None = ORT's default, one per core), with half a core of slack for noise.
-    `HARMONY_RT_SPINNING=on|off` overrides the measurement."""
+def env_override() -> bool | None:
+    """`HARMONY_RT_SPINNING`: True (on), False (off) or None (auto / unset); HarmonyError for anything else."""
     env = os.environ.get(ENV, "auto").strip().lower()
     if env in ("1", "on", "true", "yes"):
         return True
@@ -64,6 +62,16 @@ def choose_spinning(threads: int | None, cores: int | None = None, load=other_lo
         return False
     if env not in ("", "auto"):
         raise HarmonyError(f"{ENV}={env!r}: use on, off or auto")
+    return None
+
+
+def choose_spinning(threads: int | None, cores: int | None = None, load=other_load) -> bool:
+    """Spin when the cores our threads need are free: other processes' load at most the cores our pool
+    leaves unused (threads None = ORT's default, one per core), with half a core of slack for noise.
+    `HARMONY_RT_SPINNING=on|off` overrides the measurement."""
+    forced = env_override()
+    if forced is not None:
+        return forced
     cores = cores or os.cpu_count() or 1
     used = min(threads or cores, cores)
     busy = load()

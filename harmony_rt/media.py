@@ -139,12 +139,14 @@ def _name_max(folder: Path) -> int:
 
 
 def _discard(tmp: Path) -> None:
-    with contextlib.suppress(OSError):  # cleanup must not hide the error that caused it
+    with contextlib.suppress(OSError, ValueError):  # cleanup must not hide the error that caused it
         tmp.unlink(missing_ok=True)
 
 
 def _temp_for(path: Path) -> Path:
     """`.<stem>.<token><suffix>` beside `path`, after checking `path` can be written (MediaError if not)."""
+    if "\x00" in str(path):  # the C writers would cut the name there and write another file
+        raise MediaError(f"cannot write {str(path)!r}: the file name contains a NUL byte")
     parent = path.parent
     if not parent.is_dir():
         raise MediaError(_one_line(f"cannot write {path}: folder {parent} does not exist"))

@@ -144,6 +144,16 @@ def _check_number(name: str, value, lo: float, hi: float, integer: bool = False)
     return int(value) if integer else float(value)
 
 
+def _check_sample(sample, B: int) -> int:
+    """The first sample's number: samples sample .. sample + B - 1 must each be one `generate(sample=i)`
+    takes (a batch's last sample could not be remade alone)."""
+    first = _check_number("sample", sample, 0, MAX_SAMPLE, integer=True)
+    if first + B - 1 > MAX_SAMPLE:
+        raise HarmonyError(f"sample + num_samples - 1 must be at most {MAX_SAMPLE} (the last sample's number), got "
+                           f"{first} + {B} - 1")
+    return first
+
+
 def _check_text(name: str, value) -> str:
     if not isinstance(value, str):
         raise HarmonyError(f"{name} must be a string, got {type(value).__name__}")
@@ -161,6 +171,7 @@ REF_SECONDS = (0.5, 10.0)  # reference voice lengths accepted (the encoder sees 
 STEM_NAMES = ("speech", "sfx")  # Unison's audio streams; saved with "mix" (the sum) as <name>.wav
 REF_SILENT_PEAK = 1e-3  # -60 dBFS: a voice reference quieter than this holds no voice
 PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is accepted
+MAX_SAMPLE = 2**31 - 1  # sample numbers seed the noise with (seed, sample)
 
 
 def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list[str] | None = None,
@@ -277,6 +288,9 @@ class Pipeline:
         self.geometry = g = bundle.geometry
         if threads is not None:
             threads = _check_number("threads", threads, 1, MAX_THREADS, integer=True)
+        if precision is not None and not (isinstance(precision, str) and precision.strip()):
+            raise HarmonyError(f"precision must be a variant's name such as int8 (None: the main graphs), got "
+                               f"{precision!r:.40}")
         if isinstance(backend, str):
             self.backend = make_backend(backend, bundle, threads=threads, precision=precision)
         else:
@@ -299,6 +313,8 @@ class Pipeline:
     @classmethod
     def from_bundle(cls, path: str | Path | None = None, verify: bool = True, **kw) -> "Pipeline":
         """Load a bundle folder (default: the one shipped with the package). `verify` checks sha256s."""
+        if not isinstance(verify, bool):  # "no" would verify
+            raise HarmonyError(f"verify must be True or False, got {verify!r:.40}")
         return cls(Bundle.load(path if path is not None else default_bundle_path(), verify=verify), **kw)
 
     # ------------------------------------------------------------------ encoders
@@ -425,6 +441,8 @@ class Pipeline:
                 _check_text(name, cap)
         if progress is not None and not callable(progress):
             raise HarmonyError("progress must be a callable (done, total) -> bool | None")
+        if not isinstance(self.tiling, Tiling):
+            raise HarmonyError(f"tiling must be a harmony_rt.tiling.Tiling, got {type(self.tiling).__name__}")
         run = self._settings(guidance, scheduler, steps, seed, num_samples, s_v, s_a, cfg_scale, step_cache, sample)
         clip = self._clip(seconds, audio, video, image, fit, start)
         cond, uncond = self._conditions(prompt, speech, video_caption, audio_caption, ref_audio, run.B, clip.notes,
@@ -460,8 +478,8 @@ class Pipeline:
             scheduler=sched,
             steps=_check_number("steps", steps if steps is not None else sp["steps"], 1, 1000, integer=True),
             seed=_check_number("seed", seed, 0, 2**63 - 1, integer=True),
-            B=_check_number("num_samples", num_samples, 1, 64, integer=True),
-            first=_check_number("sample", sample, 0, 2**31 - 1, integer=True),
+            B=(B := _check_number("num_samples", num_samples, 1, 64, integer=True)),
+            first=_check_sample(sample, B),
             scales=GuidanceScales(
                 s_v=_check_number("s_v", s_v if s_v is not None else sp["s_v"], 0, 100),
                 s_a=_check_number("s_a", s_a if s_a is not None else sp["s_a"], 0, 100),
@@ -706,8 +724,9 @@ class Pipeline:
                     stems = dict(zip(STEM_NAMES, (wav[b, 0], wav[b, 1])))
             mix = np.pad(mix, (0, max(0, n_samples - len(mix))))[:n_samples]
             stems = {k: np.pad(v, (0, max(0, n_samples - len(v))))[:n_samples] for k, v in stems.items()}
-            results.append(GenerationResult(frames[b], mix.astype(np.float32), g.fps, g.sample_rate, run.seed, stems,
-                                            run.notes + clip.notes, sample=run.first + b))
+            results.append(GenerationResult(np.ascontiguousarray(frames[b]), mix.astype(np.float32), g.fps,
+                                            g.sample_rate, run.seed, stems, run.notes + clip.notes,
+                                            sample=run.first + b))
         return results
 
     # Decoder tiles (harmony_rt.tiling): clips longer than a tile decode in overlapping temporal tiles, so

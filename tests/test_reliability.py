@@ -3,6 +3,7 @@ and outputs (mp4, bundles, checkpoints) that a SIGKILL leaves old, absent or com
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -538,3 +539,57 @@ def test_onnx_runtime_telemetry_is_off_unless_the_user_chose(tmp_path):
     env["ORT_DISABLE_TELEMETRY"] = "0"  # the user's choice stands
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.stdout == "0\n"
+
+
+# ------------------------------------------------------------------------------------------------ API review
+
+def test_api_review_settings_are_refused_where_they_are_given(tiny_bundle, pipe, monkeypatch, tmp_path):
+    """Settings an embedding service passes are refused at once with HarmonyError: a bad HARMONY_RT_SPINNING
+    was refused at every generate (not at start-up), verify="no" verified, precision="" ran fp32 (the message
+    had a blank), "" loaded the current folder, a tiling of the wrong type failed with AttributeError."""
+    monkeypatch.setenv("HARMONY_RT_SPINNING", "bogus")
+    with pytest.raises(HarmonyError, match="HARMONY_RT_SPINNING='bogus': use on, off or auto"):
+        Pipeline.from_bundle(tiny_bundle, backend="ort")
+    monkeypatch.delenv("HARMONY_RT_SPINNING")
+    with pytest.raises(HarmonyError, match="verify must be True or False, got 'no'"):
+        Pipeline.from_bundle(tiny_bundle, verify="no")
+    for bad in ("", "  "):
+        with pytest.raises(HarmonyError, match="precision must be a variant's name"):
+            Pipeline.from_bundle(tiny_bundle, backend="ort", precision=bad)
+    with pytest.raises(HarmonyError, match="^the bundle path is empty$"):
+        Pipeline.from_bundle("")
+    other = Pipeline.from_bundle(tiny_bundle, backend=pipe.backend)
+    other.tiling = "abc"
+    with pytest.raises(HarmonyError, match="tiling must be a harmony_rt.tiling.Tiling, got str"):
+        other.generate("a red ball", steps=1)
+
+
+def test_a_batch_whose_last_sample_could_not_be_remade_is_refused(pipe):
+    """generate(sample=i) remakes sample i of a batch: a batch numbered past 2**31 - 1 made samples that could not."""
+    with pytest.raises(HarmonyError, match=r"sample \+ num_samples - 1 must be at most 2147483647.*2147483646 \+ 3"):
+        pipe.generate_batch("x", sample=2**31 - 2, num_samples=3, steps=1)
+    last = pipe.generate_batch("x", sample=2**31 - 2, num_samples=2, steps=1, seconds=0.5)[-1]
+    assert last.sample == 2**31 - 1
+    again = pipe.generate("x", sample=last.sample, steps=1, seconds=0.5)
+    assert np.array_equal(again.frames, last.frames)
+
+
+def test_frames_are_an_ordinary_c_order_array(pipe):
+    """They were a channel-planar view of the batch: bytes(), file.write and ffmpeg's stdin refused them."""
+    r = pipe.generate_batch("a red ball", num_samples=2, steps=1, seconds=0.5)
+    assert all(x.frames.flags.c_contiguous for x in r)
+    assert io.BytesIO().write(r[1].frames) == r[1].frames.size
+
+
+def test_a_nul_byte_in_an_output_name_is_one_error_and_writes_nothing(pipe, tmp_path):
+    """The C writers cut the name at the NUL and left a whole file `.z` behind; the cleanup then raised
+    ValueError instead of the MediaError."""
+    r = pipe.generate("a red ball", steps=1, seconds=0.5)
+    for path in (tmp_path / "z\x00z.mp4", tmp_path / "sub" / "a\x00b.mp4"):
+        with pytest.raises(MediaError, match="the file name contains a NUL byte"):
+            r.save(path)
+    from harmony_rt.media import write_wav
+
+    with pytest.raises(MediaError, match="NUL byte"):
+        write_wav(tmp_path / "w\x00w.wav", r.audio, r.sample_rate)
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from ..bundle import Bundle
 from ..contract import ComponentSpec
-from ..cpuload import choose_spinning
+from ..cpuload import choose_spinning, env_override
 from ..errors import BundleError, HarmonyError
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class OrtBackend:
                  precision: str | None = None, spinning: bool | None = None):
         self.bundle = bundle
         self.spinning = spinning  # None: decided from the CPU load when the first session is made
+        if spinning is None:
+            env_override()  # a bad HARMONY_RT_SPINNING is refused here, not at the first generate
         self.providers = providers or default_providers()
         self.threads = threads
         self.precision = precision
