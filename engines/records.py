@@ -1,8 +1,9 @@
 """`<bundle>/engines/engines.json`: what each engine was built from, and the rebuild decision (pure Python).
 
-An engine is rebuilt when its file is missing, when the ONNX sha256 it was built from changed, or when a
-build setting changed (precision, profile ranges, plugin kernel, TensorRT version, GPU). The manifest is
-never rewritten: this index lives beside the engines.
+An engine is rebuilt when its file is missing or its bytes differ from the sha256 recorded when it was built,
+when the ONNX sha256 it was built from changed, or when a build setting changed (precision, profile ranges,
+plugin kernel, TensorRT version, GPU). The manifest is never rewritten: this index lives beside the engines.
+The TensorRT backend checks an engine's bytes against `engine_sha256` before deserializing it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from harmony_rt.backends.tensorrt import ENGINE_DIR, ENGINE_INDEX
 from harmony_rt.bundle import atomic_write_bytes
+from harmony_rt.digests import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,10 @@ def needs_rebuild(index: dict, engine_path: Path, onnx_sha256: str, settings: di
         return "ONNX graph changed"
     if rec.get("settings_hash") != settings_hash(settings):
         return "build settings changed"
+    if not isinstance(rec.get("engine_sha256"), str):  # recorded before records kept it
+        return "no engine sha256 recorded"
+    if rec["engine_sha256"] != sha256_file(engine_path):
+        return "engine file differs from the one built (damaged or replaced)"
     return None
 
 
@@ -74,5 +80,6 @@ def record(index: dict, engine_path: Path, component: str, onnx_sha256: str, set
         "onnx_sha256": onnx_sha256,
         "settings_hash": settings_hash(settings),
         "settings": settings,
+        "engine_sha256": sha256_file(engine_path),
         "built_unix": int(time.time()),
     }

@@ -505,7 +505,9 @@ class Bundle:
     # None: bytes not verified (load(verify=False)); made directly: hashed on every first use
     digests: DigestCache | None = field(default_factory=lambda: DigestCache(None), repr=False)
     _verified: set = field(default_factory=set, init=False, repr=False)
-    _checked: set = field(default_factory=set, init=False, repr=False)  # (component, precision) variants checked
+    # (component, precision) variants whose structure is checked; None: not checked (a Bundle made directly,
+    # whose main graphs `load` did not check either)
+    _checked: set | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
@@ -534,7 +536,7 @@ class Bundle:
             have = ", ".join(self.precisions(name))
             raise BundleError(f"{self.path}: component {name} has no {precision} graph (has {have})")
         what = f"component {name} ({precision})"
-        if (name, precision) not in self._checked:  # a variant no run asks for may be absent or damaged
+        if self._checked is not None and (name, precision) not in self._checked:  # load left it unchecked
             self._check_entry(what, variant, self.specs.get(name), precision)
             self._checked.add((name, precision))
         return self._verified_path(what, variant)
@@ -622,6 +624,7 @@ class Bundle:
             raise BundleError(f"{mpath}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
         geometry, specs = _check_manifest(mpath, manifest)
         bundle = cls(root, manifest, geometry, specs, DigestCache.default() if verify else None)
+        bundle._checked = set()
         for name, comp in manifest["components"].items():  # variants: when first asked for (component_path)
             bundle._check_entry(f"component {name}", comp, specs[name], comp["precision"])
             declared = comp.get("io")

@@ -161,6 +161,28 @@ def test_rebuild_decision(tmp_path):
     assert records.needs_rebuild(index, eng, "abc", {**settings, "precision": "fp8"}) == "build settings changed"
     assert records.needs_rebuild(index, eng, "abc", settings, force=True) == "forced"
     assert not list(eng.parent.glob("*.tmp"))  # atomic write left no temp file
+    eng.write_bytes(b"engins")  # damaged in place, same size
+    assert records.needs_rebuild(index, eng, "abc", settings) == "engine file differs from the one built (damaged " \
+                                                                   "or replaced)"
+    del index["engines"][eng.name]["engine_sha256"]  # a record written before it was kept
+    assert records.needs_rebuild(index, eng, "abc", settings) == "no engine sha256 recorded"
+
+
+def test_an_engine_is_checked_against_its_recorded_sha256_before_tensorrt_reads_it(tmp_path, caplog):
+    """Engines were deserialized unverified (bundles are untrusted, and a truncated copy reached TensorRT)."""
+    eng = tmp_path / "engines" / "denoiser.fp16.sm90.trt11.4.engine"
+    eng.parent.mkdir()
+    eng.write_bytes(b"engine bytes")
+    with caplog.at_level("WARNING"):  # no engines.json: loaded, with a warning that says so
+        assert trt_backend.engine_bytes(eng) == b"engine bytes"
+    assert "not verified" in caplog.text and "harmony-rt build" in caplog.text
+    index = records.load_index(tmp_path)
+    records.record(index, eng, "denoiser", "abc", {"precision": "fp16"})
+    records.save_index(tmp_path, index)
+    assert trt_backend.engine_bytes(eng) == b"engine bytes"
+    eng.write_bytes(b"engine byteS")
+    with pytest.raises(HarmonyError, match=r"sha256 differs from the one harmony-rt build recorded in engines.json"):
+        trt_backend.engine_bytes(eng)
 
 
 def test_corrupt_index_means_rebuild(tmp_path):

@@ -12,7 +12,9 @@ has not run on the development machines, which have no GPU and no TensorRT.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import re
 import threading
@@ -71,6 +73,35 @@ def find_engines(bundle_path: Path, sm: int | None = None, trt: str | None = Non
             continue
         found.setdefault(info["component"], p)
     return found
+
+
+MAX_INDEX_BYTES = 1 << 22
+
+
+def engine_bytes(path: Path) -> bytes:
+    """Engine file `path`'s bytes, checked against the sha256 `harmony-rt build` recorded for it in
+    engines.json (a damaged or swapped engine is refused before TensorRT deserializes it). The record lives
+    beside the engine, so this guards against corruption and stale copies, not against a hostile bundle:
+    build engines yourself, on the GPU they run on. No record (an engine built before records held the
+    sha256, or copied without engines.json): a warning, and the engine is loaded."""
+    path = Path(path)
+    data = path.read_bytes()
+    index = path.parent / ENGINE_INDEX
+    try:
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise ValueError(f"larger than {MAX_INDEX_BYTES} bytes")
+        rec = json.loads(index.read_text("utf-8"))["engines"][path.name]
+        digest = rec["engine_sha256"]
+        if not isinstance(digest, str):
+            raise TypeError("engine_sha256 is not a string")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: not verified, %s has no sha256 for it (%s: %s); rebuild it to record one: harmony-rt "
+                    "build", path.name, index, type(e).__name__, e)
+        return data
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise HarmonyError(f"{path}: sha256 differs from the one harmony-rt build recorded in {ENGINE_INDEX} (the "
+                           "engine is damaged or was replaced); rebuild it: harmony-rt build")
+    return data
 
 
 def _cudart():
@@ -224,7 +255,7 @@ class TensorRTBackend:
             path = self._engines.get(component)
             if path is None:
                 raise HarmonyError(f"{self.bundle.path}: no TensorRT engine for {component!r} (sm{self.sm})")
-            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            engine = self._runtime.deserialize_cuda_engine(engine_bytes(path))
             if engine is None:
                 raise HarmonyError(f"{path}: TensorRT {self._trt.__version__} could not load this engine; an engine "
                                    "loads only on the TensorRT version and GPU model that built it (rebuild it here: "
