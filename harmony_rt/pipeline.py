@@ -15,6 +15,7 @@ import inspect
 import logging
 import math
 import numbers
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -171,6 +172,7 @@ REF_SECONDS = (0.5, 10.0)  # reference voice lengths accepted (the encoder sees 
 STEM_NAMES = ("speech", "sfx")  # Unison's audio streams; saved with "mix" (the sum) as <name>.wav
 REF_SILENT_PEAK = 1e-3  # -60 dBFS: a voice reference quieter than this holds no voice
 PEAK_SLACK = 1e-3  # float rounding past full scale in an array waveform is accepted
+FILE_TYPES = (str, os.PathLike)  # a media input given as a file (Path, os.DirEntry, ...), not an array
 MAX_SAMPLE = 2**31 - 1  # sample numbers seed the noise with (seed, sample)
 
 
@@ -180,7 +182,7 @@ def _audio_input(name: str, x, sample_rate: int, max_seconds: float, notes: list
     waveform array [W] at the bundle's rate (taken from `start` s) -> float32 [W]. A float file past full scale
     is scaled down to it; that and the file's resampling and mixing to mono are noted in `notes`. An array past
     full scale is refused (its caller chose the scale)."""
-    is_file = isinstance(x, (str, Path))
+    is_file = isinstance(x, FILE_TYPES)
     if is_file:
         read: list[str] = []
         wav = media.read_audio(x, sample_rate, max_seconds=max_seconds, notes=read, start=start)
@@ -499,7 +501,7 @@ class Pipeline:
         if video is not None and image is not None:  # the given video holds every frame, the first included
             raise HarmonyError("give at most one of video (V2A) and image (I2AV)")
         notes: list[str] = []
-        if fit != "stretch" and not any(isinstance(x, (str, Path)) for x in (video, image)):
+        if fit != "stretch" and not any(isinstance(x, FILE_TYPES) for x in (video, image)):
             notes.append(f"fit {fit!r} has no effect without a video or image file")
         start = _check_number("start", start, 0, 1e7)
         if start and audio is None and video is None:
@@ -524,7 +526,7 @@ class Pipeline:
                 raise HarmonyError(f"the driving audio {length(dur)}; the model needs at least {min_s:g} s")
             seconds = seconds if seconds is not None else min(max_s, dur)
         if video is not None:
-            if not isinstance(video, (str, Path)):
+            if not isinstance(video, FILE_TYPES):
                 given_frames = _frames_input("video", video, (g.height, g.width, 3))
                 if given_frames.ndim != 4:
                     raise HarmonyError(f"video must be frames [T, H, W, 3], got shape {given_frames.shape}")
@@ -575,7 +577,7 @@ class Pipeline:
                              + (f" from frame {round(start * g.fps)}" if start else ""))
                 given_frames = given_frames[:FP]
         if image is not None:
-            if isinstance(image, (str, Path)):
+            if isinstance(image, FILE_TYPES):
                 img = media.read_image(image, g.height, g.width, notes, fit=fit)
             else:
                 img = _frames_input("image", image, (g.height, g.width, 3))
@@ -599,7 +601,7 @@ class Pipeline:
             wav = _audio_input("ref_audio", ref_audio, g.sample_rate, hi, notes)  # a file: read to hi + 1 s at most
             dur = len(wav) / g.sample_rate
             if not lo <= dur <= hi:
-                cut = isinstance(ref_audio, (str, Path)) and dur >= hi + media.HEAD_MARGIN_S
+                cut = isinstance(ref_audio, FILE_TYPES) and dur >= hi + media.HEAD_MARGIN_S
                 got = f"more than {hi:g} s" if cut else f"{dur:.2f} s"  # a file is read to hi + 1 s at most
                 raise HarmonyError(f"reference audio must be {lo:g}-{hi:g} s long (this model uses its first "
                                    f"{max_ref:g} s), got {got}")

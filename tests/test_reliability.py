@@ -593,3 +593,20 @@ def test_a_nul_byte_in_an_output_name_is_one_error_and_writes_nothing(pipe, tmp_
     with pytest.raises(MediaError, match="NUL byte"):
         write_wav(tmp_path / "w\x00w.wav", r.audio, r.sample_rate)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_media_inputs_take_any_path_like(pipe, tmp_path):
+    """Only str and Path counted as files: an os.DirEntry or PurePosixPath was 'got DirEntry' (save took them)."""
+    from pathlib import PurePosixPath
+
+    sr = pipe.geometry.sample_rate
+    t = np.arange(sr) / sr
+    sf.write(tmp_path / "voice.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr)
+    entry = next(e for e in os.scandir(tmp_path) if e.name == "voice.wav")
+    a = pipe.generate("a man speaks", speech="hi", ref_audio=entry, steps=1, seconds=0.5)
+    b = pipe.generate("a man speaks", speech="hi", ref_audio=PurePosixPath(tmp_path / "voice.wav"), steps=1,
+                      seconds=0.5)
+    c = pipe.generate("a man speaks", speech="hi", ref_audio=str(tmp_path / "voice.wav"), steps=1, seconds=0.5)
+    assert np.array_equal(a.audio, c.audio) and np.array_equal(b.audio, c.audio)
+    d = pipe.generate("a dog", audio=entry, steps=1)
+    assert np.array_equal(d.audio, pipe.generate("a dog", audio=tmp_path / "voice.wav", steps=1).audio)
