@@ -541,7 +541,7 @@ t_import = time.time()
 from harmony_rt.bench import denoiser_feeds, vm_hwm
 from harmony_rt.pipeline import Pipeline
 t_imported = time.time()
-pipe = Pipeline.from_bundle(sys.argv[1], backend="ort", threads=int(sys.argv[2]))
+pipe = Pipeline.from_bundle(sys.argv[1], backend="ort", threads=int(sys.argv[2]) or None)  # 0: ORT's default
 pipe.backend.session("denoiser")
 t_loaded = time.time()
 pipe.backend.run("denoiser", denoiser_feeds(pipe.bundle))
@@ -567,13 +567,19 @@ def vm_hwm() -> int:
     return 0
 
 
-def cold_start(bundle_path: Path, threads: int = 2, generate: bool = False, env: dict | None = None) -> dict:
+def cold_start(bundle_path: Path, threads: int | None = 2, generate: bool = False, env: dict | None = None) -> dict:
     """A fresh `python` process: seconds from launch to imports done, bundle verified + denoiser session
-    made, first denoiser step done; peak RSS (after one full generate when `generate`)."""
+    made, first denoiser step done; peak RSS (after one full generate when `generate`). threads None: ORT's
+    default (one per core)."""
     launch = time.time()
     what = "generate" if generate else "step"
-    r = subprocess.run([sys.executable, "-c", _COLD, str(bundle_path), str(threads), what],
-                       capture_output=True, text=True, env=env, check=True)
+    r = subprocess.run([sys.executable, "-c", _COLD, str(bundle_path), str(threads or 0), what],
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+        err = HarmonyError(f"the cold-start process exited {r.returncode}: {last}")
+        err.exit_code = 1  # not the user's input
+        raise err
     out = json.loads(r.stdout.strip().splitlines()[-1])
     return {"import": out["imported"] - launch, "load": out["loaded"] - out["imported"],
             "first_step": out["first_step"] - launch, "rss": out["rss"], "torch_loaded": out["torch_loaded"],
@@ -714,9 +720,9 @@ def generate_rows(bundle_path: Path | None, label: str, rounds: int, threads: in
 def cold_rows(bundle_path: Path, label: str, threads: int | None) -> list[Row]:
     with tempfile.TemporaryDirectory() as d:  # a private user cache: the first process fills it
         env = dict(os.environ, HARMONY_RT_CACHE=d)
-        first = cold_start(bundle_path, threads=threads or 0, env=env)
-        c = cold_start(bundle_path, threads=threads or 0, env=env)
-        gen = cold_start(bundle_path, threads=threads or 0, generate=True, env=env)
+        first = cold_start(bundle_path, threads=threads, env=env)
+        c = cold_start(bundle_path, threads=threads, env=env)
+        gen = cold_start(bundle_path, threads=threads, generate=True, env=env)
     g = f"{label} cold start (fresh process)"
     return [
         Row(g, "imports done", c["import"]),

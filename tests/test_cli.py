@@ -273,6 +273,19 @@ def test_bench_command_prints_a_table_and_writes_json(tiny_bundle, tmp_path):
     assert r.exit_code == 2 and "--frames 100000" in r.output and "at most" in r.output, r.output  # not an OOM
 
 
+def test_bench_cold_start_rows_run_with_the_default_threads(tiny_bundle):
+    """`harmony-rt bench` without --threads crashed (internal error, no table): its cold-start processes were
+    given threads=0, which the pipeline refuses (the --quick runs the tests made skip those rows)."""
+    from harmony_rt import bench
+    from harmony_rt.errors import HarmonyError
+
+    rows = bench.cold_rows(tiny_bundle, "tiny", None)
+    assert rows and all(r.value > 0 for r in rows if r.value == r.value)
+    with pytest.raises(HarmonyError, match="^the cold-start process exited 1: .*bundle folder not found") as e:
+        bench.cold_start(tiny_bundle / "nowhere", threads=None)
+    assert e.value.exit_code == 1
+
+
 def test_build_without_onnx_says_which_extra(tiny_bundle, monkeypatch):
     """A runtime-only install (`pip install .`) has no onnx, which engine building needs for graph surgery."""
     import importlib.util
