@@ -377,6 +377,8 @@ class _StepLines:
 def export(checkpoint, output, precision, custom_op):
     """Export a training CHECKPOINT to a bundle (ONNX graphs + manifest), checked against PyTorch; or copy a
     BUNDLE with only the --precision variants (e.g. int8 for a CPU deployment; no torch needed)."""
+    if not Path(checkpoint).is_dir():
+        raise HarmonyError(f"checkpoint or bundle folder not found: {checkpoint}")
     if (Path(checkpoint) / "manifest.json").is_file():
         from .publish import copy_bundle
 
@@ -384,13 +386,14 @@ def export(checkpoint, output, precision, custom_op):
         copy_bundle(checkpoint, output, precision, plugin=custom_op)
         _say(f"wrote bundle {_shown(output)}")
         return
+    if not (Path(checkpoint) / "model.safetensors").is_file():  # said before asking for torch
+        raise HarmonyError(f"{checkpoint}: neither a bundle (no manifest.json: an interrupted export?) nor a "
+                           "training checkpoint (no model.safetensors)")
     try:
         from export.bundle_writer import export_bundle
     except ImportError as e:
         raise HarmonyError(f"export needs the training extra ({e.name} missing): "
                            "pip install '.[train]' in the repository") from None
-    if not Path(checkpoint).is_dir():
-        raise HarmonyError(f"checkpoint folder not found: {checkpoint}")
     logging.getLogger("export").setLevel(logging.INFO)
     export_bundle(checkpoint, output, precisions=precision, custom_op=custom_op)
     _say(f"wrote bundle {_shown(output)}")

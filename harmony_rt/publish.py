@@ -8,19 +8,31 @@ deployment of a bundle exported with fp16,int8,fp8 keeps int8 and drops the GPU 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
-from .bundle import MANIFEST, Bundle, atomic_write_bytes, replace_dir, temp_dir, temp_prefix, writable_parent
-from .errors import HarmonyError
+from .bundle import (
+    MANIFEST,
+    Bundle,
+    atomic_write_bytes,
+    replace_dir,
+    safe_path,
+    temp_dir,
+    temp_prefix,
+    writable_parent,
+)
+from .errors import BundleError, HarmonyError
 
 log = logging.getLogger(__name__)
 
 ENGINE_DIR = "engines"  # harmony-rt build's engines (backends.tensorrt.ENGINE_DIR): not in the manifest
 PLUGIN_SUFFIX = "-plugin"  # export --custom-op's variants: fp32-plugin, fp16-plugin
+EXPORT_PRECISIONS = ("fp16", "int8", "int8-dynamic", "fp8")  # export/precision.py PLAN: what --precision makes
+CHUNK = 1 << 22
 
 
 def check_target(source: Path, out: Path, source_kind: str = "checkpoint") -> None:
@@ -28,7 +40,13 @@ def check_target(source: Path, out: Path, source_kind: str = "checkpoint") -> No
     (`source_kind`: checkpoint or bundle; or a folder holding it, or a folder inside it), a mount point, a file,
     a non-empty folder without a manifest, a bundle folder holding other files; or a place that cannot be
     written. HarmonyError, one line."""
-    src, dst = Path(source).resolve(), Path(out).resolve()
+    try:
+        src, dst = Path(source).resolve(), Path(out).resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise HarmonyError(f"{out}: cannot be resolved ({e})") from None
+    if dst == Path.cwd().resolve():  # the folder a shell stands in cannot be swapped (EBUSY after the work)
+        raise HarmonyError(f"{out} is the current folder, which the export cannot replace: name a folder, e.g. "
+                           f"-o {Path(out) / 'bundle'}")
     if os.path.ismount(out):  # a volume (docker -v, k8s): cannot be renamed over, found after the whole export
         raise HarmonyError(f"{out} is a mount point, which the export cannot replace (it swaps whole folders): "
                            f"write the bundle into a folder inside it, e.g. -o {out / 'bundle'}")
@@ -98,9 +116,9 @@ def kept_variants(bundle: Bundle, precisions: str, plugin: bool = False) -> set[
     for p in asked:
         if p not in have and p not in mains:
             listed = ", ".join(sorted(have)) or "none"
-            raise HarmonyError(f"{bundle.path} has no {p} variant (its variants: {listed}); variants are made "
-                               "when a checkpoint is exported: harmony-rt export CHECKPOINT -o OUT --precision "
-                               f"{p}")
+            hint = (f"; variants are made when a checkpoint is exported: harmony-rt export CHECKPOINT -o OUT "
+                    f"--precision {p}") if p in EXPORT_PRECISIONS else ""
+            raise HarmonyError(f"{bundle.path} has no {p} variant (its variants: {listed}){hint}")
         keep.add(p)
         if p == "int8" and "int8-dynamic" in have:
             keep.add("int8-dynamic")
@@ -112,8 +130,10 @@ def kept_variants(bundle: Bundle, precisions: str, plugin: bool = False) -> set[
 def copy_bundle(src: str | os.PathLike, out: str | os.PathLike, precisions: str = "fp32",
                 plugin: bool = False) -> Path:
     """Copy bundle `src` to `out` (new, empty, or an old bundle, replaced whole) with its main graphs and files
-    and only the variants `kept_variants` names; the source's bytes are verified as they are read. TensorRT
-    engines are not copied (`harmony-rt build` makes them on the GPU they run on)."""
+    and only the variants `kept_variants` names. Each file is hashed as it is copied and checked against the
+    manifest (a source replaced or damaged meanwhile fails the copy); the copy's graphs are then checked as
+    `Bundle.load` checks them. TensorRT engines are not copied (`harmony-rt build` makes them on the GPU they
+    run on)."""
     src, out = Path(src), Path(out)
     bundle = Bundle.load(src)
     if out.is_symlink():  # `current -> v3`: v3 is replaced, the link stays
@@ -121,17 +141,16 @@ def copy_bundle(src: str | os.PathLike, out: str | os.PathLike, precisions: str 
     check_target(src, out, "bundle")
     keep = kept_variants(bundle, precisions, plugin)
     manifest = json.loads(json.dumps(bundle.manifest))  # a deep copy to edit
-    copies: list[tuple[Path, str]] = []  # (verified source file, its path in the bundle)
+    copies: list[tuple[str, str | None, str]] = []  # (path in the bundle, its sha256, what it is)
     for name, comp in manifest["components"].items():
-        entries = [(comp, bundle.component_path(name))]
         variants = {k: v for k, v in (comp.pop("variants", None) or {}).items() if k in keep}
-        entries += [(v, bundle.component_path(name, k)) for k, v in variants.items()]
         if variants:
             comp["variants"] = variants
-        for entry, path in entries:  # component_path verified the graph and its external data
-            copies += [(path, entry["file"])] + [(src / x["file"], x["file"]) for x in entry.get("external_data", [])]
-    for key, entry in manifest.get("files", {}).items():
-        copies.append((bundle.file_path(key), entry["file"]))
+        for what, entry in [(f"component {name}", comp),
+                            *((f"component {name} ({k})", v) for k, v in variants.items())]:
+            copies.append((entry["file"], entry.get("sha256"), what))
+            copies += [(x["file"], x.get("sha256"), f"external data of {what}") for x in entry.get("external_data", [])]
+    copies += [(e["file"], e.get("sha256"), f"file {k}") for k, e in manifest.get("files", {}).items()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         warn_leftovers(out)
@@ -139,13 +158,17 @@ def copy_bundle(src: str | os.PathLike, out: str | os.PathLike, precisions: str 
     except OSError as e:
         raise HarmonyError(f"cannot write the bundle {out}: {e.strerror or e}") from None
     try:
-        for path, rel in copies:
-            dst = tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, dst)
+        for rel, digest, what in copies:
+            _copy_checked(safe_path(src, rel, what), tmp / rel, digest, what)
         atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=2).encode())
-        Bundle.load(tmp)  # the copy's structure (its bytes are the verified source's)
+        copy = Bundle.load(tmp, verify=False)  # bytes checked above; graphs' structure and I/O here
+        for name, comp in manifest["components"].items():
+            for prec in comp.get("variants", {}):
+                copy.component_path(name, prec)
         replace_dir(tmp, out)
+    except BundleError as e:  # the copy's problems are the source's: name it, not the temp folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(str(e).replace(str(tmp), str(src))) from None
     except OSError as e:  # a full disk, a quota, an I/O error
         shutil.rmtree(tmp, ignore_errors=True)
         raise HarmonyError(f"cannot write the bundle {out}: {e.strerror or e}") from None
@@ -158,3 +181,21 @@ def copy_bundle(src: str | os.PathLike, out: str | os.PathLike, precisions: str 
     if (src / ENGINE_DIR).is_dir():
         log.info("%s not copied: harmony-rt build makes engines on the GPU they run on", src / ENGINE_DIR)
     return out
+
+
+def _copy_checked(src: Path, dst: Path, digest: str | None, what: str) -> None:
+    """Copy `src` to `dst`, hashing the bytes as they pass; BundleError when they are not `digest`'s."""
+    if not isinstance(digest, str):
+        raise BundleError(f"{src.parent / MANIFEST}: {what} has no sha256")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    h = hashlib.sha256()
+    try:
+        f = open(src, "rb")
+    except FileNotFoundError:
+        raise BundleError(f"{src}: {what} is missing") from None
+    with f, open(dst, "wb") as g:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            g.write(chunk)
+    if h.hexdigest() != digest.lower():
+        raise BundleError(f"{src}: sha256 mismatch ({what} is corrupt or was modified)")

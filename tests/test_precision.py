@@ -272,6 +272,7 @@ def test_cli_export_rejects_unknown_precision_and_generate_takes_one(prec_bundle
     from harmony_rt.cli import main
 
     (tmp_path / "ck").mkdir()  # refused for the precision before the checkpoint is read
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"")
     r = CliRunner().invoke(main, ["export", str(tmp_path / "ck"), "-o", str(tmp_path / "b"), "--precision",
                                   "fp32,int4"])
     assert r.exit_code == 2 and "unknown precision" in r.output
@@ -373,3 +374,40 @@ def test_a_missing_or_damaged_unused_variant_does_not_block_the_others(prec_bund
     fp8.write_bytes(b"\x08\x07" * 50)  # damaged: a sha256 mismatch when asked for
     with pytest.raises(BundleError, match="sha256 mismatch"):
         OrtBackend(Bundle.load(path), precision="fp8")
+
+
+def test_bundle_copy_review_mends(prec_bundle, tmp_path, monkeypatch):
+    """A source file replaced between its check and its copy gave a 'wrote bundle' whose bytes failed `info`;
+    a symlink loop in -o was an internal error; a missing folder asked for torch; an unknown precision was told
+    to export a checkpoint with it; -o . failed with EBUSY after the copy."""
+    from click.testing import CliRunner
+
+    from harmony_rt import publish
+    from harmony_rt.cli import main
+
+    real = publish._copy_checked
+
+    def swapped(src, dst, digest, what):  # the source changes after Bundle.load checked it
+        if src.name == "text_encoder.onnx":
+            src = tmp_path / "other.onnx"
+            src.write_bytes(b"other bytes")
+        return real(src, dst, digest, what)
+
+    monkeypatch.setattr(publish, "_copy_checked", swapped)
+    r = CliRunner().invoke(main, ["export", str(prec_bundle), "-o", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "sha256 mismatch (component text_encoder is corrupt or was modified)" in r.output
+    assert not (tmp_path / "c").exists() and [p.name for p in tmp_path.iterdir()] == ["other.onnx"]
+    monkeypatch.undo()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    r = CliRunner().invoke(main, ["export", str(prec_bundle), "-o", str(tmp_path / "loop")])
+    assert r.exit_code == 2 and "cannot be resolved" in r.output, r.output
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "checkpoint or bundle folder not found" in r.output, r.output
+    (tmp_path / "half").mkdir()
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "half"), "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "neither a bundle (no manifest.json" in r.output, r.output
+    r = CliRunner().invoke(main, ["export", str(prec_bundle), "-o", str(tmp_path / "x"), "--precision", "fp4"])
+    assert r.exit_code == 2 and r.output.rstrip().endswith("int8-dynamic)"), r.output  # no export hint for fp4
+    monkeypatch.chdir(tmp_path / "half")
+    r = CliRunner().invoke(main, ["export", str(prec_bundle), "-o", "."])
+    assert r.exit_code == 2 and ". is the current folder" in r.output, r.output

@@ -94,11 +94,11 @@ def engine_bytes(path: Path) -> bytes:
         digest = rec["engine_sha256"]
         if not isinstance(digest, str):
             raise TypeError("engine_sha256 is not a string")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         log.warning("%s: not verified, %s has no sha256 for it (%s: %s); rebuild it to record one: harmony-rt "
                     "build", path.name, index, type(e).__name__, e)
         return data
-    if hashlib.sha256(data).hexdigest() != digest:
+    if hashlib.sha256(data).hexdigest() != digest.lower():
         raise HarmonyError(f"{path}: sha256 differs from the one harmony-rt build recorded in {ENGINE_INDEX} (the "
                            "engine is damaged or was replaced); rebuild it: harmony-rt build")
     return data
