@@ -31,7 +31,7 @@ from . import graphs, profiles, records
 
 log = logging.getLogger(__name__)
 
-NOT_INSTALLED = "TensorRT is not installed: pip install tensorrt-cu13 (needs an NVIDIA GPU and driver)"
+NOT_INSTALLED = "TensorRT is not installed: pip install tensorrt-cu13 cuda-python (needs an NVIDIA GPU and driver)"
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugin"
 
 

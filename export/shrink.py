@@ -4,7 +4,7 @@ Computation stays fp32 (ONNX Runtime folds the Casts at session creation, so a s
 only the weights are rounded to fp16. Each graph is checked against its fp32 original on the exporter's
 example inputs and the error is recorded in the manifest. Used for the package's default bundle:
 
-    python -m export.shrink runs/demo/full_bundle -o harmony_rt/default_bundle
+    python -m export.shrink runs/quick/full_bundle -o harmony_rt/default_bundle   (train/recipes/quick.sh)
 """
 
 from __future__ import annotations

@@ -448,8 +448,8 @@ def info(bundle):
 @click.option("--dry-run", is_flag=True, help="Only show the graph each engine would be built from (no TensorRT).")
 @handle_errors
 def build(bundle, precision, max_frames, max_batch, force, plugin, dry_run):
-    """Build TensorRT engines for BUNDLE (needs an NVIDIA GPU, TensorRT >= 10.15 (11 tested against) and the
-    engines extra: pip install '.[engines]')."""
+    """Build TensorRT engines for BUNDLE (needs an NVIDIA GPU, TensorRT >= 10.15 (written against 11, not yet
+    run on a GPU) and the engines extra: pip install '.[engines]')."""
     import importlib.util
 
     try:

@@ -605,6 +605,9 @@ class Pipeline:
                 got = f"more than {hi:g} s" if cut else f"{dur:.2f} s"  # a file is read to hi + 1 s at most
                 raise HarmonyError(f"reference audio must be {lo:g}-{hi:g} s long (this model uses its first "
                                    f"{max_ref:g} s), got {got}")
+            if notes is not None and dur > max_ref + 1.0 / g.sample_rate:  # as A2V says what it used of the audio
+                notes.append(f"ref_audio: used the first {max_ref:g} s of the reference "
+                             f"({'more than ' + format(hi, 'g') if dur >= hi else format(dur, '.3g')} s given)")
             wav = wav[: int(max_ref * g.sample_rate)]
             peak = float(np.abs(wav).max(initial=0.0))
             if peak < REF_SILENT_PEAK:  # a muted take or the wrong channel: it would clone silence

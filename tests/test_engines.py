@@ -479,7 +479,8 @@ def test_an_engine_from_a_graph_with_ifs_parses_it_inlined(graph_bundle):
 def test_build_engines_without_tensorrt_is_a_harmony_error(bundle):
     with pytest.raises(HarmonyError) as e:
         build.build_engines(bundle.path, "fp16")
-    assert str(e.value) == "TensorRT is not installed: pip install tensorrt-cu13 (needs an NVIDIA GPU and driver)"
+    assert str(e.value) == ("TensorRT is not installed: pip install tensorrt-cu13 cuda-python (needs an NVIDIA GPU and "
+                            "driver)")
 
 
 def test_build_engines_rejects_unknown_precision(bundle):

@@ -230,6 +230,11 @@ def test_reference_audio_with_nothing_to_voice_says_so(pipe):
     assert any("no speech is given" in n for n in r.notes), r.notes
     r = pipe.generate("someone speaks", speech="hello", ref_audio=voice, audio=_tone(0.5, 16000, 330.0), steps=1)
     assert any("no effect on the sound with audio given (A2V)" in n for n in r.notes), r.notes
+    max_ref = float(pipe.bundle.sampling.get("max_ref_seconds", 3.0))  # a longer one: said, as A2V says it
+    r = pipe.generate("someone speaks", speech="hello", ref_audio=_tone(max_ref + 1.0, 16000), steps=1, seconds=0.5)
+    assert f"ref_audio: used the first {max_ref:g} s of the reference ({max_ref + 1.0:.3g} s given)" in r.notes
+    r = pipe.generate("someone speaks", speech="hello", ref_audio=_tone(max_ref, 16000), steps=1, seconds=0.5)
+    assert not any("used the first" in n for n in r.notes), r.notes
 
 
 def test_english_and_chinese_transcripts_and_unknown_characters(pipe, caplog):

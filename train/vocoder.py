@@ -1,6 +1,6 @@
 """Fine-tune the audio decoder (the vocoder) of a checkpoint on a spectral loss, encoder frozen.
 
-    python -m train.vocoder runs/demo/full --steps 800 -o runs/demo/full_voc
+    python -m train.vocoder runs/quick/full --steps 800 -o runs/quick/full_voc
 
 The joint training stops the autoencoders early and its waveform L1 term pulls a decoder that cannot match
 the phase of noisy impact sounds towards silence (output ~10x too quiet). With the encoder frozen the audio
