@@ -184,7 +184,7 @@ def _error(argv, capsys, *words):
         assert w in err[-1], err[-1]
 
 
-def test_cli_problems_are_one_line_before_training(folder, tmp_path, capsys):
+def test_cli_problems_are_one_line_before_training(folder, tmp_path, capsys, caplog):
     out = str(tmp_path / "o")
     _error(["--data", str(folder), "--clips", "4", "-o", out], capsys, "--clips", "--data")
     _error(["--data", str(tmp_path / "none"), "-o", out], capsys, "--data", "no such folder")
@@ -195,9 +195,11 @@ def test_cli_problems_are_one_line_before_training(folder, tmp_path, capsys):
     d.mkdir()
     os.link(folder / "c0.mp4", d / "c0.mp4")
     _index(d, {"video": "c0.mp4", "caption": "late", "start": 2.0})  # 0.5 s left: found when the clips are read
+    caplog.set_level("INFO")
     _error(["--data", str(d), "--ae-steps", "1", "--steps", "1", "-o", out], capsys, "--data", "clips.jsonl:1",
            "a clip needs 2 s", "nothing saved")
     assert not os.path.exists(out)
+    assert "training on" not in caplog.text, caplog.text  # said before training is announced
 
 
 def test_fine_tune_a_checkpoint_on_a_folder(tiny_checkpoint, folder, tmp_path):

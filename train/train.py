@@ -697,7 +697,6 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         model = HarmonyModel(get_config(tc.size, **tc.overrides))
         opt_sd = None
     model.to(dev)
-    log.info("training on %s in %s", dev, tc.precision)
     cfg = model.cfg
     state["train_config"] = asdict(tc)
     toks = run_tokenizers(tc, cfg, resume)
@@ -712,6 +711,7 @@ def train(tc: TrainConfig, out: str | Path, resume: str | Path | None = None, cl
         state["data_fingerprint"] = digest
     clips = clips if clips is not None else make_clips(tc, cfg)
     clips = clips[rank::world]
+    log.info("training on %s in %s", dev, tc.precision)  # after the clips are read: their problems come first
     t0 = time.time()
     if not state.get("ae_done"):
         model.train()
