@@ -11,9 +11,9 @@ Nothing here asserts a time: benchmarks report, tests/ checks correctness.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,9 +25,11 @@ THREADS = int(os.environ.get("HARMONY_BENCH_THREADS", "2"))  # intra-op threads 
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", str(THREADS))  # the numpy matmul peak uses as many (if not yet loaded)
 # a fresh user cache (harmony_rt.usercache): "first generate" rows include the split measuring, as on first use
-os.environ["HARMONY_RT_CACHE"] = tempfile.mkdtemp(prefix="harmony-rt-bench-cache-")
+os.environ["HARMONY_RT_CACHE"] = _CACHE = tempfile.mkdtemp(prefix="harmony-rt-bench-cache-")
 
-from harmony_rt.bench import Row, format_table, machine, matmul_peak  # noqa: E402
+from harmony_rt.bench import Row, check_json_target, format_table, machine, matmul_peak, run_json  # noqa: E402
+from harmony_rt.bundle import atomic_write_bytes  # noqa: E402
+from harmony_rt.errors import HarmonyError  # noqa: E402
 
 from .models import LARGE, TINY, random_bundle, random_checkpoint  # noqa: E402
 
@@ -40,6 +42,26 @@ def pytest_addoption(parser):
     g.addoption("--bench-rounds", type=int, default=5, help="interleaved rounds per comparison")
     g.addoption("--bench-json", default=None, help="write the rows and machine info to this JSON file")
     g.addoption("--bench-busy", type=int, default=0, help="CPU-bound processes to run beside the benchmarks")
+
+
+def pytest_configure(config):
+    """Options checked before any benchmark runs (a bad --bench-json path was found after the whole run)."""
+    if config.getoption("--bench-rounds") < 1:
+        raise pytest.UsageError("--bench-rounds must be >= 1")
+    if config.getoption("--bench-busy") < 0:
+        raise pytest.UsageError("--bench-busy must be >= 0")
+    if THREADS < 1:
+        raise pytest.UsageError(f"HARMONY_BENCH_THREADS={THREADS}: must be >= 1")
+    out = config.getoption("--bench-json")
+    if out:
+        try:
+            check_json_target(Path(out), Path(os.devnull))
+        except HarmonyError as e:
+            raise pytest.UsageError(str(e).replace("--json", "--bench-json", 1)) from None
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_CACHE, ignore_errors=True)  # the run's private user cache
 
 
 def pytest_sessionstart(session):
@@ -136,5 +158,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_line(format_table(_ROWS))
     out = config.getoption("--bench-json")
     if out:
-        Path(out).write_text(json.dumps({"info": _INFO, "rows": [r.to_dict() for r in _ROWS]}, indent=2))
+        _INFO["rounds"] = config.getoption("--bench-rounds")
+        atomic_write_bytes(Path(out), run_json(_INFO, _ROWS).encode())
         logging.getLogger(__name__).info("wrote %s", out)

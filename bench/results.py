@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,22 +22,32 @@ def markers(section: str = "") -> tuple[str, str]:
     return f"<!-- {name}begin -->", f"<!-- {name}end -->"
 
 
-def lscpu_model() -> str:
+def load_run(path: str) -> dict:
+    """A `pytest bench/ --bench-json` file, or SystemExit(2) with one line saying what it is instead."""
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+        run = json.loads(Path(path).read_text())
+        m = run["info"]["machine"]
+        rows = run["rows"]
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {path}: not a benchmark run ({type(e).__name__}: {e})") from None
+    if "threads" not in m or "options" in run["info"]:  # harmony-rt bench --json: no torch rows, no peak header
+        raise SystemExit(f"error: {path} was written by `harmony-rt bench --json`, which prints its own table; "
+                         "this renders `pytest bench/ --bench-json` runs")
+    if not isinstance(rows, list):
+        raise SystemExit(f"error: {path}: not a benchmark run (rows is not a list)")
+    return run
 
 
 def render(run: dict, command: str, section: str = "") -> str:
     info = run["info"]
     m = info["machine"]
-    rows = [Row(**r) for r in run["rows"]]
+    rows = [Row(**{k: float("nan") if v is None else v for k, v in r.items()}) for r in run["rows"]]
     begin, end = markers(section)
     lines = [
         begin,
-        f"Machine: {lscpu_model() or m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}, "
+        f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}, "
         f"numpy {m['numpy']}, Python {m['python']}.",
         f"Load average (1, 5, 15 min) at start {m['load']}, at end {m.get('load_after')}; other processes' load at "
         f"start {m.get('other_load', 'n/a')} cores (the runtime's threads spin only where that leaves them their "
@@ -61,7 +70,7 @@ def main(argv=None) -> None:
     ap.add_argument("--command", default="pytest bench/ --bench-json run.json", help="the command that made the run")
     ap.add_argument("--section", default="", help="which marked section of the file to replace")
     a = ap.parse_args(argv)
-    section = render(json.loads(Path(a.run).read_text()), a.command, a.section)
+    section = render(load_run(a.run), a.command, a.section)
     begin, end = markers(a.section)
     if a.update is None:
         sys.stdout.write(section + "\n")

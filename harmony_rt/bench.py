@@ -770,12 +770,38 @@ def run_runtime(bundle_path: Path | None = None, threads: int | None = None, rou
     return rows, info
 
 
+MAX_ROUNDS = 1000
+
+
+def check_json_target(path: Path, bundle: Path) -> None:
+    """Refuse a --json path that is a folder, sits in a missing or unwritable folder, is not a plain file (a
+    device, a symlink: the rename would replace them) or lies inside the bundle being measured."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise HarmonyError(f"--json {path}: not a file in an existing, writable folder")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise HarmonyError(f"--json {path}: exists and is not a plain file (a link or a device); refusing to "
+                           "replace it")
+    if path.resolve().is_relative_to(Path(bundle).resolve()):
+        raise HarmonyError(f"--json {path}: inside the bundle {bundle} being measured; write it elsewhere")
+
+
+def run_json(info: dict, rows: list[Row]) -> str:
+    """The run as strict JSON: rows (values in seconds, bytes or FLOP/s; `unit` is how the table shows them),
+    empty fields as null, not NaN."""
+    def clean(x):
+        return None if isinstance(x, float) and x != x else x
+
+    return json.dumps({"info": info, "rows": [{k: clean(v) for k, v in r.to_dict().items()} for r in rows]},
+                      indent=2, allow_nan=False)
+
+
 @click.command("bench")
 @click.option("--bundle", type=click.Path(path_type=Path), default=None,
               help="Bundle folder (default: the shipped demo).")
 @click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
               help="Intra-op threads (default: ONNX Runtime's, one per core).")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1, max=MAX_ROUNDS), default=5, show_default=True,
               help="Interleaved rounds per comparison.")
 @click.option("--frames", type=click.IntRange(min=1), default=None,
               help="Video latent frames of the step (default: the bundle's clip).")
@@ -788,14 +814,17 @@ def bench_command(bundle, threads, rounds, frames, quick, json_out):
     from .bundle import atomic_write_bytes
 
     if json_out is not None:  # checked before minutes of measuring, written atomically after
-        parent = json_out.parent if str(json_out.parent) else Path(".")
-        if json_out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise HarmonyError(f"--json {json_out}: not a file in an existing, writable folder")
+        check_json_target(json_out, bundle or default_bundle_path())
+    if threads is not None and threads > (os.cpu_count() or 1):
+        log.warning("--threads %d on %d cores: the threads share cores, and the times measure that", threads,
+                    os.cpu_count() or 1)
     rows, info = run_runtime(bundle, threads, rounds, frames, quick)
+    info["options"] = {"bundle": str(bundle) if bundle else None, "threads": threads, "rounds": rounds,
+                       "frames": frames, "quick": quick}
     m = info["machine"]
     click.echo(f"{m['cpu']}, {m['cores']} cores, load {m['load']} -> {m['load_after']}, other processes at start "
                f"{m['other_load']} cores, onnxruntime {m['onnxruntime']}, threads {threads or 'default'}, "
                f"{rounds} rounds")
     click.echo(format_table(rows))
     if json_out is not None:
-        atomic_write_bytes(json_out, json.dumps({"info": info, "rows": [r.to_dict() for r in rows]}, indent=2).encode())
+        atomic_write_bytes(json_out, run_json(info, rows).encode())

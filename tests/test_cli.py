@@ -491,3 +491,47 @@ def test_progress_lines_where_stderr_is_a_log(tiny_bundle, tmp_path, monkeypatch
     assert "s left" in steps[0] and "\r" not in r.stderr and "%|" not in r.stderr
     r = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "b.mp4"), "--quiet"])
     assert r.exit_code == 0 and "step " not in r.stderr, r.stderr
+
+
+def test_bench_review_mends(tiny_bundle, tmp_path):
+    """--json could replace the measured bundle's manifest, a device or a symlink; --rounds had no bound; the
+    JSON held bare NaN; bench.results took a `harmony-rt bench` file and printed the renderer's CPU; a bad
+    --bench-json path was found after the whole pytest run."""
+    import json
+    import math
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from harmony_rt import bench
+    from harmony_rt.cli import main
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle, b)
+    (tmp_path / "link.json").symlink_to(tmp_path / "elsewhere.json")
+    for target, why in ((b / "manifest.json", "inside the bundle"), (tmp_path / "link.json", "not a plain file"),
+                        (Path("/dev/null"), "not a plain file")):
+        r = CliRunner().invoke(main, ["bench", "--bundle", str(b), "--quick", "--json", str(target)])
+        assert r.exit_code == 2 and why in r.output, r.output
+    assert json.loads((b / "manifest.json").read_text())["format_version"]
+    r = CliRunner().invoke(main, ["bench", "--rounds", "99999999999"])
+    assert r.exit_code == 2 and "--rounds" in r.output
+    text = bench.run_json({"machine": {}}, [bench.Row("g", "m", 1.0)])
+    assert "NaN" not in text and json.loads(text)["rows"][0]["ratio"] is None
+    assert math.isnan(bench.Row("g", "m", 1.0).ratio)
+
+    from bench.results import load_run, render
+
+    cli_run = tmp_path / "cli.json"
+    cli_run.write_text(bench.run_json({"machine": {"cpu": "X"}, "options": {}}, [bench.Row("g", "m", 1.0)]))
+    with pytest.raises(SystemExit, match="written by `harmony-rt bench --json`"):
+        load_run(str(cli_run))
+    with pytest.raises(SystemExit, match="cannot read"):
+        load_run(str(tmp_path / "none.json"))
+    m = {"cpu": "Recorded CPU 9000", "cores": 2, "onnxruntime": "1", "numpy": "2", "python": "3", "load": [0, 0, 0],
+         "threads": 2}
+    run = json.loads(bench.run_json({"machine": m}, [bench.Row("g", "m", 1.0)]))
+    assert "Machine: Recorded CPU 9000, 2 cores" in render(run, "pytest bench/")
+    r = subprocess.run([sys.executable, "-m", "pytest", "bench/test_syncfg.py", "--co", "-q", "-p", "no:cacheprovider",
+                        "--bench-json", str(tmp_path / "missing" / "x.json")], capture_output=True, text=True)
+    assert r.returncode == 4 and "--bench-json" in r.stderr and "existing, writable folder" in r.stderr, r.stderr
