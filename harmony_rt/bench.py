@@ -114,6 +114,10 @@ def _fmt(x: float, unit: str) -> str:
     return f"{x:.3g} {unit}".strip()
 
 
+TABLE_LEGEND = ("ratio = baseline / harmony-rt: > 1 means harmony-rt is faster (or smaller); where the note says "
+                "'share', it is a fraction of the baseline instead")
+
+
 def format_table(rows: list[Row]) -> str:
     """A markdown table of `rows`."""
     head = ["group", "measurement", "harmony-rt", "baseline (same run)", "baseline", "ratio", "note"]
@@ -406,8 +410,8 @@ def peak_share_rows(group: str, flops: float, steps: list[float], probe: MatmulP
                  f"highest peak seen ({seen}); ratio = share of the peak"),
         Row(group, "achieved GFLOP/s, each round's step vs its own probe", flops / med(steps), unit="GFLOP/s",
             baseline="numpy peak probed in the same round", base_value=probe.flops / med(probes), ratio=med(shares),
-            note=f"median over {len(steps)} rounds (per round {min(shares):.0%}-{max(shares):.0%}); pairs the step "
-                 "with the machine's speed at that moment"),
+            note=f"ratio = share of the peak, median over {len(steps)} rounds (per round {min(shares):.0%}-"
+                 f"{max(shares):.0%}); pairs the step with the machine's speed at that moment"),
     ]
 
 
@@ -659,12 +663,13 @@ def step_rows(bundle: Bundle, label: str, rounds: int, threads: int | None, fram
     flops = sum(d["flops"] for d in profile_ops(prof).values())
     rt = med(t["runtime"])
     g = f"{label} step ({shape})"
-    fresh = process_rounds(bundle.path, {"runtime": {}, "stock": {"stock": True}}, rounds=max(2, rounds // 2),
-                           threads=threads, frames=frames)
+    n_proc = max(2, rounds // 2)
+    fresh = process_rounds(bundle.path, {"runtime": {}, "stock": {"stock": True}}, rounds=n_proc, threads=threads,
+                           frames=frames)
     rows = [
         Row(g, "denoiser step, runtime settings", med(fresh["runtime"]), baseline="ORT stock settings",
             base_value=med(fresh["stock"]), ratio=speedup(fresh["runtime"], fresh["stock"]),
-            note="each in a fresh process, processes interleaved"),
+            note=f"each in a fresh process ({n_proc} each, interleaved, 3 steps each: a small sample, noisy)"),
         Row(g, "denoiser step, IO binding", med(t["bound"]), baseline="runtime settings", base_value=rt,
             ratio=speedup(t["bound"], t["runtime"])),
         *peak_share_rows(g, flops, t["runtime"], probe, t["probe"], peak, "before, during, after"),
@@ -826,5 +831,6 @@ def bench_command(bundle, threads, rounds, frames, quick, json_out):
                f"{m['other_load']} cores, onnxruntime {m['onnxruntime']}, threads {threads or 'default'}, "
                f"{rounds} rounds")
     click.echo(format_table(rows))
+    click.echo(TABLE_LEGEND)
     if json_out is not None:
         atomic_write_bytes(json_out, run_json(info, rows).encode())

@@ -264,7 +264,9 @@ def test_bench_command_prints_a_table_and_writes_json(tiny_bundle, tmp_path):
                                   "--json", str(out)])
     assert r.exit_code == 0, r.output
     assert "other processes at start" in r.output and "| group" in r.output
+    assert "ratio = baseline / harmony-rt: > 1 means harmony-rt is faster" in r.output  # the legend
     run = json.loads(out.read_text())
+    assert any("fresh process (2 each" in row["note"] for row in run["rows"])  # how few processes it rests on
     groups = {row["group"] for row in run["rows"]}
     assert any("step" in g for g in groups) and any("SyncCFG" in g for g in groups), groups
     assert all(row["value"] > 0 for row in run["rows"])
