@@ -76,24 +76,24 @@ def _converting(path: Path, action: str) -> Iterator[None]:
     except MediaError:
         raise
     except av.InvalidDataError as e:  # a file that opened (see _open) and then failed: damaged, cut short, ...
-        raise MediaError(_one_line(f"cannot {action} {path}: damaged or unsupported data ({e.strerror or e})")) from e
+        raise MediaError(f"cannot {action} {path}: damaged or unsupported data ({_one_line(e.strerror or e)})") from e
     except _LIB_ERRORS as e:
-        raise MediaError(_one_line(f"cannot {action} {path}: {type(e).__name__}: {e}")) from e
+        raise MediaError(f"cannot {action} {path}: {type(e).__name__}: {_one_line(e)}") from e
 
 
 def _check_readable(path: os.PathLike | str) -> Path:
     p = Path(path)
     try:
         if not p.exists():
-            raise MediaError(_one_line(f"cannot read {p}: no such file"))
+            raise MediaError(f"cannot read {p}: no such file")
         if p.is_dir():
-            raise MediaError(_one_line(f"cannot read {p}: is a directory"))
+            raise MediaError(f"cannot read {p}: is a directory")
         if not os.access(p, os.R_OK):
-            raise MediaError(_one_line(f"cannot read {p}: permission denied"))
+            raise MediaError(f"cannot read {p}: permission denied")
         if p.is_file() and p.stat().st_size == 0:  # regular files only: a pipe or device reports size 0
-            raise MediaError(_one_line(f"cannot read {p}: the file is empty"))
+            raise MediaError(f"cannot read {p}: the file is empty")
     except OSError as e:  # a name too long, a loop of links: pathlib's checks raise what stat() says
-        raise MediaError(_one_line(f"cannot read {p}: {e.strerror or e}")) from e
+        raise MediaError(f"cannot read {p}: {_one_line(e.strerror or e)}") from e
     return p
 
 
@@ -118,7 +118,7 @@ def _seconds(value: object, name: str) -> float:
     """A finite number of seconds >= 0 as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(value) or value < 0:
-        raise MediaError(_one_line(f"{name} must be a number of seconds >= 0, got {value!r:.40}"))
+        raise MediaError(f"{name} must be a number of seconds >= 0, got {value!r:.40}")
     return float(value)
 
 
@@ -149,14 +149,14 @@ def _temp_for(path: Path) -> Path:
         raise MediaError(f"cannot write {str(path)!r}: the file name contains a NUL byte")
     parent = path.parent
     if not parent.is_dir():
-        raise MediaError(_one_line(f"cannot write {path}: folder {parent} does not exist"))
+        raise MediaError(f"cannot write {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise MediaError(_one_line(f"cannot write {path}: folder {parent} is not writable"))
+        raise MediaError(f"cannot write {path}: folder {parent} is not writable")
     name_max = _name_max(parent)
     if len(os.fsencode(path.name)) > name_max:
-        raise MediaError(_one_line(f"cannot write {path}: file name too long (over {name_max} bytes)"))
+        raise MediaError(f"cannot write {path}: file name too long (over {name_max} bytes)")
     if path.is_dir():
-        raise MediaError(_one_line(f"cannot write {path}: is a directory"))
+        raise MediaError(f"cannot write {path}: is a directory")
     # The stem is cut (whole UTF-8 characters) so the temp name stays within name_max.
     token = secrets.token_hex(4)
     room = max(0, name_max - len(os.fsencode(f"..{token}{path.suffix}")))
@@ -180,7 +180,7 @@ def _for_targets(e: MediaError, tmps: list[Path], targets: list[Path]) -> MediaE
         with contextlib.suppress(OSError):
             du = shutil.disk_usage(folder)  # a pseudo filesystem (/proc, /sys) has no space at all: not full
             if du.total and du.free < _FULL:
-                return DiskError(_one_line(f"{msg} (the disk is full: {du.free} bytes free)"))
+                return DiskError(f"{msg} (the disk is full: {du.free} bytes free)")
     return type(e)(msg)
 
 
@@ -202,18 +202,18 @@ def atomic_outputs(*paths: os.PathLike | str) -> Iterator[list[Path]]:
         yield tmps
         for t, tmp in zip(targets, tmps):
             if not tmp.exists():
-                raise MediaError(_one_line(f"cannot write {t}: the writer produced no file"))
+                raise MediaError(f"cannot write {t}: the writer produced no file")
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         for t, tmp in zip(targets, tmps):
             try:
                 os.replace(tmp, t)
             except OSError as e:
-                raise MediaError(_one_line(f"cannot write {t}: {e.strerror or e}")) from e
+                raise MediaError(f"cannot write {t}: {_one_line(e.strerror or e)}") from e
     except OSError as e:
         for tmp in tmps:
             _discard(tmp)
-        msg = _one_line(f"cannot write {', '.join(map(str, targets))}: {e.strerror or e}")
+        msg = f"cannot write {', '.join(map(str, targets))}: {_one_line(e.strerror or e)}"
         raise (DiskError if e.errno in _DISK_ERRNOS else MediaError)(msg) from e
     except MediaError as e:  # a writer's: it names the temp file it was given, and may not say why
         for tmp in tmps:
@@ -241,17 +241,17 @@ def _check_audio(audio: object, path: Path, max_channels: int | None = None) -> 
     """Validate float audio [W] or [W, C]; return float32 [W, C] clipped to [-1, 1]."""
     if not isinstance(audio, np.ndarray) or audio.dtype.kind != "f":
         what = audio.dtype if isinstance(audio, np.ndarray) else type(audio).__name__
-        raise MediaError(_one_line(f"cannot write {path}: audio must be a float array, got {what}"))
+        raise MediaError(f"cannot write {path}: audio must be a float array, got {what}")
     if audio.ndim == 1:
         audio = audio[:, None]
     if audio.ndim != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
-        raise MediaError(_one_line(f"cannot write {path}: audio must be [W] or [W, C] with W, C > 0, "
-                                   f"got shape {audio.shape}"))
+        raise MediaError(f"cannot write {path}: audio must be [W] or [W, C] with W, C > 0, "
+                                   f"got shape {audio.shape}")
     if max_channels is not None and audio.shape[1] > max_channels:
-        raise MediaError(_one_line(f"cannot write {path}: at most {max_channels} audio channels, "
-                                   f"got {audio.shape[1]}"))
+        raise MediaError(f"cannot write {path}: at most {max_channels} audio channels, "
+                                   f"got {audio.shape[1]}")
     if not np.isfinite(audio).all():
-        raise MediaError(_one_line(f"cannot write {path}: audio contains NaN or Inf"))
+        raise MediaError(f"cannot write {path}: audio contains NaN or Inf")
     return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
 
 
@@ -299,12 +299,12 @@ def write_mp4(path: os.PathLike | str, frames: np.ndarray, fps: float, audio: np
     """
     path = Path(path)
     if path.suffix.lower() != ".mp4":
-        raise MediaError(_one_line(f"cannot write {path}: an mp4 file's name must end in .mp4"))
+        raise MediaError(f"cannot write {path}: an mp4 file's name must end in .mp4")
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 \
             or frames.shape[-1] != 3 or 0 in frames.shape:
         what = f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
-        raise MediaError(_one_line(f"cannot write {path}: frames must be uint8 [T, H, W, 3] with T, H, W > 0, "
-                                   f"got {what}"))
+        raise MediaError(f"cannot write {path}: frames must be uint8 [T, H, W, 3] with T, H, W > 0, "
+                                   f"got {what}")
     rate = _rate(fps, "fps")
     if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
         raise MediaError(f"cannot write {path}: crf must be an integer in 0..51, got {crf!r}")
@@ -382,8 +382,8 @@ def _open(path: Path) -> av.container.InputContainer:
         try:
             return av.open(_url(path), mode="r")
         except av.InvalidDataError as e:  # FFmpeg: "[Errno 1094995529] Invalid data found when processing input"
-            raise MediaError(_one_line(f"cannot read {path}: not a media file FFmpeg can open "
-                                       f"({e.strerror or e})")) from e
+            raise MediaError(f"cannot read {path}: not a media file FFmpeg can open "
+                             f"({_one_line(e.strerror or e)})") from e
 
 
 def _chain(first, rest: Iterator) -> Iterator:
@@ -455,7 +455,7 @@ def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | N
     changed: list[str] = []
     with container, _converting(p, "read audio from"):
         if not container.streams.audio:
-            raise MediaError(_one_line(f"cannot read audio from {p}: no audio stream"))
+            raise MediaError(f"cannot read audio from {p}: no audio stream")
         stream = container.streams.audio[0]
         src_rate = stream.codec_context.sample_rate or stream.sample_rate
         # pos: the index, among all the stream's samples, of the next frame's first; cut: the first one kept
@@ -477,9 +477,9 @@ def read_audio(path: os.PathLike | str, sample_rate: int, max_seconds: float | N
                     break
         mono = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)  # [W_in - cut]: from sample `cut` on
         if pos == 0:
-            raise MediaError(_one_line(f"cannot read audio from {p}: no audio samples (zero-length)"))
+            raise MediaError(f"cannot read audio from {p}: no audio samples (zero-length)")
         if not src_rate:
-            raise MediaError(_one_line(f"cannot read audio from {p}: unknown sample rate"))
+            raise MediaError(f"cannot read audio from {p}: unknown sample rate")
         if stream.duration and stream.time_base:
             muxed = round(stream.duration * stream.time_base * src_rate)
             if 0 < muxed < pos <= muxed + _MAX_CODEC_PADDING:
@@ -705,7 +705,7 @@ def _center(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _check_fit(fit: object) -> None:
     if not isinstance(fit, str) or fit not in FITS:
-        raise MediaError(_one_line(f"fit must be one of {', '.join(FITS)}, got {fit!r:.40}"))
+        raise MediaError(f"fit must be one of {', '.join(FITS)}, got {fit!r:.40}")
 
 
 def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
@@ -730,14 +730,14 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
     if max_frames is not None:
         max_frames = _positive_int(max_frames, "max_frames")
     if isinstance(start_frame, bool) or not isinstance(start_frame, (int, np.integer)) or start_frame < 0:
-        raise MediaError(_one_line(f"start_frame must be an integer >= 0, got {start_frame!r:.40}"))
+        raise MediaError(f"start_frame must be an integer >= 0, got {start_frame!r:.40}")
     start_frame = int(start_frame)
     _check_fit(fit)
     container = _open(p)
     notes: list[str] = []
     with container, _converting(p, "read video from"):
         if not container.streams.video:
-            raise MediaError(_one_line(f"cannot read video from {p}: no video stream"))
+            raise MediaError(f"cannot read video from {p}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         src_rate, passthrough = _source_rate(stream, rate)
@@ -766,7 +766,7 @@ def read_video(path: os.PathLike | str, fps: float, height: int, width: int,
             out, src_size = _select_by_time(frames, stream, rate, src_rate, height, width, limit, start_frame, t0,
                                             fit)
         if src_size is None:
-            raise MediaError(_one_line(f"cannot read video from {p}: no decodable frames"))
+            raise MediaError(f"cannot read video from {p}: no decodable frames")
         if not out:  # start_frame past the end
             return np.zeros((0, height, width, 3), np.uint8), notes
         if not passthrough:
@@ -903,10 +903,10 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
     container = _open(p)
     with container, _converting(p, "read image"):
         if not container.streams.video:
-            raise MediaError(_one_line(f"cannot read image {p}: no image data"))
+            raise MediaError(f"cannot read image {p}: no image data")
         frame = next(container.decode(video=0), None)
         if frame is None:
-            raise MediaError(_one_line(f"cannot read image {p}: no decodable image"))
+            raise MediaError(f"cannot read image {p}: no decodable image")
         fmt = frame.format.name
         if fmt == "gray":
             rgb = np.repeat(frame.to_ndarray()[:, :, None], 3, axis=2)  # [h, w, 3]
@@ -917,8 +917,8 @@ def read_image(path: os.PathLike | str, height: int, width: int, notes: list[str
             if fmt in _IMAGE_16BIT:
                 changed.append(f"reduced 16-bit samples to 8 bits ({fmt})")
         else:
-            raise MediaError(_one_line(f"cannot read image {p}: unsupported pixel format {fmt} "
-                                       f"(need 8 or 16-bit gray, RGB, RGBA, palette or JPEG)"))
+            raise MediaError(f"cannot read image {p}: unsupported pixel format {fmt} "
+                                       f"(need 8 or 16-bit gray, RGB, RGBA, palette or JPEG)")
         if fmt in _ALPHA_FORMATS and frame.to_ndarray(format="rgba")[:, :, 3].min() < 255:
             changed.append(f"dropped the alpha channel ({fmt})")  # only where it hides something: GIFs decode as bgra
         shown = _shown_size(frame)

@@ -616,3 +616,14 @@ def test_names_with_a_colon_are_files_not_protocols(tmp_path, monkeypatch):
     assert media.read_image("i:1.png", 32, 32).shape == (32, 32, 3)
     assert media.probe("take:2.mp4")["video"]["frames"] == 16
     expect_error(media.read_video, "gone:1.mp4", 8, 32, 32, match="gone:1.mp4")
+
+
+def test_a_line_break_in_a_file_name_is_shown_escaped_not_as_a_space(tmp_path):
+    """Messages collapsed whitespace, so 'a\\nb.wav' was named 'a b.wav' (a file that may exist) although
+    HarmonyError promises line breaks shown escaped."""
+    with pytest.raises(MediaError) as e:
+        media.read_audio(tmp_path / "a\nb.wav", 16000)
+    assert str(e.value) == f"cannot read {tmp_path}/a\\nb.wav: no such file"
+    with pytest.raises(MediaError) as e:
+        media.write_wav(tmp_path / "missing\u2028dir" / "x.wav", np.zeros(10, np.float32), 16000)
+    assert "missing\\u2028dir" in str(e.value) and len(str(e.value).splitlines()) == 1
