@@ -1,6 +1,7 @@
 """The runtime's per-user cache folder: guidance split decisions (splitstore) and file digests (digests).
 
-`$HARMONY_RT_CACHE` if set (`off`, `0`, `false`, `no` or empty: no cache), else `$XDG_CACHE_HOME/harmony-rt`,
+`$HARMONY_RT_CACHE` if set (`off`, `0`, `false`, `no` or empty: no cache; `~` expanded, a relative path
+fixed against the folder of its first use), else `$XDG_CACHE_HOME/harmony-rt`,
 else `~/.cache/harmony-rt` (none when neither gives an absolute path). Everything kept there is an
 optimisation: deleting it only costs measuring or hashing again. `read_store` / `write_store` are the one
 way its JSON files are read and written: best effort, bounded, atomic.
@@ -16,12 +17,16 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MAX_STORE_BYTES = 4 << 20  # a larger file is ignored (and replaced on the next write)
+_FIXED: dict[str, Path] = {}  # HARMONY_RT_CACHE values made absolute
 
 
 def cache_dir() -> Path | None:
     env = os.environ.get("HARMONY_RT_CACHE")
     if env is not None:
-        return None if env.strip().lower() in ("", "0", "off", "false", "no") else Path(env)
+        if env.strip().lower() in ("", "0", "off", "false", "no"):
+            return None
+        # "~/x" expanded; a relative path is taken from the folder of its first use, not each later one
+        return _FIXED.setdefault(env, Path(env).expanduser().absolute())
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     if not os.path.isabs(base):  # no HOME and no passwd entry: "~" stays "~"; never cache in the cwd
         return None

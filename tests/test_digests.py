@@ -287,3 +287,16 @@ def test_unreadable_file_is_one_bundle_error(tmp_path, monkeypatch):
     with pytest.raises(BundleError, match="denoiser.onnx: cannot read") as ei:
         Bundle.load(b)
     assert len(str(ei.value).splitlines()) == 1
+
+
+def test_a_relative_cache_folder_stays_where_it_was_first_used(tmp_path, monkeypatch):
+    """HARMONY_RT_CACHE=rel made a `rel` folder in whatever folder a service stood in at each call."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARMONY_RT_CACHE", "rel-cache-s20")
+    first = usercache.cache_dir()
+    assert first == tmp_path / "rel-cache-s20"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert usercache.cache_dir() == first
+    monkeypatch.setenv("HARMONY_RT_CACHE", "~/hrt-cache-s20")
+    assert usercache.cache_dir() == Path(os.path.expanduser("~/hrt-cache-s20"))
