@@ -110,6 +110,8 @@ def save_all(results: list[GenerationResult], path: str | Path, wav: bool = True
     or batch (a SIGKILL can leave `.<name>.<random>.<ext>` temp files). Missing folders of `path` and
     `stems_dir` are made (and removed again if the write fails), as `mkdir -p`.
     """
+    if not results:  # a caller's empty batch wrote nothing and said nothing
+        raise HarmonyError(f"no clips to save to {path}")
     if Path(path).suffix.lower() != ".mp4":  # checked here too, so the message names `path`, not a temp name
         raise MediaError(f"cannot write {path}: a clip is saved as an mp4 (a name ending in .mp4, the .wav beside "
                          f"it); its sound alone: harmony_rt.media.write_wav(path, clip.audio, clip.sample_rate)")

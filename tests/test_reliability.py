@@ -610,3 +610,12 @@ def test_media_inputs_take_any_path_like(pipe, tmp_path):
     assert np.array_equal(a.audio, c.audio) and np.array_equal(b.audio, c.audio)
     d = pipe.generate("a dog", audio=entry, steps=1)
     assert np.array_equal(d.audio, pipe.generate("a dog", audio=tmp_path / "voice.wav", steps=1).audio)
+
+
+def test_saving_an_empty_batch_is_an_error(tmp_path):
+    """save_all([]) returned without a word: a caller's bug passed as success."""
+    from harmony_rt.pipeline import save_all
+
+    with pytest.raises(HarmonyError, match="no clips to save to"):
+        save_all([], tmp_path / "x.mp4")
+    assert list(tmp_path.iterdir()) == []
