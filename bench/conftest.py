@@ -55,7 +55,7 @@ def pytest_configure(config):
     out = config.getoption("--bench-json")
     if out:
         try:
-            check_json_target(Path(out), Path(os.devnull))
+            check_json_target(Path(out))
         except HarmonyError as e:
             raise pytest.UsageError(str(e).replace("--json", "--bench-json", 1)) from None
 

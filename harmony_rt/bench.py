@@ -276,6 +276,11 @@ print(json.dumps(interleave({"s": step.run}, rounds=int(sys.argv[3]), warmup=1, 
 """
 
 
+def _last_words(r: subprocess.CompletedProcess) -> str:
+    """A failed child's own last stderr line (its error), not "returned non-zero exit status"."""
+    return (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+
+
 def process_rounds(bundle_path: Path, variants: dict[str, dict], rounds: int = 3, steps: int = 3,
                    threads: int | None = None, frames: int | None = None) -> dict[str, list[float]]:
     """Median step seconds of each `variants` entry (session_options keys) in a fresh process, processes
@@ -288,9 +293,8 @@ def process_rounds(bundle_path: Path, variants: dict[str, dict], rounds: int = 3
             v = json.dumps({**variant, "threads": threads, "frames": frames})
             r = subprocess.run([sys.executable, "-c", _STEPS_CHILD, str(bundle_path), v, str(steps)],
                                capture_output=True, text=True)
-            if r.returncode:  # the child's own last words, not "returned non-zero exit status"
-                last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise RuntimeError(f"the step process for {name!r} exited {r.returncode}: {last}")
+            if r.returncode:
+                raise RuntimeError(f"the step process for {name!r} exited {r.returncode}: {_last_words(r)}")
             out[name].append(med(json.loads(r.stdout.strip().splitlines()[-1])))
     return out
 
@@ -580,8 +584,7 @@ def cold_start(bundle_path: Path, threads: int | None = 2, generate: bool = Fals
     r = subprocess.run([sys.executable, "-c", _COLD, str(bundle_path), str(threads or 0), what],
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-        err = HarmonyError(f"the cold-start process exited {r.returncode}: {last}")
+        err = HarmonyError(f"the cold-start process exited {r.returncode}: {_last_words(r)}")
         err.exit_code = 1  # not the user's input
         raise err
     out = json.loads(r.stdout.strip().splitlines()[-1])
@@ -778,16 +781,16 @@ def run_runtime(bundle_path: Path | None = None, threads: int | None = None, rou
 MAX_ROUNDS = 1000
 
 
-def check_json_target(path: Path, bundle: Path) -> None:
+def check_json_target(path: Path, bundle: Path | None = None) -> None:
     """Refuse a --json path that is a folder, sits in a missing or unwritable folder, is not a plain file (a
-    device, a symlink: the rename would replace them) or lies inside the bundle being measured."""
+    device, a symlink: the rename would replace them) or lies inside `bundle`, the one being measured."""
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
         raise HarmonyError(f"--json {path}: not a file in an existing, writable folder")
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise HarmonyError(f"--json {path}: exists and is not a plain file (a link or a device); refusing to "
                            "replace it")
-    if path.resolve().is_relative_to(Path(bundle).resolve()):
+    if bundle is not None and path.resolve().is_relative_to(Path(bundle).resolve()):
         raise HarmonyError(f"--json {path}: inside the bundle {bundle} being measured; write it elsewhere")
 
 

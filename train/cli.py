@@ -465,9 +465,9 @@ def resolve_train(a: argparse.Namespace, dev=None):
         base = replace(base, stop_after=0)  # where to stop is this invocation's choice
         changed = {k: v for k, v in settings.items() if getattr(base, k) != v}
         tc = replace(base, **settings)
+        kept = ", ".join(f"{k}={v!r} (was {getattr(base, k)!r})" for k, v in changed.items())
         log.info("resuming %s at step %d; settings from the checkpoint%s", resume, step,
-                 "".join(f"{', ' if i else ' except '}{k}={v!r} (was {getattr(base, k)!r})"
-                         for i, (k, v) in enumerate(changed.items())))
+                 f" except {kept}" if kept else "")
         if tc.steps <= step:
             fail(f"--steps {tc.steps}: the checkpoint is at step {step} already; nothing to train (raise --steps)")
         if tc.stop_after and tc.stop_after <= step:

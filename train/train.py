@@ -343,8 +343,6 @@ def audio_ae_loss(rec: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (rec - w).abs().mean() + 0.1 * spectral
 
 
-
-
 def train_autoencoders(model: HarmonyModel, clips, tc: TrainConfig, gen: torch.Generator,
                        should_stop: Callable[[], bool] | None = None) -> dict:
     cfg, dev = model.cfg, _device(model)
